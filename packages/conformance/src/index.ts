@@ -1,0 +1,33 @@
+export {
+  describeLockConformance,
+  type LockCheckId,
+  type LockConformanceOptions,
+  type LockHarness,
+  lockChecks,
+} from "./lock.js";
+export {
+  describePublisherConformance,
+  makeEntry,
+  type PublisherCheckId,
+  type PublisherConformanceOptions,
+  type PublisherHarness,
+  publisherChecks,
+  type ReceivedMessage,
+} from "./publisher.js";
+export {
+  describeRelayConformance,
+  type RelayCheckId,
+  type RelayConformanceOptions,
+  type RelayFactory,
+  type RelayUnderTest,
+  relayChecks,
+} from "./relay.js";
+export {
+  describeStoreConformance,
+  type StoreCheckId,
+  type StoreConformanceOptions,
+  type StoreHarness,
+  storeChecks,
+} from "./store.js";
+export { type Check, runChecks, type SkipReasons } from "./suite.js";
+export { awkwardPayloads, bytesEqual, keyOrderViolations, seededRandom, uniqueName } from "./util.js";

@@ -1,0 +1,57 @@
+export { defaultRetryPolicy, type RetryPolicy, resolveRetryPolicy, retryDelayMs } from "./backoff.js";
+export { type Clock, ManualClock, systemClock } from "./clock.js";
+export {
+  defaultEntryLimits,
+  type EntryLimits,
+  jsonPayload,
+  type OutboxEntry,
+  type OutboxMessage,
+  type OutboxPayload,
+  type PreparedMessage,
+  payloadText,
+  prepareMessages,
+} from "./entry.js";
+export { describeError, OutboxError, OutboxErrorCode, type OutboxErrorOptions } from "./errors.js";
+export {
+  DistributedLock,
+  type DistributedLockOptions,
+  type LockBackend,
+  type LockBackendCapabilities,
+  type LockGrant,
+  randomId,
+} from "./lock.js";
+export { MemoryLockBackend } from "./memory/lock.js";
+export { type MemoryMessage, MemoryPublisher, type MemoryPublisherOptions } from "./memory/publisher.js";
+export { MemoryStore, type MemoryStoreOptions, MemoryTransaction } from "./memory/store.js";
+export {
+  headersWithMetadata,
+  OutboxHeader,
+  type OutboxPublisher,
+  outcomeError,
+  type PublisherCapabilities,
+  type PublishOutcome,
+  permanentFailure,
+  published,
+  transientFailure,
+} from "./publisher.js";
+export {
+  type LeaderOptions,
+  OutboxRelay,
+  type OutboxRelayOptions,
+  type RelayEvents,
+  type RelayMetrics,
+  type RelayPhase,
+} from "./relay.js";
+export type {
+  ClaimRequest,
+  DeadLetterItem,
+  Fence,
+  OutboxStore,
+  PurgeRequest,
+  RetryItem,
+  SettleContext,
+  StoreCapabilities,
+  StoreStats,
+  StoreTransaction,
+  Unsubscribe,
+} from "./store.js";

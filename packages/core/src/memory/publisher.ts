@@ -1,0 +1,58 @@
+import type { OutboxEntry } from "../entry.js";
+import { OutboxError, OutboxErrorCode } from "../errors.js";
+import { type OutboxPublisher, type PublishOutcome, published } from "../publisher.js";
+
+/** What a consumer of the in-memory broker sees. */
+export interface MemoryMessage {
+  readonly topic: string;
+  readonly key: string | null;
+  readonly payload: Uint8Array;
+  readonly headers: Readonly<Record<string, string>>;
+  readonly idempotencyKey: string;
+  readonly entryId: string;
+}
+
+export interface MemoryPublisherOptions {
+  /** Decides each entry's fate; default: published. Lets tests inject broker failures. */
+  outcome?: (entry: OutboxEntry) => PublishOutcome | Promise<PublishOutcome>;
+}
+
+/** The reference publisher: an in-memory broker that records what it accepted, in order. */
+export class MemoryPublisher implements OutboxPublisher {
+  readonly messages: MemoryMessage[] = [];
+  #outcome: MemoryPublisherOptions["outcome"];
+  #closed = false;
+
+  constructor(options: MemoryPublisherOptions = {}) {
+    this.#outcome = options.outcome;
+  }
+
+  async publish(entries: readonly OutboxEntry[]): Promise<PublishOutcome[]> {
+    if (this.#closed) throw new OutboxError(OutboxErrorCode.Closed, "the memory publisher is closed");
+    const outcomes: PublishOutcome[] = [];
+    for (const entry of entries) {
+      const outcome = this.#outcome ? await this.#outcome(entry) : published();
+      if (outcome.status === "published") {
+        this.messages.push({
+          topic: entry.topic,
+          key: entry.key,
+          payload: new Uint8Array(entry.payload),
+          headers: { ...entry.headers },
+          idempotencyKey: entry.idempotencyKey,
+          entryId: entry.id,
+        });
+      }
+      outcomes.push(outcome);
+    }
+    return outcomes;
+  }
+
+  /** Messages of one topic, in publish order. */
+  topic(name: string): MemoryMessage[] {
+    return this.messages.filter((message) => message.topic === name);
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+  }
+}

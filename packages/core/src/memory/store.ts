@@ -1,0 +1,322 @@
+import { type Clock, systemClock } from "../clock.js";
+import {
+  type EntryLimits,
+  type OutboxEntry,
+  type OutboxMessage,
+  type PreparedMessage,
+  prepareMessages,
+} from "../entry.js";
+import { OutboxError, OutboxErrorCode } from "../errors.js";
+import type {
+  ClaimRequest,
+  DeadLetterItem,
+  Fence,
+  OutboxStore,
+  PurgeRequest,
+  RetryItem,
+  SettleContext,
+  StoreCapabilities,
+  StoreStats,
+  Unsubscribe,
+} from "../store.js";
+
+interface Row {
+  seq: number;
+  message: PreparedMessage;
+  createdAt: number;
+  availableAt: number;
+  status: "pending" | "published" | "dead";
+  attempts: number;
+  lastError: string | null;
+  claimer: string | null;
+  leaseUntil: number;
+  settledAt: number;
+}
+
+/** A transaction of the in-memory store: its entries become visible together at commit. */
+export class MemoryTransaction {
+  readonly staged: Row[] = [];
+  #open = true;
+
+  get open(): boolean {
+    return this.#open;
+  }
+
+  finish(): Row[] {
+    this.#open = false;
+    return this.staged;
+  }
+}
+
+export interface MemoryStoreOptions {
+  clock?: Clock;
+  limits?: Partial<EntryLimits>;
+}
+
+/**
+ * The reference store: every rule of the store contract, in memory. Ids are assigned at
+ * enqueue but rows become visible at commit, so a late-committing lower id is modelled too.
+ */
+export class MemoryStore implements OutboxStore<MemoryTransaction> {
+  readonly capabilities: StoreCapabilities = { wakeUps: true, transactions: true };
+  readonly #clock: Clock;
+  readonly #limits: Partial<EntryLimits> | undefined;
+  readonly #rows = new Map<number, Row>();
+  readonly #fences = new Map<string, bigint>();
+  readonly #listeners = new Set<() => void>();
+  #nextSeq = 1;
+  #wakeScheduled = false;
+  #closed = false;
+
+  constructor(options: MemoryStoreOptions = {}) {
+    this.#clock = options.clock ?? systemClock;
+    this.#limits = options.limits;
+  }
+
+  /** Runs `work` in a transaction: committed when it resolves, discarded when it throws. */
+  async transaction<T>(work: (tx: MemoryTransaction) => Promise<T>): Promise<T> {
+    this.#assertOpen();
+    const tx = new MemoryTransaction();
+    let result: T;
+    try {
+      result = await work(tx);
+    } catch (error) {
+      tx.finish();
+      throw error;
+    }
+    this.#assertOpen();
+    for (const row of tx.finish()) this.#rows.set(row.seq, row);
+    if (tx.staged.length > 0) this.#scheduleWakeUp();
+    return result;
+  }
+
+  async enqueue(tx: MemoryTransaction, messages: OutboxMessage | readonly OutboxMessage[]): Promise<string[]> {
+    this.#assertOpen();
+    if (!(tx instanceof MemoryTransaction) || !tx.open) {
+      throw new OutboxError(OutboxErrorCode.InvalidOptions, "enqueue needs an open MemoryTransaction");
+    }
+    const now = this.#clock.now();
+    const prepared = prepareMessages(messages, { now, limits: this.#limits });
+    return prepared.map((message) => {
+      const seq = this.#nextSeq++;
+      tx.staged.push({
+        seq,
+        message,
+        createdAt: now,
+        availableAt: message.availableAt.getTime(),
+        status: "pending",
+        attempts: 0,
+        lastError: null,
+        claimer: null,
+        leaseUntil: 0,
+        settledAt: 0,
+      });
+      return String(seq);
+    });
+  }
+
+  async claim(request: ClaimRequest): Promise<OutboxEntry[]> {
+    this.#assertOpen();
+    this.#checkFence(request.fence);
+    const now = this.#clock.now();
+    const blockedKeys = new Set<string>();
+    const claimed: OutboxEntry[] = [];
+    for (const row of this.#ordered()) {
+      if (claimed.length >= request.limit) break;
+      if (row.status !== "pending") continue;
+      const key = row.message.key;
+      if (key !== null) {
+        // Only the oldest pending entry of a key may be claimed: per-key order.
+        if (blockedKeys.has(key)) continue;
+        blockedKeys.add(key);
+      }
+      if (row.availableAt > now || row.leaseUntil > now) continue;
+      row.attempts += 1;
+      row.claimer = request.claimer;
+      row.leaseUntil = now + request.leaseMs;
+      claimed.push(this.#toEntry(row));
+    }
+    return claimed;
+  }
+
+  async ack(ids: readonly string[], context: SettleContext): Promise<void> {
+    this.#assertOpen();
+    this.#checkFence(context.fence);
+    const now = this.#clock.now();
+    for (const row of this.#find(ids)) {
+      if (row.status !== "pending") continue;
+      row.status = "published";
+      row.settledAt = now;
+      row.leaseUntil = 0;
+    }
+  }
+
+  async retry(items: readonly RetryItem[], context: SettleContext): Promise<void> {
+    this.#assertOpen();
+    this.#checkFence(context.fence);
+    for (const item of items) {
+      const row = this.#owned(item.id, context);
+      if (!row) continue;
+      row.lastError = item.error;
+      row.availableAt = item.availableAt.getTime();
+      row.leaseUntil = 0;
+      row.claimer = null;
+    }
+  }
+
+  async deadLetter(items: readonly DeadLetterItem[], context: SettleContext): Promise<void> {
+    this.#assertOpen();
+    this.#checkFence(context.fence);
+    const now = this.#clock.now();
+    for (const item of items) {
+      const row = this.#owned(item.id, context);
+      if (!row) continue;
+      row.status = "dead";
+      row.lastError = item.error;
+      row.settledAt = now;
+      row.leaseUntil = 0;
+    }
+    // A dead entry unblocks the entries queued behind it on its key.
+    if (items.length > 0) this.#scheduleWakeUp();
+  }
+
+  async release(ids: readonly string[], context: SettleContext): Promise<void> {
+    this.#assertOpen();
+    this.#checkFence(context.fence);
+    for (const id of ids) {
+      const row = this.#owned(id, context);
+      if (!row) continue;
+      row.attempts = Math.max(0, row.attempts - 1);
+      row.leaseUntil = 0;
+      row.claimer = null;
+    }
+  }
+
+  async listDead(options: { limit?: number } = {}): Promise<OutboxEntry[]> {
+    this.#assertOpen();
+    return this.#ordered()
+      .filter((row) => row.status === "dead")
+      .slice(0, options.limit ?? 100)
+      .map((row) => this.#toEntry(row));
+  }
+
+  async requeueDead(ids: readonly string[]): Promise<number> {
+    this.#assertOpen();
+    let moved = 0;
+    const now = this.#clock.now();
+    for (const row of this.#find(ids)) {
+      if (row.status !== "dead") continue;
+      Object.assign(row, {
+        status: "pending",
+        attempts: 0,
+        availableAt: now,
+        claimer: null,
+        leaseUntil: 0,
+        settledAt: 0,
+      });
+      moved += 1;
+    }
+    if (moved > 0) this.#scheduleWakeUp();
+    return moved;
+  }
+
+  async purge(request: PurgeRequest): Promise<number> {
+    this.#assertOpen();
+    const cutoff = request.olderThan.getTime();
+    let purged = 0;
+    for (const row of [...this.#rows.values()]) {
+      if (row.status !== "pending" && row.settledAt < cutoff) {
+        this.#rows.delete(row.seq);
+        purged += 1;
+      }
+    }
+    return purged;
+  }
+
+  async stats(): Promise<StoreStats> {
+    this.#assertOpen();
+    const now = this.#clock.now();
+    let pending = 0;
+    let inFlight = 0;
+    let dead = 0;
+    let oldest: number | null = null;
+    for (const row of this.#rows.values()) {
+      if (row.status === "dead") dead += 1;
+      if (row.status !== "pending") continue;
+      pending += 1;
+      if (row.leaseUntil > now) inFlight += 1;
+      if (oldest === null || row.createdAt < oldest) oldest = row.createdAt;
+    }
+    return { pending, inFlight, dead, oldestPendingAt: oldest === null ? null : new Date(oldest) };
+  }
+
+  async subscribe(listener: () => void): Promise<Unsubscribe> {
+    this.#assertOpen();
+    this.#listeners.add(listener);
+    return async () => {
+      this.#listeners.delete(listener);
+    };
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#listeners.clear();
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw new OutboxError(OutboxErrorCode.Closed, "the memory store is closed");
+  }
+
+  #checkFence(fence: Fence | undefined): void {
+    if (!fence) return;
+    const newest = this.#fences.get(fence.lock);
+    if (newest !== undefined && fence.token < newest) {
+      throw new OutboxError(OutboxErrorCode.Fenced, `fencing token ${fence.token} is older than ${newest}`, {
+        details: { lock: fence.lock, token: fence.token.toString(), newest: newest.toString() },
+      });
+    }
+    this.#fences.set(fence.lock, fence.token);
+  }
+
+  #ordered(): Row[] {
+    return [...this.#rows.values()].sort((a, b) => a.seq - b.seq);
+  }
+
+  #find(ids: readonly string[]): Row[] {
+    return ids.flatMap((id) => {
+      const row = this.#rows.get(Number(id));
+      return row ? [row] : [];
+    });
+  }
+
+  #owned(id: string, context: SettleContext): Row | undefined {
+    const row = this.#rows.get(Number(id));
+    return row && row.status === "pending" && row.claimer === context.claimer ? row : undefined;
+  }
+
+  #scheduleWakeUp(): void {
+    // Debounced: one notification per burst of commits, like NOTIFY once per statement.
+    if (this.#wakeScheduled || this.#listeners.size === 0) return;
+    this.#wakeScheduled = true;
+    queueMicrotask(() => {
+      this.#wakeScheduled = false;
+      for (const listener of this.#listeners) listener();
+    });
+  }
+
+  #toEntry(row: Row): OutboxEntry {
+    const { message } = row;
+    return {
+      id: String(row.seq),
+      topic: message.topic,
+      key: message.key,
+      payload: new Uint8Array(message.payload),
+      headers: { ...message.headers },
+      idempotencyKey: message.idempotencyKey ?? String(row.seq),
+      createdAt: new Date(row.createdAt),
+      availableAt: new Date(row.availableAt),
+      attempts: row.attempts,
+      lastError: row.lastError,
+    };
+  }
+}

@@ -1,0 +1,62 @@
+import type * as OtelApi from "@opentelemetry/api";
+import type { OutboxEntry } from "./entry.js";
+
+/*
+ * OpenTelemetry is an optional peer: when @opentelemetry/api is installed, enqueue carries the
+ * active W3C trace context in the entry headers and the relay opens a PRODUCER span per publish,
+ * parented on that context. When it is absent, all of this is a no-op.
+ */
+const api: typeof OtelApi | null = await import("@opentelemetry/api").catch(() => null);
+
+const headerSetter: OtelApi.TextMapSetter<Record<string, string>> = {
+  set: (carrier, key, value) => {
+    carrier[key] = value;
+  },
+};
+const headerGetter: OtelApi.TextMapGetter<Readonly<Record<string, string>>> = {
+  get: (carrier, key) => carrier[key],
+  keys: (carrier) => Object.keys(carrier),
+};
+
+/** Adds traceparent/tracestate of the active span, unless the caller set them already. */
+export function injectTraceContext(headers: Record<string, string>): Record<string, string> {
+  if (!api || headers.traceparent !== undefined) return headers;
+  const active = api.trace.getSpan(api.context.active());
+  if (!active) return headers;
+  api.propagation.inject(api.context.active(), headers, headerSetter);
+  return headers;
+}
+
+export interface PublishSpan {
+  end(error?: unknown): void;
+}
+
+const noSpan: PublishSpan = { end: () => {} };
+
+export function startPublishSpan(entry: OutboxEntry): PublishSpan {
+  if (!api) return noSpan;
+  const parent = api.propagation.extract(api.context.active(), entry.headers, headerGetter);
+  const span = api.trace.getTracer("@outbox/core").startSpan(
+    `${entry.topic} publish`,
+    {
+      kind: api.SpanKind.PRODUCER,
+      attributes: {
+        "messaging.operation.type": "send",
+        "messaging.destination.name": entry.topic,
+        "messaging.message.id": entry.id,
+        "outbox.idempotency_key": entry.idempotencyKey,
+        "outbox.attempt": entry.attempts,
+      },
+    },
+    parent,
+  );
+  return {
+    end(error) {
+      if (error !== undefined) {
+        span.recordException(error instanceof Error ? error : String(error));
+        span.setStatus({ code: api.SpanStatusCode.ERROR });
+      }
+      span.end();
+    },
+  };
+}

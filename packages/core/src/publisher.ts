@@ -1,0 +1,50 @@
+import type { OutboxEntry } from "./entry.js";
+import { describeError } from "./errors.js";
+
+export type PublishOutcome =
+  | { readonly status: "published" }
+  /** Worth another attempt later (broker down, leader election, timeout). */
+  | { readonly status: "transient"; readonly error: unknown }
+  /** Will never succeed as it is (oversize, unroutable, unknown topic, not authorised). */
+  | { readonly status: "permanent"; readonly error: unknown };
+
+export const published = (): PublishOutcome => ({ status: "published" });
+export const transientFailure = (error: unknown): PublishOutcome => ({ status: "transient", error });
+export const permanentFailure = (error: unknown): PublishOutcome => ({ status: "permanent", error });
+
+export interface PublisherCapabilities {
+  /** Largest payload the broker accepts as configured, when known. */
+  readonly maxPayloadBytes?: number;
+}
+
+/**
+ * Sends entries to a broker. `publish` returns one outcome per entry, in input order, and
+ * reports "published" only after the broker confirmed the entry. A failing entry must not
+ * fail its neighbours. Throwing is allowed and means "every entry failed transiently".
+ * The relay never hands one call two entries with the same key.
+ */
+export interface OutboxPublisher {
+  readonly capabilities?: PublisherCapabilities;
+  publish(entries: readonly OutboxEntry[]): Promise<PublishOutcome[]>;
+  close?(): Promise<void>;
+}
+
+/** Stable header names publishers use to carry entry metadata. */
+export const OutboxHeader = {
+  Id: "outbox-id",
+  IdempotencyKey: "outbox-idempotency-key",
+  Topic: "outbox-topic",
+} as const;
+
+/** Entry headers plus the outbox metadata headers, for brokers with string headers. */
+export function headersWithMetadata(entry: OutboxEntry): Record<string, string> {
+  return {
+    ...entry.headers,
+    [OutboxHeader.Id]: entry.id,
+    [OutboxHeader.IdempotencyKey]: entry.idempotencyKey,
+  };
+}
+
+export function outcomeError(outcome: PublishOutcome): string | null {
+  return outcome.status === "published" ? null : describeError(outcome.error);
+}

@@ -1,0 +1,447 @@
+import { type RetryPolicy, resolveRetryPolicy, retryDelayMs } from "./backoff.js";
+import { type Clock, systemClock } from "./clock.js";
+import type { OutboxEntry } from "./entry.js";
+import { describeError, OutboxError, OutboxErrorCode } from "./errors.js";
+import { TypedEmitter } from "./events.js";
+import { DistributedLock, type LockBackend, type LockGrant, randomId } from "./lock.js";
+import { startPublishSpan } from "./otel.js";
+import { type OutboxPublisher, type PublishOutcome, transientFailure } from "./publisher.js";
+import type { DeadLetterItem, Fence, OutboxStore, RetryItem, SettleContext, StoreStats, Unsubscribe } from "./store.js";
+
+export type RelayPhase = "lock" | "claim" | "publish" | "settle" | "wake-up" | "stop" | "listener";
+
+export interface RelayEvents {
+  published: { readonly entries: readonly OutboxEntry[] };
+  retried: { readonly entry: OutboxEntry; readonly error: unknown; readonly availableAt: Date };
+  deadLettered: {
+    readonly entry: OutboxEntry;
+    readonly error: unknown;
+    readonly reason: "permanent" | "attempts-exhausted";
+  };
+  leadershipGained: { readonly grant: LockGrant };
+  leadershipLost: { readonly grant: LockGrant; readonly reason: unknown };
+  error: { readonly error: unknown; readonly phase: RelayPhase };
+}
+
+export interface RelayMetrics {
+  readonly claimed: number;
+  readonly published: number;
+  readonly retried: number;
+  readonly deadLettered: number;
+  readonly errors: number;
+  readonly cycles: number;
+  readonly consecutiveFailures: number;
+  readonly leader: boolean;
+  readonly lastPublishedAt: Date | null;
+}
+
+export interface LeaderOptions {
+  backend: LockBackend;
+  /** Lock name; also the fence name the store checks. Default "outbox-relay". */
+  name?: string;
+  /** Default 10 s. */
+  ttlMs?: number;
+  safetyMarginMs?: number;
+}
+
+export interface OutboxRelayOptions {
+  store: OutboxStore<never>;
+  publisher: OutboxPublisher;
+  /** Wait between polls when idle. Default 500 ms. */
+  pollMs?: number;
+  /** Entries claimed per cycle. Default 32. */
+  batchSize?: number;
+  /**
+   * How long claimed entries stay invisible to other relays. Must exceed the slowest
+   * publish; an expired lease means the entry may be published twice. Default 30 s.
+   */
+  leaseMs?: number;
+  /** Leader election: only the lock holder drains; its fencing token travels to the store. */
+  leader?: LeaderOptions;
+  retry?: Partial<RetryPolicy>;
+  /** stop() waits this long for the in-flight batch. Default 10 s. */
+  drainTimeoutMs?: number;
+  /** Identifies this relay's claims. Default: a random UUID. */
+  id?: string;
+  clock?: Clock;
+  /** Source of randomness for retry jitter. */
+  random?: () => number;
+}
+
+function positive(value: number, name: string): number {
+  if (!Number.isFinite(value) || value <= 0) {
+    throw new OutboxError(OutboxErrorCode.InvalidOptions, `${name} must be a positive number, got ${value}`);
+  }
+  return value;
+}
+
+/**
+ * Moves committed outbox entries to a broker: claim a batch, publish it, ack what the broker
+ * confirmed. At-least-once: an entry is acked only after its publish succeeded, so a crash in
+ * between replays it and consumers dedupe on `idempotencyKey`.
+ *
+ * The relay never throws from its loop: store, publisher and lock errors become "error" events
+ * and the loop carries on with backoff.
+ */
+export class OutboxRelay {
+  readonly id: string;
+  readonly #store: OutboxStore<never>;
+  readonly #publisher: OutboxPublisher;
+  readonly #clock: Clock;
+  readonly #pollMs: number;
+  readonly #batchSize: number;
+  readonly #leaseMs: number;
+  readonly #drainTimeoutMs: number;
+  readonly #retry: RetryPolicy;
+  readonly #random: () => number;
+  readonly #lock: DistributedLock | null;
+  readonly #events: TypedEmitter<RelayEvents>;
+
+  #running = false;
+  #loop: Promise<void> | null = null;
+  #cycleChain: Promise<unknown> = Promise.resolve();
+  #wake = new AbortController();
+  #wokenEarly = false;
+  #unsubscribe: Unsubscribe | null = null;
+  #leader = false;
+  #metrics = {
+    claimed: 0,
+    published: 0,
+    retried: 0,
+    deadLettered: 0,
+    errors: 0,
+    cycles: 0,
+    consecutiveFailures: 0,
+    lastPublishedAt: null as Date | null,
+  };
+
+  constructor(options: OutboxRelayOptions) {
+    if (!options?.store || !options.publisher) {
+      throw new OutboxError(OutboxErrorCode.InvalidOptions, "OutboxRelay needs a store and a publisher");
+    }
+    this.id = options.id ?? randomId();
+    this.#store = options.store;
+    this.#publisher = options.publisher;
+    this.#clock = options.clock ?? systemClock;
+    this.#pollMs = positive(options.pollMs ?? 500, "pollMs");
+    this.#batchSize = positive(options.batchSize ?? 32, "batchSize");
+    this.#leaseMs = positive(options.leaseMs ?? 30_000, "leaseMs");
+    this.#drainTimeoutMs = positive(options.drainTimeoutMs ?? 10_000, "drainTimeoutMs");
+    this.#retry = resolveRetryPolicy(options.retry);
+    this.#random = options.random ?? Math.random;
+    this.#events = new TypedEmitter<RelayEvents>((error) => this.#report(error, "listener"));
+    this.#lock = options.leader
+      ? new DistributedLock(options.leader.backend, {
+          name: options.leader.name ?? "outbox-relay",
+          ttlMs: options.leader.ttlMs,
+          safetyMarginMs: options.leader.safetyMarginMs,
+          holder: this.id,
+          clock: this.#clock,
+          onLost: (grant, reason) => {
+            this.#leader = false;
+            this.#events.emit("leadershipLost", { grant, reason });
+          },
+          onError: (error) => this.#report(error, "lock"),
+        })
+      : null;
+  }
+
+  on<K extends keyof RelayEvents>(event: K, listener: (payload: RelayEvents[K]) => void): () => void {
+    return this.#events.on(event, listener);
+  }
+
+  get running(): boolean {
+    return this.#running;
+  }
+
+  metrics(): RelayMetrics {
+    return { ...this.#metrics, leader: this.#lock ? this.#lock.grant !== null : true };
+  }
+
+  /** Backlog figures straight from the store: pending count and the age of the oldest entry. */
+  backlog(): Promise<StoreStats> {
+    return this.#store.stats();
+  }
+
+  /** Starts the background loop. Idempotent. */
+  start(): void {
+    if (this.#running) return;
+    this.#running = true;
+    this.#wake = new AbortController();
+    if (this.#store.capabilities.wakeUps && this.#store.subscribe) {
+      this.#store
+        .subscribe(() => this.#wakeUp())
+        .then(
+          (unsubscribe) => {
+            if (this.#running) this.#unsubscribe = unsubscribe;
+            else void unsubscribe();
+          },
+          (error) => this.#report(error, "wake-up"),
+        );
+    }
+    this.#loop = this.#run();
+  }
+
+  /**
+   * Stops claiming, waits (up to drainTimeoutMs) for the in-flight batch to be published and
+   * settled, then releases the leader lock. Does not close the store or the publisher: they
+   * belong to the caller.
+   */
+  async stop(): Promise<void> {
+    if (!this.#running && !this.#loop) return;
+    this.#running = false;
+    this.#wake.abort();
+    const loop = this.#loop;
+    this.#loop = null;
+    if (loop) {
+      const timeout = new AbortController();
+      const finished = await Promise.race([
+        loop.then(() => true),
+        this.#clock.sleep(this.#drainTimeoutMs, timeout.signal).then(() => false),
+      ]);
+      timeout.abort();
+      if (!finished) {
+        this.#report(
+          new OutboxError(
+            OutboxErrorCode.DrainTimeout,
+            `in-flight batch not settled within ${this.#drainTimeoutMs} ms`,
+          ),
+          "stop",
+        );
+      }
+    }
+    const unsubscribe = this.#unsubscribe;
+    this.#unsubscribe = null;
+    await unsubscribe?.().catch((error: unknown) => this.#report(error, "stop"));
+    await this.#lock?.release();
+    this.#leader = false;
+  }
+
+  /**
+   * Runs one claim -> publish -> settle cycle now and returns how many entries it claimed.
+   * Returns 0 without claiming when a leader lock is configured and not held.
+   * Throws when the store fails; use it for cron-style draining and in tests.
+   */
+  runOnce(): Promise<number> {
+    const cycle = this.#cycleChain.then(() => this.#cycle());
+    this.#cycleChain = cycle.catch(() => undefined);
+    return cycle;
+  }
+
+  /** Runs cycles until one claims less than a full batch. Returns the total claimed. */
+  async drain(): Promise<number> {
+    let total = 0;
+    for (;;) {
+      const claimed = await this.runOnce();
+      total += claimed;
+      if (claimed < this.#batchSize) return total;
+    }
+  }
+
+  async #run(): Promise<void> {
+    while (this.#running) {
+      let delay = this.#pollMs;
+      try {
+        const claimed = await this.runOnce();
+        this.#metrics.consecutiveFailures = 0;
+        if (claimed >= this.#batchSize) delay = 0;
+      } catch (error) {
+        this.#metrics.consecutiveFailures += 1;
+        this.#report(error, "claim");
+        // 2x, 4x, then 8x the poll interval while the store keeps failing.
+        delay = this.#pollMs * Math.min(8, 2 ** this.#metrics.consecutiveFailures);
+      }
+      if (!this.#running) break;
+      await this.#wait(delay);
+    }
+  }
+
+  async #wait(ms: number): Promise<void> {
+    if (this.#wokenEarly) {
+      this.#wokenEarly = false;
+      if (ms > 0) return;
+    }
+    if (this.#wake.signal.aborted) this.#wake = new AbortController();
+    await this.#clock.sleep(ms, this.#wake.signal);
+    this.#wokenEarly = false;
+  }
+
+  #wakeUp(): void {
+    this.#wokenEarly = true;
+    this.#wake.abort();
+  }
+
+  async #currentFence(): Promise<Fence | undefined | null> {
+    if (!this.#lock) return undefined;
+    const grant = this.#lock.grant ?? (await this.#lock.tryAcquire());
+    if (!grant) {
+      this.#leader = false;
+      return null;
+    }
+    if (!this.#leader) {
+      this.#leader = true;
+      this.#events.emit("leadershipGained", { grant });
+    }
+    return { lock: grant.name, token: grant.token };
+  }
+
+  #stillLeading(fence: Fence | undefined): boolean {
+    return fence === undefined || this.#lock?.grant?.token === fence.token;
+  }
+
+  async #cycle(): Promise<number> {
+    this.#metrics.cycles += 1;
+    const fence = await this.#currentFence();
+    if (fence === null) return 0;
+    const entries = await this.#store.claim({
+      claimer: this.id,
+      limit: this.#batchSize,
+      leaseMs: this.#leaseMs,
+      fence,
+    });
+    this.#metrics.claimed += entries.length;
+    if (entries.length > 0) await this.#deliver(entries, { claimer: this.id, fence });
+    return entries.length;
+  }
+
+  async #deliver(entries: OutboxEntry[], context: SettleContext): Promise<void> {
+    // Poison guard: an entry claimed more often than allowed without ever being settled
+    // (the relay crashed while publishing it, again and again) is set aside unpublished.
+    const exhausted = entries.filter((entry) => entry.attempts > this.#retry.maxAttempts);
+    const batch = entries.filter((entry) => entry.attempts <= this.#retry.maxAttempts);
+
+    if (!this.#stillLeading(context.fence)) {
+      // Deposed between claim and publish: publish nothing; the leases run out for the next leader.
+      this.#report(new OutboxError(OutboxErrorCode.LockNotHeld, "leadership lost before publishing"), "lock");
+      return;
+    }
+    const outcomes = batch.length > 0 ? await this.#publish(batch) : [];
+
+    const acked: OutboxEntry[] = [];
+    const retries: Array<{ entry: OutboxEntry; item: RetryItem; error: unknown }> = [];
+    const dead: Array<{
+      entry: OutboxEntry;
+      item: DeadLetterItem;
+      error: unknown;
+      reason: "permanent" | "attempts-exhausted";
+    }> = [];
+    for (const entry of exhausted) {
+      const error = new OutboxError(
+        OutboxErrorCode.PublishFailed,
+        `claimed ${entry.attempts} times without an outcome (max ${this.#retry.maxAttempts})`,
+      );
+      dead.push({ entry, error, reason: "attempts-exhausted", item: { id: entry.id, error: describeError(error) } });
+    }
+    batch.forEach((entry, index) => {
+      const outcome = outcomes[index] as PublishOutcome;
+      if (outcome.status === "published") {
+        acked.push(entry);
+      } else if (outcome.status === "permanent") {
+        dead.push({
+          entry,
+          error: outcome.error,
+          reason: "permanent",
+          item: { id: entry.id, error: describeError(outcome.error) },
+        });
+      } else if (entry.attempts >= this.#retry.maxAttempts) {
+        dead.push({
+          entry,
+          error: outcome.error,
+          reason: "attempts-exhausted",
+          item: { id: entry.id, error: describeError(outcome.error) },
+        });
+      } else {
+        const availableAt = new Date(this.#clock.now() + retryDelayMs(this.#retry, entry.attempts, this.#random));
+        retries.push({
+          entry,
+          error: outcome.error,
+          item: { id: entry.id, error: describeError(outcome.error), availableAt },
+        });
+      }
+    });
+
+    if (!this.#stillLeading(context.fence)) {
+      // Deposed while publishing: no ack. The next leader republishes (a bounded duplicate);
+      // the store's fence check would reject the ack anyway.
+      this.#report(new OutboxError(OutboxErrorCode.LockNotHeld, "leadership lost before acking"), "lock");
+      return;
+    }
+    if (acked.length > 0) {
+      await this.#settle(() =>
+        this.#store.ack(
+          acked.map((entry) => entry.id),
+          context,
+        ),
+      );
+      this.#metrics.published += acked.length;
+      this.#metrics.lastPublishedAt = new Date(this.#clock.now());
+      this.#events.emit("published", { entries: acked });
+    }
+    if (retries.length > 0) {
+      await this.#settle(() =>
+        this.#store.retry(
+          retries.map((retry) => retry.item),
+          context,
+        ),
+      );
+      this.#metrics.retried += retries.length;
+      for (const { entry, error, item } of retries) {
+        this.#events.emit("retried", { entry, error, availableAt: item.availableAt });
+      }
+    }
+    if (dead.length > 0) {
+      await this.#settle(() =>
+        this.#store.deadLetter(
+          dead.map((letter) => letter.item),
+          context,
+        ),
+      );
+      this.#metrics.deadLettered += dead.length;
+      for (const { entry, error, reason } of dead) this.#events.emit("deadLettered", { entry, error, reason });
+    }
+  }
+
+  async #publish(batch: OutboxEntry[]): Promise<PublishOutcome[]> {
+    const spans = batch.map((entry) => startPublishSpan(entry));
+    let outcomes: PublishOutcome[];
+    try {
+      outcomes = await this.#publisher.publish(batch);
+      if (!Array.isArray(outcomes) || outcomes.length !== batch.length) {
+        throw new OutboxError(
+          OutboxErrorCode.PublisherContract,
+          `publisher returned ${Array.isArray(outcomes) ? outcomes.length : typeof outcomes} outcomes for ${batch.length} entries`,
+        );
+      }
+    } catch (error) {
+      this.#report(error, "publish");
+      outcomes = batch.map(() => transientFailure(error));
+    }
+    outcomes.forEach((outcome, index) => {
+      spans[index]?.end(outcome.status === "published" ? undefined : outcome.error);
+    });
+    return outcomes;
+  }
+
+  /** Settle failures propagate: the entries stay leased and are replayed after the lease. */
+  async #settle(operation: () => Promise<void>): Promise<void> {
+    try {
+      await operation();
+    } catch (error) {
+      if (OutboxError.is(error, OutboxErrorCode.Fenced)) {
+        this.#leader = false;
+        await this.#lock?.release();
+      }
+      throw error;
+    }
+  }
+
+  #report(error: unknown, phase: RelayPhase): void {
+    this.#metrics.errors += 1;
+    if (this.#events.listenerCount("error") > 0) {
+      this.#events.emit("error", { error, phase });
+    } else {
+      // Never silent: without a listener, errors still reach the operator's logs.
+      console.error(`[outbox relay ${this.id}] ${phase}:`, error);
+    }
+  }
+}

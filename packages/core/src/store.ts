@@ -1,0 +1,102 @@
+import type { OutboxEntry, OutboxMessage } from "./entry.js";
+
+/**
+ * A fencing token presented by a leader. The store remembers the highest token seen per lock
+ * name and rejects (OUTBOX_FENCED) any claim or ack carrying a lower one, atomically with
+ * that claim or ack: a deposed leader that still believes it leads can no longer act.
+ */
+export interface Fence {
+  readonly lock: string;
+  readonly token: bigint;
+}
+
+export interface ClaimRequest {
+  /** Identifies the claiming relay; retry/deadLetter/release only act on the claimer's own entries. */
+  readonly claimer: string;
+  readonly limit: number;
+  /** Claimed entries stay invisible to other claimers for this long. */
+  readonly leaseMs: number;
+  readonly fence?: Fence;
+}
+
+/** Who is settling claimed entries. */
+export interface SettleContext {
+  readonly claimer: string;
+  readonly fence?: Fence;
+}
+
+export interface RetryItem {
+  readonly id: string;
+  readonly error: string;
+  /** The entry is not claimable before this moment. */
+  readonly availableAt: Date;
+}
+
+export interface DeadLetterItem {
+  readonly id: string;
+  readonly error: string;
+}
+
+export interface StoreStats {
+  /** Entries not yet published or dead, claimed or not. */
+  readonly pending: number;
+  /** Pending entries currently under a lease. */
+  readonly inFlight: number;
+  readonly dead: number;
+  /** createdAt of the oldest pending entry: the outbox's lag. */
+  readonly oldestPendingAt: Date | null;
+}
+
+export interface PurgeRequest {
+  /** Published and dead entries older than this go. Pending entries never do. */
+  readonly olderThan: Date;
+  /** Rows per statement, so a purge never holds long locks. Default 1000. */
+  readonly batchSize?: number;
+}
+
+/** What a store promises. Read by the relay and by the conformance kit. */
+export interface StoreCapabilities {
+  /** `subscribe()` delivers wake-up hints after commits. */
+  readonly wakeUps: boolean;
+  /** A rolled-back transaction leaves no entry behind. */
+  readonly transactions: boolean;
+}
+
+export type Unsubscribe = () => Promise<void>;
+
+/**
+ * Durable outbox storage.
+ *
+ * Contract highlights (the conformance kit checks each):
+ * - `claim` returns pending, available, unleased entries, oldest first, and leases them.
+ *   It never returns an entry while an earlier entry with the same key is still pending
+ *   (leased, waiting for a retry, or not yet claimed): per-key order holds across claimers,
+ *   retries and restarts, so at most one entry per key is ever in flight.
+ * - A claim increments `attempts`; `release` gives the entries back without counting an attempt.
+ * - `ack` is idempotent and ends an entry's life as published.
+ * - Every claim or settle carrying a fence is checked against the newest token seen.
+ */
+export interface OutboxStore<Tx = unknown> {
+  readonly capabilities: StoreCapabilities;
+  /** Inserts entries using the caller's own transaction. Returns their ids, in order. */
+  enqueue(tx: Tx, messages: OutboxMessage | readonly OutboxMessage[]): Promise<string[]>;
+  claim(request: ClaimRequest): Promise<OutboxEntry[]>;
+  ack(ids: readonly string[], context: SettleContext): Promise<void>;
+  retry(items: readonly RetryItem[], context: SettleContext): Promise<void>;
+  deadLetter(items: readonly DeadLetterItem[], context: SettleContext): Promise<void>;
+  /** Returns claimed entries unpublished and unleased, e.g. on shutdown. */
+  release(ids: readonly string[], context: SettleContext): Promise<void>;
+  /** Dead entries, oldest first. */
+  listDead(options?: { limit?: number }): Promise<OutboxEntry[]>;
+  /** Makes dead entries pending again with a fresh attempt count. Returns how many moved. */
+  requeueDead(ids: readonly string[]): Promise<number>;
+  /** Deletes old published and dead entries in bounded batches. Returns how many went. */
+  purge(request: PurgeRequest): Promise<number>;
+  stats(): Promise<StoreStats>;
+  /** Wake-up hints (declared by `capabilities.wakeUps`); polling stays the safety net. */
+  subscribe?(listener: () => void): Promise<Unsubscribe>;
+  close(): Promise<void>;
+}
+
+/** The transaction type a store's enqueue takes. */
+export type StoreTransaction<S> = S extends OutboxStore<infer Tx> ? Tx : never;

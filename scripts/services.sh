@@ -1,0 +1,528 @@
+#!/usr/bin/env bash
+# Real servers for the integration tests, all on loopback with fixed credentials
+# (see scripts/services.env for the URLs the tests read).
+#
+#   bash scripts/services.sh start   [names...]   # default: all; idempotent, fast when already up
+#   bash scripts/services.sh stop    [names...]
+#   bash scripts/services.sh restart [names...]   # e.g. `restart kafka` (fresh log dir), `restart redis`
+#   bash scripts/services.sh status  [names...]   # exit 1 if any is down
+#   bash scripts/services.sh kafka-classpath       # java -cp value for Kafka's CLI classes
+#
+# names: postgres mariadb redis rabbitmq etcd kafka
+#
+# Environment:
+#   OUTBOX_STATE            pid files, logs, data dirs   (default /tmp/outbox-services)
+#   OUTBOX_CACHE            downloaded Kafka jars        (default ~/.cache/outbox)
+#   OUTBOX_SERVICE_TIMEOUT  readiness timeout in seconds (default 90)
+#   OUTBOX_KAFKA_TIMEOUT    same, for Kafka              (default 120)
+#   OUTBOX_PG_FAST=1        fsync/synchronous_commit off. Default keeps them ON, because
+#                           benchmark numbers we publish must come from a durable setup.
+#
+# Must run as root (Debian packages, pg_ctlcluster, daemons that drop to their own users).
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+STATE=${OUTBOX_STATE:-/tmp/outbox-services}
+CACHE=${OUTBOX_CACHE:-${HOME:-/root}/.cache/outbox}
+TIMEOUT=${OUTBOX_SERVICE_TIMEOUT:-90}
+KAFKA_TIMEOUT=${OUTBOX_KAFKA_TIMEOUT:-120}
+
+KAFKA_VERSION=3.9.1
+KAFKA_LIBS=$CACHE/kafka-$KAFKA_VERSION/libs
+PG_VERSION=15
+PG_CONF_DIR=/etc/postgresql/$PG_VERSION/main
+MARIADB_SOCKET=/run/mysqld/mysqld.sock
+
+ALL=(postgres mariadb redis rabbitmq etcd kafka)
+
+declare -A ADDR=(
+  [postgres]=127.0.0.1:5432 [mariadb]=127.0.0.1:3306 [redis]=127.0.0.1:6379
+  [rabbitmq]=127.0.0.1:5672 [etcd]=127.0.0.1:2379 [kafka]=127.0.0.1:9092
+)
+# Debian packages each server (and its readiness check / test clients) needs.
+declare -A PKGS=(
+  [postgres]="postgresql-$PG_VERSION postgresql-client-$PG_VERSION"
+  [mariadb]="mariadb-server mariadb-client"
+  [redis]="redis-server redis-tools"
+  [rabbitmq]="rabbitmq-server"
+  [etcd]="etcd-server etcd-client curl"
+  [kafka]="openjdk-17-jre-headless maven"
+)
+
+# ---------------------------------------------------------------- helpers
+
+log() { printf '[services] %s\n' "$*" >&2; }
+
+# Logs worth showing when a server does not come up.
+log_files() {
+  case $1 in
+    postgres) echo "/var/log/postgresql/postgresql-$PG_VERSION-main.log" ;;
+    mariadb) echo "$STATE/mariadb-install.log $STATE/mariadb.log" ;;
+    redis) echo "$STATE/redis.log" ;;
+    rabbitmq) echo "$STATE/rabbitmq.out /var/log/rabbitmq/rabbit@localhost.log" ;;
+    etcd) echo "$STATE/etcd.log" ;;
+    kafka) echo "$STATE/kafka-mvn.log $STATE/kafka.log" ;;
+  esac
+}
+
+# Never a silent skip: say what failed, show the evidence, exit non-zero.
+fail() {
+  local name=$1 f
+  shift
+  log "$name: ERROR: $*"
+  for f in $(log_files "$name"); do
+    [[ -s $f ]] || continue
+    printf -- '----- tail -n 40 %s -----\n' "$f" >&2
+    tail -n 40 "$f" >&2
+  done
+  exit 1
+}
+
+tcp_open() { (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; }
+
+# A half-dead process or a foreign server on our port would otherwise surface later as a
+# confusing "address in use" deep in some log.
+require_port_free() {
+  local name=$1 port
+  shift
+  for port in "$@"; do
+    if tcp_open "127.0.0.1:$port"; then
+      fail "$name" "port $port is already taken, but not by a ready $name: $(ss -ltnpH "sport = :$port" 2>/dev/null || true)"
+    fi
+  done
+}
+
+pid_alive() { [[ -f $STATE/$1.pid ]] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
+
+# Detach fully (own session, stdio to the log) so a CI step or a $(...) caller never waits on
+# our pipes, and record the real server pid (exec keeps it) for `stop`.
+spawn() {
+  local name=$1 logfile=$2
+  shift 2
+  # shellcheck disable=SC2016 # $$ and $@ belong to the inner shell
+  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$STATE/$name.pid" "$@" >>"$logfile" 2>&1 </dev/null &
+  local i
+  for i in $(seq 50); do [[ -s $STATE/$name.pid ]] && return 0; sleep 0.05; done
+  fail "$name" "could not spawn $1"
+}
+
+# wait_ready NAME TIMEOUT [PID]: poll ready_NAME; give up early if PID dies.
+wait_ready() {
+  local name=$1 timeout=$2 pid=${3:-} deadline=$((SECONDS + $2))
+  until "ready_$name"; do
+    if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
+      fail "$name" "process $pid exited during startup"
+    fi
+    if ((SECONDS >= deadline)); then
+      # Leave nothing half-started behind: the next `start` would trip over its port.
+      [[ -n $pid ]] && stop_pid "$name" 5
+      fail "$name" "not ready after ${timeout}s"
+    fi
+    sleep 0.25
+  done
+}
+
+# Graceful TERM first (Kafka/MariaDB flush and close cleanly), KILL if it hangs.
+stop_pid() {
+  local name=$1 grace=${2:-30} pid i
+  pid_alive "$name" || { rm -f "$STATE/$name.pid"; return 0; }
+  pid=$(cat "$STATE/$name.pid")
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < grace * 4; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.25
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "$name: pid $pid ignored TERM for ${grace}s, killing"
+    kill -KILL "$pid" 2>/dev/null || true
+    sleep 0.5
+  fi
+  rm -f "$STATE/$name.pid"
+}
+
+missing_packages() {
+  local pkg
+  for pkg in "$@"; do
+    [[ $(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null) == "install ok installed" ]] || echo "$pkg"
+  done
+}
+
+install_packages() {
+  log "installing Debian packages: $*"
+  # Debian postinst scripts start daemons on their default config the moment they are
+  # installed; that would grab our ports with the wrong settings.
+  if ! grep -qs 'exit 101' /usr/sbin/policy-rc.d; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  if ! { apt-get update -q && apt-get install -y -q --no-install-recommends "$@"; } >"$STATE/apt.log" 2>&1; then
+    tail -n 40 "$STATE/apt.log" >&2
+    log "ERROR: apt-get install failed (full log: $STATE/apt.log)"
+    exit 1
+  fi
+}
+
+# ---------------------------------------------------------------- postgres
+
+pg_su() { (cd / && runuser -u postgres -- "$@"); }
+
+ready_postgres() {
+  PGPASSWORD=postgres PGCONNECT_TIMEOUT=3 psql -h 127.0.0.1 -p 5432 -U postgres -d outbox_test \
+    -XAtqc 'select 1' >/dev/null 2>&1
+}
+
+start_postgres() {
+  [[ -f $PG_CONF_DIR/postgresql.conf ]] || pg_createcluster "$PG_VERSION" main --port 5432 >/dev/null
+  mkdir -p "$PG_CONF_DIR/conf.d"
+  # Parallel test workers with their own pools exceed Debian's 100 connections.
+  {
+    echo "# written by outbox scripts/services.sh"
+    echo "listen_addresses = '127.0.0.1'"
+    echo "port = 5432"
+    echo "max_connections = 300"
+    if [[ ${OUTBOX_PG_FAST:-0} == 1 ]]; then
+      echo "fsync = off"
+      echo "synchronous_commit = off"
+      echo "full_page_writes = off"
+    else
+      echo "fsync = on"
+      echo "synchronous_commit = on"
+    fi
+  } >"$PG_CONF_DIR/conf.d/outbox.conf"
+  # /run is often a fresh tmpfs in containers; the socket dir must exist.
+  install -d -o postgres -g postgres -m 2775 /var/run/postgresql
+
+  if pg_ctlcluster "$PG_VERSION" main status >/dev/null 2>&1; then
+    # Running but not answering our login: someone started it without our setup.
+    pg_su psql -XAtq -c 'select pg_reload_conf()' >/dev/null
+  else
+    require_port_free postgres 5432
+    pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" main start ||
+      fail postgres "pg_ctlcluster start failed"
+  fi
+  # max_connections only changes with a restart.
+  if (($(pg_su psql -XAtq -c 'show max_connections') < 200)); then
+    pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" main restart -m fast ||
+      fail postgres "pg_ctlcluster restart failed"
+  fi
+  # TCP logins use scram, so the superuser needs a password.
+  pg_su psql -XAtq -c "ALTER USER postgres PASSWORD 'postgres'" >/dev/null
+  if [[ $(pg_su psql -XAtq -c "SELECT 1 FROM pg_database WHERE datname = 'outbox_test'") != 1 ]]; then
+    pg_su createdb outbox_test
+  fi
+  wait_ready postgres "$TIMEOUT"
+}
+
+stop_postgres() {
+  if pg_ctlcluster "$PG_VERSION" main status >/dev/null 2>&1; then
+    pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" main stop -m fast
+  fi
+}
+
+# ---------------------------------------------------------------- mariadb
+
+ready_mariadb() {
+  mariadb --protocol=tcp -h 127.0.0.1 -P 3306 -u outbox -poutbox --connect-timeout=3 \
+    -N -e 'select 1' outbox_test >/dev/null 2>&1
+}
+
+mariadb_socket_alive() { mariadb-admin --socket="$MARIADB_SOCKET" -u root ping >/dev/null 2>&1; }
+
+start_mariadb() {
+  install -d -o mysql -g mysql /run/mysqld
+  if [[ ! -d /var/lib/mysql/mysql ]]; then
+    mariadb-install-db --user=mysql --datadir=/var/lib/mysql --skip-test-db \
+      >"$STATE/mariadb-install.log" 2>&1 || fail mariadb "mariadb-install-db failed"
+  fi
+  local pid=
+  if ! mariadb_socket_alive; then
+    require_port_free mariadb 3306
+    # mariadbd opens the error log after dropping to the mysql user.
+    : >"$STATE/mariadb.log"
+    chown mysql:mysql "$STATE/mariadb.log"
+    # skip-name-resolve: no reverse DNS per connection (slow/flaky in containers).
+    spawn mariadb "$STATE/mariadb.log" /usr/sbin/mariadbd --user=mysql \
+      --bind-address=127.0.0.1 --port=3306 --socket="$MARIADB_SOCKET" \
+      --skip-name-resolve --max-connections=300 --log-error="$STATE/mariadb.log"
+    pid=$(cat "$STATE/mariadb.pid")
+    local deadline=$((SECONDS + TIMEOUT))
+    until mariadb_socket_alive; do
+      kill -0 "$pid" 2>/dev/null || fail mariadb "mariadbd exited during startup"
+      ((SECONDS < deadline)) || fail mariadb "socket not alive after ${TIMEOUT}s"
+      sleep 0.25
+    done
+  fi
+  # root only logs in over the socket; tests need a TCP user.
+  mariadb --socket="$MARIADB_SOCKET" -u root <<'SQL' || fail mariadb "user/database setup failed"
+CREATE DATABASE IF NOT EXISTS outbox_test;
+CREATE USER IF NOT EXISTS 'outbox'@'127.0.0.1' IDENTIFIED BY 'outbox';
+CREATE USER IF NOT EXISTS 'outbox'@'localhost' IDENTIFIED BY 'outbox';
+ALTER USER 'outbox'@'127.0.0.1' IDENTIFIED BY 'outbox';
+ALTER USER 'outbox'@'localhost' IDENTIFIED BY 'outbox';
+GRANT ALL PRIVILEGES ON *.* TO 'outbox'@'127.0.0.1' WITH GRANT OPTION;
+GRANT ALL PRIVILEGES ON *.* TO 'outbox'@'localhost' WITH GRANT OPTION;
+SQL
+  wait_ready mariadb "$TIMEOUT" "$pid"
+}
+
+stop_mariadb() {
+  if pid_alive mariadb; then
+    stop_pid mariadb 60
+  elif mariadb_socket_alive; then
+    mariadb-admin --socket="$MARIADB_SOCKET" -u root shutdown
+  fi
+}
+
+# ---------------------------------------------------------------- redis
+
+ready_redis() { [[ $(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null) == PONG ]]; }
+
+start_redis() {
+  require_port_free redis 6379
+  mkdir -p "$STATE/redis"
+  # No persistence: tests expect an empty server after `restart redis`.
+  # shellcheck disable=SC2094 # redis-server writes its logfile itself, stdio only catches early errors
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no \
+    --dir "$STATE/redis" --pidfile "$STATE/redis.pid" --logfile "$STATE/redis.log" \
+    </dev/null >>"$STATE/redis.log" 2>&1 || fail redis "redis-server failed"
+  wait_ready redis "$TIMEOUT"
+}
+
+stop_redis() {
+  if pid_alive redis; then
+    stop_pid redis 10
+  elif ready_redis; then
+    redis-cli -h 127.0.0.1 -p 6379 shutdown nosave >/dev/null 2>&1 || true
+  fi
+}
+
+# ---------------------------------------------------------------- rabbitmq
+
+# Epmd must only listen on loopback; rabbitmqctl reads this too.
+export ERL_EPMD_ADDRESS=127.0.0.1
+
+# A real AMQP 0-9-1 protocol header: the broker answers with a Connection.Start frame
+# (frame type 1). Far cheaper than `rabbitmqctl` (which boots an Erlang VM, ~1 s).
+ready_rabbitmq() {
+  (
+    exec 3<>/dev/tcp/127.0.0.1/5672
+    printf 'AMQP\x00\x00\x09\x01' >&3
+    IFS= read -r -t 3 -N 1 byte <&3
+    [[ $byte == $'\x01' ]]
+  ) 2>/dev/null
+}
+
+rabbitmq_node_registered() { epmd -names 2>/dev/null | grep -q '^name rabbit at'; }
+
+start_rabbitmq() {
+  # A fixed node name makes rabbitmqctl find the node regardless of the machine's hostname.
+  local env_conf='# written by outbox scripts/services.sh
+NODENAME=rabbit@localhost
+NODE_IP_ADDRESS=127.0.0.1
+NODE_PORT=5672
+SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"'
+  if [[ $(cat /etc/rabbitmq/rabbitmq-env.conf 2>/dev/null) != "$env_conf" ]]; then
+    printf '%s\n' "$env_conf" >/etc/rabbitmq/rabbitmq-env.conf
+  fi
+  # A node that is still booting (e.g. a concurrent `start`) must not be started twice.
+  if ! rabbitmq_node_registered; then
+    require_port_free rabbitmq 5672
+    rabbitmq-server -detached </dev/null >>"$STATE/rabbitmq.out" 2>&1 ||
+      fail rabbitmq "rabbitmq-server -detached failed"
+  fi
+  wait_ready rabbitmq "$TIMEOUT"
+}
+
+stop_rabbitmq() {
+  if rabbitmq_node_registered; then
+    rabbitmqctl -q stop >>"$STATE/rabbitmq.out" 2>&1 || fail rabbitmq "rabbitmqctl stop failed"
+  fi
+}
+
+# ---------------------------------------------------------------- etcd
+
+ready_etcd() { curl -fsS --max-time 2 http://127.0.0.1:2379/health 2>/dev/null | grep -q '"health":"true"'; }
+
+start_etcd() {
+  require_port_free etcd 2379 2380
+  # Fresh data per start: tests own all keys, and a stale member dir can refuse to boot.
+  rm -rf "$STATE/etcd-data"
+  : >"$STATE/etcd.log"
+  spawn etcd "$STATE/etcd.log" etcd --name default --data-dir "$STATE/etcd-data" \
+    --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+    --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+    --initial-cluster default=http://127.0.0.1:2380 --initial-cluster-state new \
+    --logger zap --unsafe-no-fsync
+  wait_ready etcd "$TIMEOUT" "$(cat "$STATE/etcd.pid")"
+}
+
+stop_etcd() { stop_pid etcd 10; }
+
+# ---------------------------------------------------------------- kafka
+
+# The broker is assembled from Maven Central jars (the release tarball is not reachable);
+# downloaded once into the cache. `.complete` holds the pom's hash: it guards against
+# half-finished downloads and refetches when the pom changes.
+kafka_fetch() {
+  local want
+  want=$(sha256sum "$SCRIPT_DIR/kafka/pom.xml" | cut -d' ' -f1)
+  [[ $(cat "$KAFKA_LIBS/.complete" 2>/dev/null) == "$want" ]] && return 0
+  log "kafka: fetching Kafka $KAFKA_VERSION jars from Maven Central into $KAFKA_LIBS (once)"
+  local tmp=$KAFKA_LIBS.tmp.$$
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  mvn -B -q -Dstyle.color=never -f "$SCRIPT_DIR/kafka/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$tmp" >"$STATE/kafka-mvn.log" 2>&1 ||
+    { rm -rf "$tmp"; fail kafka "mvn dependency:copy-dependencies failed"; }
+  # In case mvn leaves target/ next to the pom: nothing may be written into the repo.
+  rm -rf "$SCRIPT_DIR/kafka/target"
+  echo "$want" >"$tmp/.complete"
+  rm -rf "$KAFKA_LIBS"
+  mv "$tmp" "$KAFKA_LIBS"
+}
+
+ready_kafka() {
+  pid_alive kafka && grep -qs 'Kafka Server started' "$STATE/kafka.log" && tcp_open 127.0.0.1:9092
+}
+
+start_kafka() {
+  rm -f "$STATE/kafka-mvn.log" # only show it on failure if this start ran mvn
+  kafka_fetch
+  require_port_free kafka 9092 9093
+  # Fresh log dir per start: formatting stamps a cluster id, a reused dir would mismatch.
+  rm -rf "$STATE/kafka-data"
+  mkdir -p "$STATE/kafka-data"
+  sed "s|@LOG_DIR@|$STATE/kafka-data|" "$SCRIPT_DIR/kafka/server.properties.tmpl" >"$STATE/kafka-server.properties"
+  : >"$STATE/kafka.log"
+  local log4j="-Dlog4j.configuration=file:$SCRIPT_DIR/kafka/log4j.properties"
+  # A cluster id is 16 random bytes in URL-safe base64; generating it here saves a JVM start.
+  local cluster_id
+  cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+  # Short-lived tool JVM: C1 only and serial GC start noticeably faster.
+  java -XX:TieredStopAtLevel=1 -XX:+UseSerialGC \
+    -Dlog4j.configuration="file:$SCRIPT_DIR/kafka/tools-log4j.properties" -cp "$KAFKA_LIBS/*" \
+    kafka.tools.StorageTool format -t "$cluster_id" -c "$STATE/kafka-server.properties" --ignore-formatted \
+    >>"$STATE/kafka.log" 2>&1 || fail kafka "kafka-storage format failed"
+  spawn kafka "$STATE/kafka.log" java -Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+    -Djava.awt.headless=true "$log4j" -cp "$KAFKA_LIBS/*" kafka.Kafka "$STATE/kafka-server.properties"
+  wait_ready kafka "$KAFKA_TIMEOUT" "$(cat "$STATE/kafka.pid")"
+}
+
+stop_kafka() { stop_pid kafka 30; }
+
+# ---------------------------------------------------------------- commands
+
+# Run "ACTION_name" for each name concurrently; returns the names that failed in FAILED.
+declare -A JOBS=()
+launch() {
+  (
+    t0=$SECONDS
+    "$1_$2"
+    log "$2: $1 done in $((SECONDS - t0))s"
+  ) &
+  JOBS[$2]=$!
+}
+reap() {
+  local name
+  FAILED=()
+  for name in "${!JOBS[@]}"; do
+    wait "${JOBS[$name]}" || FAILED+=("$name")
+  done
+  JOBS=()
+}
+
+cmd_start() {
+  local names=("$@") todo=() later=() pkgs=() name t0=$SECONDS
+  for name in "${names[@]}"; do
+    if "ready_$name"; then log "$name: already running"; else todo+=("$name"); fi
+  done
+
+  if ((${#todo[@]})); then
+    # Longest first (Kafka: mvn + JVM; RabbitMQ: Erlang boot) so they overlap the rest.
+    # Servers whose packages are present start right away, in parallel with apt-get.
+    for name in kafka rabbitmq postgres mariadb redis etcd; do
+      [[ " ${todo[*]} " == *" $name "* ]] || continue
+      local missing=()
+      # shellcheck disable=SC2086 # PKGS values are space-separated lists on purpose
+      mapfile -t missing < <(missing_packages ${PKGS[$name]})
+      if ((${#missing[@]})); then
+        later+=("$name")
+        pkgs+=("${missing[@]}")
+      else
+        log "$name: starting"
+        launch start "$name"
+      fi
+    done
+    if ((${#later[@]})); then
+      mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | sort -u)
+      install_packages "${pkgs[@]}"
+      for name in "${later[@]}"; do
+        log "$name: starting"
+        launch start "$name"
+      done
+    fi
+    reap
+    log "start of ${todo[*]} finished in $((SECONDS - t0))s${FAILED:+ (FAILED: ${FAILED[*]})}"
+  fi
+
+  # Report from a fresh readiness check, not from what we believe happened.
+  local rc=0
+  for name in "${names[@]}"; do
+    if "ready_$name"; then
+      echo "$name ready ${ADDR[$name]}"
+    else
+      echo "$name FAILED ${ADDR[$name]}"
+      rc=1
+    fi
+  done
+  return $rc
+}
+
+cmd_stop() {
+  local name
+  for name in "$@"; do launch stop "$name"; done
+  reap
+  for name in "$@"; do
+    if [[ " ${FAILED[*]} " == *" $name "* ]]; then echo "$name stop FAILED"; else echo "$name stopped"; fi
+  done
+  ((${#FAILED[@]} == 0))
+}
+
+cmd_status() {
+  local name rc=0
+  for name in "$@"; do
+    if "ready_$name"; then echo "$name ready ${ADDR[$name]}"; else echo "$name down ${ADDR[$name]}"; rc=1; fi
+  done
+  return $rc
+}
+
+main() {
+  local cmd=${1:-}
+  shift || true
+  local names=("$@") name
+  ((${#names[@]})) || names=("${ALL[@]}")
+  for name in "${names[@]}"; do
+    [[ -n ${ADDR[$name]:-} ]] || { echo "unknown server '$name' (known: ${ALL[*]})" >&2; exit 2; }
+  done
+  case $cmd in
+    start | stop | restart)
+      [[ $EUID -eq 0 ]] || { echo "services.sh $cmd must run as root" >&2; exit 2; }
+      mkdir -p "$STATE"
+      ;;
+  esac
+  case $cmd in
+    start) cmd_start "${names[@]}" ;;
+    stop) cmd_stop "${names[@]}" ;;
+    restart) cmd_stop "${names[@]}" >/dev/null && cmd_start "${names[@]}" ;;
+    status) cmd_status "${names[@]}" ;;
+    # For tests that want an independent Kafka client (TopicCommand, ConsoleConsumer, ...).
+    kafka-classpath) echo "$KAFKA_LIBS/*" ;;
+    *)
+      sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2
+      exit 2
+      ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,36 @@
+import { existsSync, readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { defineConfig } from "vitest/config";
+
+/**
+ * Connection settings of the real servers that scripts/services.sh starts. Values already in
+ * the environment win, so a developer can point the suite at other servers.
+ */
+function serviceEnv(): Record<string, string> {
+  const file = fileURLToPath(new URL("./scripts/services.env", import.meta.url));
+  if (!existsSync(file)) return {};
+  const env: Record<string, string> = {};
+  for (const line of readFileSync(file, "utf8").split("\n")) {
+    const match = /^([A-Z0-9_]+)=(.*)$/.exec(line.trim());
+    if (match?.[1] && match[2] !== undefined && process.env[match[1]] === undefined) env[match[1]] = match[2];
+  }
+  return env;
+}
+
+// Tests read each workspace package's TypeScript source (the "@outbox/source" export
+// condition), so a test run never depends on a stale build.
+const conditions = ["@outbox/source", "import", "module", "node", "default"];
+
+export function packageTestConfig(options: { testTimeout?: number } = {}) {
+  return defineConfig({
+    resolve: { conditions },
+    ssr: { resolve: { conditions, externalConditions: ["@outbox/source"] } },
+    test: {
+      include: ["test/**/*.test.ts"],
+      env: serviceEnv(),
+      testTimeout: options.testTimeout ?? 20_000,
+      hookTimeout: 60_000,
+      fileParallelism: false,
+    },
+  });
+}
