@@ -1,0 +1,225 @@
+import {
+  type LockBackend,
+  ManualClock,
+  MemoryLockBackend,
+  MemoryPublisher,
+  MemoryStore,
+  type MemoryTransaction,
+  type OutboxRelayOptions,
+  type OutboxStore,
+} from "@outbox/core";
+import { describe, expect, it } from "vitest";
+import {
+  type LockHarness,
+  lockChecks,
+  type PublisherHarness,
+  publisherChecks,
+  type RelayUnderTest,
+  relayChecks,
+  runChecks,
+  type StoreHarness,
+  storeChecks,
+  uniqueName,
+} from "../src/index.js";
+
+// The kit must be able to fail: each deliberately broken adapter below has to fail at
+// least the named check. A kit that passes these would pass anything.
+
+type Tx = MemoryTransaction;
+
+/** A store built on the reference one with one rule broken by `patch`. */
+function brokenStore(patch: (inner: MemoryStore) => Partial<OutboxStore<Tx>>) {
+  return async (clock: ManualClock): Promise<StoreHarness<Tx>> => {
+    const inner = new MemoryStore({ clock });
+    const base: OutboxStore<Tx> = {
+      capabilities: inner.capabilities,
+      enqueue: (tx, m) => inner.enqueue(tx, m),
+      claim: (r) => inner.claim(r),
+      ack: (ids, c) => inner.ack(ids, c),
+      retry: (items, c) => inner.retry(items, c),
+      deadLetter: (items, c) => inner.deadLetter(items, c),
+      release: (ids, c) => inner.release(ids, c),
+      listDead: (o) => inner.listDead(o),
+      requeueDead: (ids) => inner.requeueDead(ids),
+      purge: (r) => inner.purge(r),
+      stats: () => inner.stats(),
+      subscribe: (l) => inner.subscribe(l),
+      close: () => inner.close(),
+    };
+    return {
+      store: { ...base, ...patch(inner) },
+      clock,
+      transaction: (work) => inner.transaction(work),
+      teardown: () => inner.close(),
+    };
+  };
+}
+
+async function failingStoreChecks(create: (clock: ManualClock) => Promise<StoreHarness<Tx>>) {
+  const { failed } = await runChecks(
+    storeChecks,
+    () => create(new ManualClock()) as Promise<StoreHarness<unknown>>,
+    (h) => h.teardown(),
+  );
+  return failed;
+}
+
+async function failingRelayChecks(
+  createStore: (clock: ManualClock) => Promise<StoreHarness<Tx>>,
+  createRelay?: (options: OutboxRelayOptions) => RelayUnderTest,
+) {
+  const { OutboxRelay } = await import("@outbox/core");
+  const { failed } = await runChecks(
+    relayChecks,
+    async () => {
+      const clock = new ManualClock();
+      return {
+        clock,
+        harness: (await createStore(clock)) as StoreHarness<unknown>,
+        lockBackend: new MemoryLockBackend({ clock }),
+        createRelay: createRelay ?? ((o: OutboxRelayOptions) => new OutboxRelay(o)),
+      };
+    },
+    (c) => c.harness.teardown(),
+  );
+  return failed;
+}
+
+describe("the kit catches broken stores", () => {
+  it("a store without leases fails claim exclusivity", async () => {
+    const noLease = brokenStore((inner) => ({
+      claim: async (request) => {
+        const entries = await inner.claim(request);
+        await inner.release(
+          entries.map((e) => e.id),
+          { claimer: request.claimer },
+        );
+        return entries;
+      },
+    }));
+    expect(await failingStoreChecks(noLease)).toEqual(expect.arrayContaining(["claim-exclusive", "lease-expiry"]));
+  });
+
+  it("a store that ignores fencing tokens fails the fencing checks", async () => {
+    const noFence = brokenStore((inner) => ({
+      claim: (request) => inner.claim({ ...request, fence: undefined }),
+      ack: (ids, context) => inner.ack(ids, { claimer: context.claimer }),
+      retry: (items, context) => inner.retry(items, { claimer: context.claimer }),
+    }));
+    expect(await failingStoreChecks(noFence)).toContain("fencing");
+    expect(await failingRelayChecks(noFence)).toContain("deposed-leader-cannot-ack");
+  });
+
+  it("a store that loses per-key order fails the key-order checks", async () => {
+    // Claims as if every entry had no key.
+    const unordered = brokenStore((inner) => {
+      const claimed = new Set<string>();
+      return {
+        claim: async (request) => {
+          const all = [];
+          for (;;) {
+            const batch = await inner.claim({ ...request, limit: 1000 });
+            if (batch.length === 0) break;
+            all.push(...batch);
+            await inner.ack(
+              batch.map((e) => e.id),
+              { claimer: request.claimer },
+            );
+          }
+          const fresh = all.filter((e) => !claimed.has(e.id)).slice(0, request.limit);
+          for (const e of fresh) claimed.add(e.id);
+          return fresh;
+        },
+      };
+    });
+    expect(await failingStoreChecks(unordered)).toContain("key-order");
+  });
+
+  it("a store that acks non-idempotently or purges pending entries fails", async () => {
+    const eager = brokenStore((inner) => ({
+      purge: async (request) => {
+        const stats = await inner.stats();
+        return (await inner.purge(request)) + stats.pending;
+      },
+    }));
+    expect(await failingStoreChecks(eager)).toContain("purge");
+  });
+});
+
+describe("the kit catches broken relays", () => {
+  it("a relay that acks before publishing loses entries when killed", async () => {
+    const ackFirst = (options: OutboxRelayOptions): RelayUnderTest => ({
+      async runOnce() {
+        const claimer = uniqueName("ack-first");
+        const entries = await options.store.claim({ claimer, limit: options.batchSize ?? 32, leaseMs: 30_000 });
+        await options.store.ack(
+          entries.map((e) => e.id),
+          { claimer },
+        );
+        await options.publisher.publish(entries);
+        return entries.length;
+      },
+    });
+    const reference = async (clock: ManualClock): Promise<StoreHarness<Tx>> => {
+      const store = new MemoryStore({ clock });
+      return { store, clock, transaction: (w) => store.transaction(w), teardown: () => store.close() };
+    };
+    expect(await failingRelayChecks(reference, ackFirst)).toContain("crash-during-publish");
+  });
+});
+
+describe("the kit catches broken publishers and locks", () => {
+  it("a publisher that mangles bytes through a UTF-8 round trip fails round-trip", async () => {
+    const { failed } = await runChecks(
+      publisherChecks,
+      async () => {
+        const inner = new MemoryPublisher();
+        const harness: PublisherHarness & { largePayloadBytes: number } = {
+          largePayloadBytes: 1024,
+          publisher: {
+            publish: (entries) =>
+              inner.publish(
+                entries.map((e) => ({
+                  ...e,
+                  payload: new TextEncoder().encode(new TextDecoder().decode(e.payload)),
+                })),
+              ),
+          },
+          topic: async () => uniqueName("t"),
+          receive: async (topic) => inner.topic(topic),
+          teardown: async () => {},
+        };
+        return harness;
+      },
+      (h) => h.teardown(),
+    );
+    expect(failed).toContain("round-trip");
+  });
+
+  it("a lock that lets anyone release, or reuses tokens, fails", async () => {
+    const clock = new ManualClock();
+    const sloppy = (): LockBackend => {
+      const inner = new MemoryLockBackend({ clock });
+      return {
+        capabilities: inner.capabilities,
+        tryAcquire: async (name, holder, ttl) => ((await inner.tryAcquire(name, holder, ttl)) === null ? null : 1n),
+        renew: (name, holder, ttl) => inner.renew(name, holder, ttl),
+        release: async (name) => {
+          inner.restart();
+          return name.length > 0;
+        },
+      };
+    };
+    const { failed } = await runChecks(
+      lockChecks,
+      async (): Promise<LockHarness & { ttlMs: number }> => ({
+        backend: sloppy(),
+        ttlMs: 1_000,
+        elapse: async (ms) => clock.advance(ms),
+        teardown: async () => {},
+      }),
+      (h) => h.teardown(),
+    );
+    expect(failed).toEqual(expect.arrayContaining(["holder-only", "fencing-tokens"]));
+  });
+});

@@ -1,0 +1,100 @@
+import { describe, expect, it } from "vitest";
+import {
+  DistributedLock,
+  type LockBackend,
+  type LockGrant,
+  ManualClock,
+  MemoryLockBackend,
+  OutboxErrorCode,
+} from "../src/index.js";
+
+function counting(backend: LockBackend) {
+  const calls = { acquire: 0, renew: 0, release: 0 };
+  const wrapped: LockBackend = {
+    capabilities: backend.capabilities,
+    tryAcquire: (...args) => {
+      calls.acquire += 1;
+      return backend.tryAcquire(...args);
+    },
+    renew: (...args) => {
+      calls.renew += 1;
+      return backend.renew(...args);
+    },
+    release: (...args) => {
+      calls.release += 1;
+      return backend.release(...args);
+    },
+  };
+  return { wrapped, calls };
+}
+
+const tick = () => new Promise((resolve) => setImmediate(resolve));
+
+describe("DistributedLock", () => {
+  it("renews every ttl/3 and keeps the lock past its TTL", async () => {
+    const clock = new ManualClock();
+    const memory = new MemoryLockBackend({ clock });
+    const { wrapped, calls } = counting(memory);
+    const lock = new DistributedLock(wrapped, { name: "n", ttlMs: 3_000, clock });
+    expect((await lock.tryAcquire())?.token).toBe(1n);
+    for (let i = 1; i <= 6; i++) {
+      await clock.whenSleeping();
+      clock.advance(1_000);
+      await tick();
+    }
+    expect(calls.renew).toBe(6);
+    expect(lock.grant?.token).toBe(1n);
+    expect(await memory.tryAcquire("n", "other", 3_000)).toBeNull();
+    await lock.release();
+    expect(calls.release).toBe(1);
+    expect(lock.grant).toBeNull();
+    expect(await memory.tryAcquire("n", "other", 3_000)).toBe(2n);
+  });
+
+  it("reports loss promptly when a renewal is refused", async () => {
+    const clock = new ManualClock();
+    const memory = new MemoryLockBackend({ clock });
+    const lost: LockGrant[] = [];
+    const lock = new DistributedLock(memory, { name: "n", ttlMs: 3_000, clock, onLost: (grant) => lost.push(grant) });
+    await lock.tryAcquire();
+    memory.restart();
+    await memory.tryAcquire("n", "thief", 3_000);
+    await clock.whenSleeping();
+    clock.advance(1_000);
+    await tick();
+    expect(lost.map((g) => g.token)).toEqual([1n]);
+    expect(lock.grant).toBeNull();
+  });
+
+  it("stops trusting the grant at acquire + ttl - margin when the backend is unreachable", async () => {
+    const clock = new ManualClock();
+    const memory = new MemoryLockBackend({ clock });
+    const errors: unknown[] = [];
+    const lock = new DistributedLock(memory, {
+      name: "n",
+      ttlMs: 3_000,
+      safetyMarginMs: 500,
+      clock,
+      onError: (e) => errors.push(e),
+    });
+    await lock.tryAcquire();
+    memory.setReachable(false);
+    clock.advance(2_499);
+    expect(lock.grant).not.toBeNull();
+    clock.advance(1);
+    expect(lock.grant).toBeNull();
+    expect(await lock.tryAcquire()).toBeNull();
+    expect(errors.length).toBeGreaterThan(0);
+    expect(errors.every((e) => (e as { code?: string }).code === OutboxErrorCode.LockUnavailable)).toBe(true);
+  });
+
+  it("validates its options", () => {
+    const backend = new MemoryLockBackend();
+    expect(() => new DistributedLock(backend, { name: "" })).toThrowError(
+      expect.objectContaining({ code: OutboxErrorCode.InvalidOptions }) as unknown as Error,
+    );
+    expect(() => new DistributedLock(backend, { name: "n", ttlMs: 100, safetyMarginMs: 100 })).toThrowError(
+      expect.objectContaining({ code: OutboxErrorCode.InvalidOptions }) as unknown as Error,
+    );
+  });
+});

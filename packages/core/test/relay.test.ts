@@ -1,0 +1,309 @@
+import { describe, expect, it } from "vitest";
+import {
+  ManualClock,
+  MemoryLockBackend,
+  MemoryPublisher,
+  MemoryStore,
+  type OutboxEntry,
+  OutboxError,
+  OutboxErrorCode,
+  type OutboxMessage,
+  type OutboxPublisher,
+  OutboxRelay,
+  type OutboxRelayOptions,
+  type OutboxStore,
+  permanentFailure,
+  published,
+  type RelayEvents,
+  transientFailure,
+} from "../src/index.js";
+
+function setup(overrides: Partial<OutboxRelayOptions> = {}) {
+  const clock = new ManualClock();
+  const store = new MemoryStore({ clock });
+  const publisher = new MemoryPublisher();
+  const relay = new OutboxRelay({ store, publisher, clock, random: () => 0, ...overrides });
+  const events: Array<{ type: keyof RelayEvents; payload: unknown }> = [];
+  for (const type of ["published", "retried", "deadLettered", "leadershipGained", "leadershipLost", "error"] as const) {
+    relay.on(type, (payload) => events.push({ type, payload }));
+  }
+  const enqueue = (messages: OutboxMessage[]) => store.transaction((tx) => store.enqueue(tx, messages));
+  return { clock, store, publisher, relay, events, enqueue };
+}
+
+const msgs = (n: number, key: (i: number) => string | null = () => null): OutboxMessage[] =>
+  Array.from({ length: n }, (_, i) => ({ topic: "t", key: key(i), payload: `m${i}` }));
+
+/** A store whose claim fails while `failing` is set, counting claims. */
+function flakyStore(inner: MemoryStore) {
+  const state = { failing: true, claims: 0 };
+  const store: OutboxStore<never> = Object.assign(Object.create(inner) as MemoryStore, {
+    capabilities: { wakeUps: false, transactions: true },
+    claim: async (request: Parameters<MemoryStore["claim"]>[0]) => {
+      state.claims += 1;
+      if (state.failing) throw new OutboxError(OutboxErrorCode.StoreUnavailable, "db down");
+      return inner.claim(request);
+    },
+    ack: inner.ack.bind(inner),
+    retry: inner.retry.bind(inner),
+    deadLetter: inner.deadLetter.bind(inner),
+    stats: inner.stats.bind(inner),
+  });
+  return { store, state };
+}
+
+describe("OutboxRelay cycle", () => {
+  it("publishes a batch and acks it, emitting events and counting", async () => {
+    const { relay, publisher, store, events, enqueue } = setup({ batchSize: 3 });
+    await enqueue(msgs(5));
+    expect(await relay.runOnce()).toBe(3);
+    expect(await relay.drain()).toBe(2);
+    expect(publisher.messages.map((m) => new TextDecoder().decode(m.payload))).toEqual(["m0", "m1", "m2", "m3", "m4"]);
+    expect((await store.stats()).pending).toBe(0);
+    expect(events.filter((e) => e.type === "published")).toHaveLength(2);
+    expect(relay.metrics()).toMatchObject({ claimed: 5, published: 5, retried: 0, deadLettered: 0, errors: 0 });
+  });
+
+  it("retries a transient failure with exponential backoff, then dead-letters after maxAttempts", async () => {
+    const { clock, store, relay, events, enqueue } = setup({
+      publisher: { publish: async (entries) => entries.map(() => transientFailure(new Error("broker down"))) },
+      retry: { maxAttempts: 3, baseDelayMs: 1_000, maxDelayMs: 10_000, jitter: 0 },
+    });
+    await enqueue(msgs(1));
+    await relay.runOnce();
+    const retried = events.filter((e) => e.type === "retried").map((e) => e.payload as RelayEvents["retried"]);
+    expect(retried[0]?.availableAt.getTime()).toBe(clock.now() + 1_000);
+    clock.advance(999);
+    expect(await relay.runOnce()).toBe(0);
+    clock.advance(1);
+    expect(await relay.runOnce()).toBe(1);
+    clock.advance(2_000);
+    expect(await relay.runOnce()).toBe(1);
+    const dead = events.filter((e) => e.type === "deadLettered").map((e) => e.payload as RelayEvents["deadLettered"]);
+    expect(dead).toHaveLength(1);
+    expect(dead[0]?.reason).toBe("attempts-exhausted");
+    const [letter] = await store.listDead();
+    expect(letter?.attempts).toBe(3);
+    expect(letter?.lastError).toContain("broker down");
+  });
+
+  it("dead-letters a permanent failure at once and publishes its neighbours", async () => {
+    const { store, relay, enqueue } = setup({
+      publisher: {
+        publish: async (entries) =>
+          entries.map((e) =>
+            e.payload[1] === "1".charCodeAt(0) ? permanentFailure(new Error("unroutable")) : published(),
+          ),
+      },
+    });
+    await enqueue(msgs(3));
+    await relay.runOnce();
+    expect((await store.listDead()).map((e) => e.id)).toEqual(["2"]);
+    expect((await store.stats()).pending).toBe(0);
+  });
+
+  it("treats a throwing publisher and a wrong outcome count as transient failures of the batch", async () => {
+    const bad: OutboxPublisher[] = [
+      {
+        publish: async () => {
+          throw new Error("socket closed");
+        },
+      },
+      { publish: async () => [published()] },
+    ];
+    for (const publisher of bad) {
+      const { relay, store, events, enqueue } = setup({ publisher });
+      await enqueue(msgs(2));
+      await relay.runOnce();
+      expect(events.filter((e) => e.type === "retried")).toHaveLength(2);
+      expect((await store.stats()).pending).toBe(2);
+    }
+    const { relay, events, enqueue } = setup({ publisher: bad[1] });
+    await enqueue(msgs(2));
+    await relay.runOnce();
+    const error = events.find((e) => e.type === "error")?.payload as RelayEvents["error"];
+    expect(OutboxError.is(error.error, OutboxErrorCode.PublisherContract)).toBe(true);
+  });
+
+  it("sets aside an entry claimed more than maxAttempts times without an outcome (poison guard)", async () => {
+    const { clock, store, relay, publisher, enqueue } = setup({ retry: { maxAttempts: 2 }, leaseMs: 1_000 });
+    await enqueue(msgs(1));
+    // Two claimers crash after claiming: leases expire unsettled.
+    await store.claim({ claimer: "crashed-1", limit: 1, leaseMs: 1_000 });
+    clock.advance(1_000);
+    await store.claim({ claimer: "crashed-2", limit: 1, leaseMs: 1_000 });
+    clock.advance(1_000);
+    await relay.runOnce();
+    expect(publisher.messages).toHaveLength(0);
+    expect(await store.listDead()).toHaveLength(1);
+  });
+
+  it("holds back only the failing key", async () => {
+    const publisher = new MemoryPublisher({
+      outcome: (entry: OutboxEntry) =>
+        new TextDecoder().decode(entry.payload) === "b1" && entry.attempts < 3 ? transientFailure("x") : published(),
+    });
+    const { clock, relay, enqueue } = setup({ publisher, retry: { baseDelayMs: 1_000, jitter: 0 } });
+    await enqueue([
+      { topic: "t", key: "bad", payload: "b1" },
+      { topic: "t", key: "good", payload: "g1" },
+      { topic: "t", key: "bad", payload: "b2" },
+      { topic: "t", key: "good", payload: "g2" },
+    ]);
+    await relay.drain();
+    await relay.drain();
+    const decoded = () => publisher.messages.map((m) => new TextDecoder().decode(m.payload));
+    expect(decoded()).toEqual(["g1", "g2"]);
+    // b1 fails on attempts 1 and 2, succeeds on 3; b2 waits behind it the whole time.
+    for (let i = 0; i < 3; i++) {
+      clock.advance(10_000);
+      await relay.drain();
+    }
+    expect(decoded()).toEqual(["g1", "g2", "b1", "b2"]);
+  });
+});
+
+describe("OutboxRelay loop", () => {
+  it("doubles the wait after consecutive store failures, up to 8x the poll", async () => {
+    const clock = new ManualClock();
+    const inner = new MemoryStore({ clock });
+    const { store, state } = flakyStore(inner);
+    const relay = new OutboxRelay({ store, publisher: new MemoryPublisher(), clock, pollMs: 100 });
+    const errors: unknown[] = [];
+    relay.on("error", ({ error }) => errors.push(error));
+    relay.start();
+    const waits: number[] = [];
+    for (let failure = 1; failure <= 5; failure++) {
+      await clock.whenSleeping();
+      const claims = state.claims;
+      let waited = 0;
+      while (state.claims === claims) {
+        clock.advance(100);
+        waited += 100;
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      waits.push(waited);
+    }
+    expect(waits).toEqual([200, 400, 800, 800, 800]);
+    expect(errors.every((e) => OutboxError.is(e, OutboxErrorCode.StoreUnavailable))).toBe(true);
+    state.failing = false;
+    await inner.transaction((tx) => inner.enqueue(tx, msgs(1)));
+    const done = new Promise((resolve) => relay.on("published", resolve));
+    clock.advance(800);
+    await done;
+    await relay.stop();
+    expect(relay.metrics().consecutiveFailures).toBe(0);
+    await relay.stop();
+  });
+
+  it("a store wake-up cuts the poll wait", async () => {
+    const { relay, clock, enqueue } = setup({ pollMs: 60_000 });
+    relay.start();
+    await clock.whenSleeping();
+    const publishedEvent = new Promise<RelayEvents["published"]>((resolve) => relay.on("published", resolve));
+    await enqueue(msgs(1));
+    const { entries } = await publishedEvent;
+    expect(entries).toHaveLength(1);
+    await relay.stop();
+  });
+
+  it("keeps going when listeners throw", async () => {
+    const { relay, clock, enqueue, publisher } = setup({ pollMs: 10 });
+    relay.on("published", () => {
+      throw new Error("listener bug");
+    });
+    const errors: RelayEvents["error"][] = [];
+    relay.on("error", (e) => errors.push(e));
+    await enqueue(msgs(2));
+    relay.start();
+    await clock.whenSleeping();
+    await enqueue(msgs(1));
+    await clock.whenSleeping();
+    clock.advance(10);
+    await clock.whenSleeping();
+    expect(publisher.messages).toHaveLength(3);
+    expect(errors.some((e) => e.phase === "listener")).toBe(true);
+    await relay.stop();
+  });
+
+  it("stop() stops claiming and is idempotent", async () => {
+    const { relay, clock, enqueue, publisher } = setup({ pollMs: 10 });
+    relay.start();
+    await clock.whenSleeping();
+    await relay.stop();
+    await relay.stop();
+    expect(relay.running).toBe(false);
+    await enqueue(msgs(1));
+    clock.advance(1_000);
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(publisher.messages).toHaveLength(0);
+  });
+
+  it("rejects bad options with OUTBOX_INVALID_OPTIONS", () => {
+    const store = new MemoryStore();
+    const publisher = new MemoryPublisher();
+    for (const bad of [{ pollMs: 0 }, { batchSize: -1 }, { leaseMs: Number.NaN }, { retry: { maxAttempts: 0 } }]) {
+      expect(() => new OutboxRelay({ store, publisher, ...bad })).toThrowError(
+        expect.objectContaining({ code: OutboxErrorCode.InvalidOptions }) as unknown as Error,
+      );
+    }
+  });
+});
+
+describe("OutboxRelay leadership", () => {
+  it("only the lock holder drains; the fence reaches the store; stop() hands over", async () => {
+    const clock = new ManualClock();
+    const store = new MemoryStore({ clock });
+    const backend = new MemoryLockBackend({ clock });
+    const publisher = new MemoryPublisher();
+    const leader = { backend, name: "relay", ttlMs: 3_000 };
+    const a = new OutboxRelay({ store, publisher, clock, leader, id: "a" });
+    const b = new OutboxRelay({ store, publisher, clock, leader, id: "b" });
+    const gained: string[] = [];
+    a.on("leadershipGained", () => gained.push("a"));
+    b.on("leadershipGained", () => gained.push("b"));
+    await store.transaction((tx) => store.enqueue(tx, msgs(4)));
+    expect(await a.runOnce()).toBe(4);
+    await store.transaction((tx) => store.enqueue(tx, msgs(2)));
+    expect(await b.runOnce()).toBe(0);
+    expect(a.metrics().leader).toBe(true);
+    expect(b.metrics().leader).toBe(false);
+    a.start();
+    await a.stop();
+    await store.transaction((tx) => store.enqueue(tx, msgs(3)));
+    expect(await b.runOnce()).toBe(3);
+    expect(gained).toEqual(["a", "b"]);
+    // a's token (1) is now stale at the store.
+    await expect(
+      store.claim({ claimer: "a", limit: 1, leaseMs: 1, fence: { lock: "relay", token: 1n } }),
+    ).rejects.toThrowError(expect.objectContaining({ code: OutboxErrorCode.Fenced }) as unknown as Error);
+  });
+
+  it("an unreachable lock backend means not leading once the validity lapses", async () => {
+    const clock = new ManualClock();
+    const store = new MemoryStore({ clock });
+    const backend = new MemoryLockBackend({ clock });
+    const relay = new OutboxRelay({
+      store,
+      publisher: new MemoryPublisher(),
+      clock,
+      leader: { backend, ttlMs: 3_000, safetyMarginMs: 600 },
+    });
+    const lost: unknown[] = [];
+    relay.on("leadershipLost", ({ reason }) => lost.push(reason));
+    relay.on("error", () => {});
+    await store.transaction((tx) => store.enqueue(tx, msgs(1)));
+    expect(await relay.runOnce()).toBe(1);
+    backend.setReachable(false);
+    clock.advance(2_399);
+    expect(relay.metrics().leader).toBe(true);
+    clock.advance(1);
+    expect(relay.metrics().leader).toBe(false);
+    expect(lost).toHaveLength(1);
+    await store.transaction((tx) => store.enqueue(tx, msgs(1)));
+    expect(await relay.runOnce()).toBe(0);
+    backend.setReachable(true);
+    clock.advance(1_000);
+    expect(await relay.runOnce()).toBe(1);
+  });
+});
