@@ -15,8 +15,10 @@
 #   OUTBOX_CACHE            downloaded Kafka jars        (default ~/.cache/outbox)
 #   OUTBOX_SERVICE_TIMEOUT  readiness timeout in seconds (default 90)
 #   OUTBOX_KAFKA_TIMEOUT    same, for Kafka              (default 120)
-#   OUTBOX_PG_FAST=1        fsync/synchronous_commit off. Default keeps them ON, because
-#                           benchmark numbers we publish must come from a durable setup.
+#   OUTBOX_PG_FAST=1        fsync/synchronous_commit off, applied when postgres (re)starts
+#                           (`OUTBOX_PG_FAST=1 bash scripts/services.sh restart postgres`).
+#                           Default keeps them ON: benchmark numbers we publish must come
+#                           from a durable setup.
 #
 # Must run as root (Debian packages, pg_ctlcluster, daemons that drop to their own users).
 set -euo pipefail
@@ -92,7 +94,16 @@ require_port_free() {
   done
 }
 
-pid_alive() { [[ -f $STATE/$1.pid ]] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
+# A daemon that exited stays a zombie until PID 1 reaps it, which some container inits do
+# lazily (seconds); kill -0 alone would count it as alive.
+proc_running() {
+  local state
+  kill -0 "$1" 2>/dev/null || return 1
+  state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+  [[ -n $state && $state != Z ]]
+}
+
+pid_alive() { [[ -f $STATE/$1.pid ]] && proc_running "$(cat "$STATE/$1.pid")"; }
 
 # Detach fully (own session, stdio to the log) so a CI step or a $(...) caller never waits on
 # our pipes, and record the real server pid (exec keeps it) for `stop`.
@@ -110,7 +121,7 @@ spawn() {
 wait_ready() {
   local name=$1 timeout=$2 pid=${3:-} deadline=$((SECONDS + $2))
   until "ready_$name"; do
-    if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
+    if [[ -n $pid ]] && ! proc_running "$pid"; then
       fail "$name" "process $pid exited during startup"
     fi
     if ((SECONDS >= deadline)); then
@@ -128,11 +139,11 @@ stop_pid() {
   pid_alive "$name" || { rm -f "$STATE/$name.pid"; return 0; }
   pid=$(cat "$STATE/$name.pid")
   kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < grace * 4; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.25
+  for ((i = 0; i < grace * 10; i++)); do
+    proc_running "$pid" || break
+    sleep 0.1
   done
-  if kill -0 "$pid" 2>/dev/null; then
+  if proc_running "$pid"; then
     log "$name: pid $pid ignored TERM for ${grace}s, killing"
     kill -KILL "$pid" 2>/dev/null || true
     sleep 0.5
@@ -248,7 +259,7 @@ start_mariadb() {
     pid=$(cat "$STATE/mariadb.pid")
     local deadline=$((SECONDS + TIMEOUT))
     until mariadb_socket_alive; do
-      kill -0 "$pid" 2>/dev/null || fail mariadb "mariadbd exited during startup"
+      proc_running "$pid" || fail mariadb "mariadbd exited during startup"
       ((SECONDS < deadline)) || fail mariadb "socket not alive after ${TIMEOUT}s"
       sleep 0.25
     done
@@ -397,12 +408,15 @@ start_kafka() {
   : >"$STATE/kafka.log"
   local log4j="-Dlog4j.configuration=file:$SCRIPT_DIR/kafka/log4j.properties"
   # A cluster id is 16 random bytes in URL-safe base64; generating it here saves a JVM start.
-  local cluster_id
-  cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+  # Like Kafka's own Uuid.randomUuid(), never begin with '-' (CLI parsers take it for a flag).
+  local cluster_id=-
+  while [[ $cluster_id == -* ]]; do
+    cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+  done
   # Short-lived tool JVM: C1 only and serial GC start noticeably faster.
   java -XX:TieredStopAtLevel=1 -XX:+UseSerialGC \
     -Dlog4j.configuration="file:$SCRIPT_DIR/kafka/tools-log4j.properties" -cp "$KAFKA_LIBS/*" \
-    kafka.tools.StorageTool format -t "$cluster_id" -c "$STATE/kafka-server.properties" --ignore-formatted \
+    kafka.tools.StorageTool format --cluster-id="$cluster_id" -c "$STATE/kafka-server.properties" --ignore-formatted \
     >>"$STATE/kafka.log" 2>&1 || fail kafka "kafka-storage format failed"
   spawn kafka "$STATE/kafka.log" java -Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
     -Djava.awt.headless=true "$log4j" -cp "$KAFKA_LIBS/*" kafka.Kafka "$STATE/kafka-server.properties"
@@ -498,6 +512,15 @@ cmd_status() {
 }
 
 main() {
+  # Daemons we start would inherit any extra descriptors our caller left open (CI runners,
+  # test harnesses with pipes) and hold them for their whole life; close them up front.
+  # 255 is the script itself, which bash is reading.
+  local fd
+  for fd in "/proc/$$/fd/"*; do
+    fd=${fd##*/}
+    if [[ $fd =~ ^[0-9]+$ ]] && ((fd > 2 && fd != 255)); then eval "exec $fd>&-"; fi
+  done
+
   local cmd=${1:-}
   shift || true
   local names=("$@") name
@@ -509,6 +532,12 @@ main() {
     start | stop | restart)
       [[ $EUID -eq 0 ]] || { echo "services.sh $cmd must run as root" >&2; exit 2; }
       mkdir -p "$STATE"
+      # Concurrent callers (parallel CI jobs, test workers restarting Kafka) would race for
+      # the same ports. flock -o holds the lock itself and does not pass the fd on, so the
+      # daemons we start cannot keep it locked after we exit.
+      if [[ -z ${OUTBOX_SERVICES_LOCKED:-} ]]; then
+        OUTBOX_SERVICES_LOCKED=1 exec flock -o -w 600 "$STATE/.lock" bash "$SCRIPT_DIR/services.sh" "$cmd" "$@"
+      fi
       ;;
   esac
   case $cmd in
@@ -519,7 +548,7 @@ main() {
     # For tests that want an independent Kafka client (TopicCommand, ConsoleConsumer, ...).
     kafka-classpath) echo "$KAFKA_LIBS/*" ;;
     *)
-      sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2
+      sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2
       exit 2
       ;;
   esac
