@@ -19,7 +19,7 @@ function serviceEnv(): Record<string, string> {
 
 // Tests read each workspace package's TypeScript source (the "@outbox/source" export
 // condition), so a test run never depends on a stale build.
-const conditions = ["@outbox/source", "import", "module", "node", "default"];
+const conditions = ["@outbox/source", "import", "node", "default"];
 
 export function packageTestConfig(options: { testTimeout?: number } = {}) {
   return defineConfig({
