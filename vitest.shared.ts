@@ -31,6 +31,8 @@ export function packageTestConfig(options: { testTimeout?: number } = {}) {
       testTimeout: options.testTimeout ?? 20_000,
       hookTimeout: 60_000,
       fileParallelism: false,
+      // The JSON report feeds scripts/test-summary.mjs, which prints one total line for CI.
+      reporters: ["default", ["json", { outputFile: ".vitest-results.json" }]],
     },
   });
 }
