@@ -18,7 +18,12 @@ export interface Order {
 }
 
 /** The application side: an order row and its outbox entry, in one transaction. */
-export async function placeOrder(db: PGlite, store: PostgresStore, order: Order, topic = "orders.placed"): Promise<void> {
+export async function placeOrder(
+  db: PGlite,
+  store: PostgresStore,
+  order: Order,
+  topic = "orders.placed",
+): Promise<void> {
   await db.transaction(async (tx: Transaction) => {
     await tx.query("INSERT INTO orders (id, customer, total_cents) VALUES ($1, $2, $3)", [
       order.id,
@@ -49,7 +54,9 @@ export interface DemoSummary {
  * its outbox to an in-memory broker that hiccups once, to show a retry.
  */
 export async function runDemo(db: PGlite, log: (line: string) => void = () => {}): Promise<DemoSummary> {
-  await db.exec("CREATE TABLE IF NOT EXISTS orders (id text PRIMARY KEY, customer text NOT NULL, total_cents int NOT NULL)");
+  await db.exec(
+    "CREATE TABLE IF NOT EXISTS orders (id text PRIMARY KEY, customer text NOT NULL, total_cents int NOT NULL)",
+  );
   await migrate(db);
   const store = createPostgresStore({ db });
 
@@ -106,7 +113,9 @@ export async function runDemo(db: PGlite, log: (line: string) => void = () => {}
   });
   relay.on("retried", ({ entry, error, availableAt }) => {
     summary.retried += 1;
-    log(`retry     ${entry.idempotencyKey} after "${(error as Error).message}" at +${availableAt.getTime() - Date.now()} ms`);
+    log(
+      `retry     ${entry.idempotencyKey} after "${(error as Error).message}" at +${availableAt.getTime() - Date.now()} ms`,
+    );
   });
   relay.on("error", ({ error, phase }) => log(`error     ${phase}: ${String(error)}`));
   relay.start();

@@ -104,6 +104,8 @@ export class OutboxRelay {
   #wokenEarly = false;
   #unsubscribe: Unsubscribe | null = null;
   #leader = false;
+  /** What the current cycle is doing, so a failure is reported with the right phase. */
+  #phase: RelayPhase = "claim";
   #metrics = {
     claimed: 0,
     published: 0,
@@ -247,7 +249,7 @@ export class OutboxRelay {
         if (claimed >= this.#batchSize) delay = 0;
       } catch (error) {
         this.#metrics.consecutiveFailures += 1;
-        this.#report(error, "claim");
+        this.#report(error, this.#phase);
         // 2x, 4x, then 8x the poll interval while the store keeps failing.
         delay = this.#pollMs * Math.min(8, 2 ** this.#metrics.consecutiveFailures);
       }
@@ -291,14 +293,13 @@ export class OutboxRelay {
 
   async #cycle(): Promise<number> {
     this.#metrics.cycles += 1;
+    this.#phase = "lock";
     const fence = await this.#currentFence();
     if (fence === null) return 0;
-    const entries = await this.#store.claim({
-      claimer: this.id,
-      limit: this.#batchSize,
-      leaseMs: this.#leaseMs,
-      fence,
-    });
+    this.#phase = "claim";
+    const entries = await this.#settle(() =>
+      this.#store.claim({ claimer: this.id, limit: this.#batchSize, leaseMs: this.#leaseMs, fence }),
+    );
     this.#metrics.claimed += entries.length;
     if (entries.length > 0) await this.#deliver(entries, { claimer: this.id, fence });
     return entries.length;
@@ -315,7 +316,9 @@ export class OutboxRelay {
       this.#report(new OutboxError(OutboxErrorCode.LockNotHeld, "leadership lost before publishing"), "lock");
       return;
     }
+    this.#phase = "publish";
     const outcomes = batch.length > 0 ? await this.#publish(batch) : [];
+    this.#phase = "settle";
 
     const acked: OutboxEntry[] = [];
     const retries: Array<{ entry: OutboxEntry; item: RetryItem; error: unknown }> = [];
@@ -422,10 +425,13 @@ export class OutboxRelay {
     return outcomes;
   }
 
-  /** Settle failures propagate: the entries stay leased and are replayed after the lease. */
-  async #settle(operation: () => Promise<void>): Promise<void> {
+  /**
+   * Store failures propagate (settle failures leave the entries leased: they are replayed after
+   * the lease). A fenced call means a newer leader exists: step down at once.
+   */
+  async #settle<T>(operation: () => Promise<T>): Promise<T> {
     try {
-      await operation();
+      return await operation();
     } catch (error) {
       if (OutboxError.is(error, OutboxErrorCode.Fenced)) {
         this.#leader = false;
