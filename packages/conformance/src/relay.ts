@@ -17,7 +17,7 @@ import {
 import { expect } from "vitest";
 import type { StoreHarness } from "./store.js";
 import { type Check, registerSuite, type SkipReasons } from "./suite.js";
-import { keyOrderViolations, seededRandom, uniqueName } from "./util.js";
+import { deferred, keyOrderViolations, seededRandom, uniqueName } from "./util.js";
 
 /** What the relay checks drive: any relay-shaped object (the real one, or a deliberately broken one). */
 export interface RelayUnderTest {
@@ -250,14 +250,8 @@ export const relayChecks = {
       await fill(c, messages(5, 0));
       const name = uniqueName("leader");
       const leader = { backend: c.lockBackend, name, ttlMs: 3_000 };
-      let stall!: () => void;
-      const stalled = new Promise<void>((resolve) => {
-        stall = resolve;
-      });
-      let publishing!: () => void;
-      const isPublishing = new Promise<void>((resolve) => {
-        publishing = resolve;
-      });
+      const { promise: stalled, resolve: stall } = deferred();
+      const { promise: isPublishing, resolve: publishing } = deferred();
       const broker = new MemoryPublisher();
       let claimedByA: OutboxEntry[] = [];
       // Relay A stalls mid-publish (think GC pause, SIGSTOP) past its lock TTL.
@@ -304,14 +298,8 @@ export const relayChecks = {
     async run(c) {
       await fill(c, messages(25, 0));
       const broker = new MemoryPublisher();
-      let inPublish!: () => void;
-      const publishing = new Promise<void>((resolve) => {
-        inPublish = resolve;
-      });
-      let finish!: () => void;
-      const mayFinish = new Promise<void>((resolve) => {
-        finish = resolve;
-      });
+      const { promise: publishing, resolve: inPublish } = deferred();
+      const { promise: mayFinish, resolve: finish } = deferred();
       let calls = 0;
       const gated: OutboxPublisher = {
         async publish(entries) {

@@ -9,7 +9,7 @@ import {
 } from "@outbox/core";
 import { expect } from "vitest";
 import { type Check, registerSuite, type SkipReasons } from "./suite.js";
-import { awkwardPayloads, bytesEqual, claimAndAckAll, keyOrderViolations, uniqueName } from "./util.js";
+import { awkwardPayloads, bytesEqual, claimAndAckAll, deferred, keyOrderViolations, uniqueName } from "./util.js";
 
 export interface StoreHarness<Tx> {
   /** A store created with `clock` and its own fresh namespace (table, collection, schema...). */
@@ -369,14 +369,8 @@ export const storeChecks = {
   "late-commit": {
     title: "an entry committed after a later-enqueued one is still delivered (no sequence-gap loss)",
     async run(h) {
-      let releaseSlow!: () => void;
-      const slowMayCommit = new Promise<void>((resolve) => {
-        releaseSlow = resolve;
-      });
-      let slowEnqueued!: () => void;
-      const slowHasEnqueued = new Promise<void>((resolve) => {
-        slowEnqueued = resolve;
-      });
+      const { promise: slowMayCommit, resolve: releaseSlow } = deferred();
+      const { promise: slowHasEnqueued, resolve: slowEnqueued } = deferred();
       const slow = h.transaction(async (tx) => {
         await h.store.enqueue(tx, message("gap", 1));
         slowEnqueued();
@@ -411,10 +405,7 @@ export const storeChecks = {
     requires: (h) => (h.store.capabilities.wakeUps ? null : "store declares wakeUps: false"),
     async run(h) {
       expect(typeof h.store.subscribe).toBe("function");
-      let woken!: () => void;
-      const wake = new Promise<void>((resolve) => {
-        woken = resolve;
-      });
+      const { promise: wake, resolve: woken } = deferred();
       const unsubscribe = await (h.store.subscribe as NonNullable<OutboxStore["subscribe"]>)(() => woken());
       try {
         await enqueue(h, message("wake", 1));

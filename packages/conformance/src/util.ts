@@ -73,3 +73,12 @@ export function keyOrderViolations(items: ReadonlyArray<{ key: string | null; se
   }
   return violations;
 }
+
+/** A promise with its resolver, for "wait until the other side got here" hand-offs in checks. */
+export function deferred(): { promise: Promise<void>; resolve: () => void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((done) => {
+    resolve = done;
+  });
+  return { promise, resolve };
+}
