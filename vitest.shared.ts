@@ -20,11 +20,15 @@ function serviceEnv(): Record<string, string> {
 // Tests read each workspace package's TypeScript source (the "@outbox/source" export
 // condition), so a test run never depends on a stale build.
 const conditions = ["@outbox/source", "import", "node", "default"];
+// vitest forwards ssr.resolve.conditions to Node as --conditions for externalised modules; an
+// "import" condition there makes Node's require() pick the ESM build of dual packages (pg
+// requires pg-pool and gets a module namespace). Keep only what Node itself lacks.
+const ssrConditions = ["@outbox/source", "node", "development|production"];
 
 export function packageTestConfig(options: { testTimeout?: number } = {}) {
   return defineConfig({
     resolve: { conditions },
-    ssr: { resolve: { conditions, externalConditions: ["@outbox/source"] } },
+    ssr: { resolve: { conditions: ssrConditions, externalConditions: ["@outbox/source"] } },
     test: {
       include: ["test/**/*.test.ts"],
       env: serviceEnv(),

@@ -16,6 +16,7 @@ export {
 } from "./publisher.js";
 export {
   describeRelayConformance,
+  type RealTimeLockBackend,
   type RelayCheckId,
   type RelayConformanceOptions,
   type RelayFactory,

@@ -26,12 +26,21 @@ export interface RelayUnderTest {
 
 export type RelayFactory = (options: OutboxRelayOptions) => RelayUnderTest;
 
+export interface RealTimeLockBackend {
+  readonly backend: LockBackend;
+  expire(name: string): Promise<void>;
+}
+
 export interface RelayConformanceOptions<Tx> {
   name: string;
   /** The store under test, on a fresh namespace, driven by `clock`. */
   createStore(clock: ManualClock): Promise<StoreHarness<Tx>>;
-  /** A lock backend for the leader checks. Default: the in-memory one on the same clock. */
-  createLockBackend?(clock: ManualClock): Promise<LockBackend>;
+  /**
+   * A lock backend for the leader checks. Default: the in-memory one on the same clock. A backend
+   * whose TTLs run on real time also returns `expire(name)`, which ends a holding at once (e.g. DEL
+   * the key): the checks call it where they let the lock's TTL pass on the manual clock.
+   */
+  createLockBackend?(clock: ManualClock): Promise<LockBackend | RealTimeLockBackend>;
   /** Default: `new OutboxRelay(options)`. */
   createRelay?: RelayFactory;
   skip?: SkipReasons<RelayCheckId>;
@@ -42,6 +51,8 @@ interface Context {
   harness: StoreHarness<unknown>;
   clock: ManualClock;
   lockBackend: LockBackend;
+  /** Ends a holding whose TTL the manual clock says has passed; a no-op for clock-driven backends. */
+  expireLock(name: string): Promise<void>;
   createRelay: RelayFactory;
 }
 
@@ -73,42 +84,47 @@ class Killable {
   }
 }
 
+/** The store's own methods, bound, with some replaced: a wrapper that works with private fields. */
+function wrapStore(store: OutboxStore<never>, overrides: Partial<OutboxStore<never>>): OutboxStore<never> {
+  return {
+    capabilities: store.capabilities,
+    enqueue: (tx, m) => store.enqueue(tx, m),
+    claim: (r) => store.claim(r),
+    ack: (ids, c) => store.ack(ids, c),
+    retry: (items, c) => store.retry(items, c),
+    deadLetter: (items, c) => store.deadLetter(items, c),
+    release: (ids, c) => store.release(ids, c),
+    listDead: (o) => store.listDead(o),
+    requeueDead: (ids) => store.requeueDead(ids),
+    purge: (r) => store.purge(r),
+    stats: () => store.stats(),
+    close: () => store.close(),
+    ...overrides,
+  };
+}
+
 /** Wraps a store so that every call from a dead relay fails, and a hook can kill it mid-flight. */
 function killableStore(
   store: OutboxStore<never>,
   life: Killable,
   hooks: { beforeAck?: () => void } = {},
 ): OutboxStore<never> {
-  return {
-    capabilities: store.capabilities,
-    enqueue: (tx, m) => store.enqueue(tx, m),
-    claim: async (r) => {
+  const guarded =
+    <A extends unknown[], R>(call: (...args: A) => Promise<R>) =>
+    async (...args: A): Promise<R> => {
       life.guard();
-      return store.claim(r);
-    },
-    ack: async (ids, c) => {
-      life.guard();
+      return call(...args);
+    };
+  return wrapStore(store, {
+    claim: guarded((r) => store.claim(r)),
+    ack: guarded(async (ids, c) => {
       hooks.beforeAck?.();
       return store.ack(ids, c);
-    },
-    retry: async (items, c) => {
-      life.guard();
-      return store.retry(items, c);
-    },
-    deadLetter: async (items, c) => {
-      life.guard();
-      return store.deadLetter(items, c);
-    },
-    release: async (ids, c) => {
-      life.guard();
-      return store.release(ids, c);
-    },
-    listDead: (o) => store.listDead(o),
-    requeueDead: (ids) => store.requeueDead(ids),
-    purge: (r) => store.purge(r),
-    stats: () => store.stats(),
-    close: () => store.close(),
-  };
+    }),
+    retry: guarded((items, c) => store.retry(items, c)),
+    deadLetter: guarded((items, c) => store.deadLetter(items, c)),
+    release: guarded((ids, c) => store.release(ids, c)),
+  });
 }
 
 function killablePublisher(
@@ -254,6 +270,7 @@ export const relayChecks = {
       const { promise: isPublishing, resolve: publishing } = deferred();
       const broker = new MemoryPublisher();
       let claimedByA: OutboxEntry[] = [];
+      const fencesOfA: bigint[] = [];
       // Relay A stalls mid-publish (think GC pause, SIGSTOP) past its lock TTL.
       const slow: OutboxPublisher = {
         async publish(entries) {
@@ -263,10 +280,18 @@ export const relayChecks = {
           return broker.publish(entries);
         },
       };
-      const relayA = c.createRelay({ ...base(c, slow), leader });
+      const store = c.harness.store as OutboxStore<never>;
+      const recordingStore = wrapStore(store, {
+        claim: (request) => {
+          if (request.fence) fencesOfA.push(request.fence.token);
+          return store.claim(request);
+        },
+      });
+      const relayA = c.createRelay({ ...base(c, slow, recordingStore), leader });
       const runA = relayA.runOnce();
       await isPublishing;
       c.clock.advance(3_001);
+      await c.expireLock(name);
       const relayB = c.createRelay({ ...base(c, broker), leader });
       // B takes over, but A's entries are still leased: B sees nothing yet.
       expect(await relayB.runOnce()).toBe(0);
@@ -284,7 +309,7 @@ export const relayChecks = {
       const error = await c.harness.store
         .ack(
           claimedByA.map((e) => e.id),
-          { claimer: "A", fence: { lock: name, token: 1n } },
+          { claimer: "A", fence: { lock: name, token: fencesOfA[0] as bigint } },
         )
         .then(
           () => null,
@@ -339,13 +364,17 @@ export function describeRelayConformance<Tx>(options: RelayConformanceOptions<Tx
     create: async () => {
       const clock = new ManualClock();
       const harness = (await options.createStore(clock)) as StoreHarness<unknown>;
-      const lockBackend = options.createLockBackend
+      const created = options.createLockBackend
         ? await options.createLockBackend(clock)
         : new MemoryLockBackend({ clock });
+      const realTime = "expire" in created ? created : null;
       return {
         harness,
         clock,
-        lockBackend,
+        lockBackend: realTime ? realTime.backend : (created as LockBackend),
+        expireLock: async (name: string) => {
+          await realTime?.expire(name);
+        },
         createRelay: options.createRelay ?? quietRelay,
       };
     },

@@ -77,6 +77,7 @@ async function failingRelayChecks(
         clock,
         harness: (await createStore(clock)) as StoreHarness<unknown>,
         lockBackend: new MemoryLockBackend({ clock }),
+        expireLock: async () => {},
         createRelay: createRelay ?? ((o: OutboxRelayOptions) => new OutboxRelay(o)),
       };
     },

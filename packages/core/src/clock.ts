@@ -47,10 +47,11 @@ export class ManualClock implements Clock {
   }
 
   sleep(ms: number, signal?: AbortSignal): Promise<void> {
-    if (signal?.aborted) return Promise.resolve();
+    // Like the system clock: nothing to wait for.
+    if (signal?.aborted || ms <= 0) return Promise.resolve();
     return new Promise((resolve) => {
       const sleeper: Sleeper = {
-        wakeAt: this.#now + Math.max(0, ms),
+        wakeAt: this.#now + ms,
         resolve: () => {
           this.#sleepers.delete(sleeper);
           signal?.removeEventListener("abort", sleeper.resolve);

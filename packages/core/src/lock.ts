@@ -151,24 +151,51 @@ export class DistributedLock {
 
   async #renewUntilAborted(signal: AbortSignal): Promise<void> {
     const interval = Math.max(1, Math.floor(this.ttlMs / 3));
+    let nextRenewalAt = this.#clock.now() + interval;
     while (!signal.aborted) {
-      await this.#clock.sleep(interval, signal);
+      // Wake at the next renewal or at the validity deadline, whichever is first, so a loss is
+      // reported when it happens rather than when somebody next reads `grant`.
+      await this.#clock.sleep(Math.min(nextRenewalAt, this.#validUntil) - this.#clock.now(), signal);
       if (signal.aborted || !this.grant) return;
+      if (this.#clock.now() < nextRenewalAt) continue;
+      nextRenewalAt = this.#clock.now() + interval;
       const sentAt = this.#clock.now();
-      try {
-        const renewed = await this.#backend.renew(this.name, this.holder, this.ttlMs);
-        if (signal.aborted) return;
-        if (!renewed) {
-          this.#lose(new OutboxError(OutboxErrorCode.LockNotHeld, `lock "${this.name}" was taken over or expired`));
-          return;
-        }
+      const outcome = await this.#renewWithin(this.#validUntil - sentAt, signal);
+      if (signal.aborted) return;
+      if (outcome === "renewed") {
         this.#validUntil = sentAt + this.ttlMs - this.#marginMs;
-      } catch (error) {
-        // Keep trying until the validity lapses; `grant` reports the loss then.
-        this.#options.onError?.(
-          new OutboxError(OutboxErrorCode.LockUnavailable, "lock renewal failed", { cause: error }),
-        );
+      } else if (outcome === "refused") {
+        this.#lose(new OutboxError(OutboxErrorCode.LockNotHeld, `lock "${this.name}" was taken over or expired`));
+        return;
       }
+      // "failed" or "timed-out": keep trying until the validity lapses.
+    }
+  }
+
+  /** One renewal, raced against the remaining validity: a hung backend must not outlive the grant. */
+  async #renewWithin(
+    remainingMs: number,
+    signal: AbortSignal,
+  ): Promise<"renewed" | "refused" | "failed" | "timed-out"> {
+    const deadline = new AbortController();
+    const stop = () => deadline.abort();
+    signal.addEventListener("abort", stop, { once: true });
+    try {
+      return await Promise.race([
+        this.#backend.renew(this.name, this.holder, this.ttlMs).then(
+          (renewed) => (renewed ? "renewed" : "refused"),
+          (error: unknown) => {
+            this.#options.onError?.(
+              new OutboxError(OutboxErrorCode.LockUnavailable, "lock renewal failed", { cause: error }),
+            );
+            return "failed" as const;
+          },
+        ),
+        this.#clock.sleep(remainingMs, deadline.signal).then(() => "timed-out" as const),
+      ]);
+    } finally {
+      deadline.abort();
+      signal.removeEventListener("abort", stop);
     }
   }
 

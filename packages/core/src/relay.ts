@@ -215,7 +215,9 @@ export class OutboxRelay {
     const unsubscribe = this.#unsubscribe;
     this.#unsubscribe = null;
     await unsubscribe?.().catch((error: unknown) => this.#report(error, "stop"));
+    const grant = this.#lock?.grant ?? null;
     await this.#lock?.release();
+    if (grant && this.#leader) this.#events.emit("leadershipLost", { grant, reason: "stopped" });
     this.#leader = false;
   }
 

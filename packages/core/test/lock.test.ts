@@ -88,6 +88,35 @@ describe("DistributedLock", () => {
     expect(errors.every((e) => (e as { code?: string }).code === OutboxErrorCode.LockUnavailable)).toBe(true);
   });
 
+  it("reports the loss at the validity deadline even while a renewal hangs", async () => {
+    const clock = new ManualClock();
+    const memory = new MemoryLockBackend({ clock });
+    const hanging: LockBackend = {
+      capabilities: memory.capabilities,
+      tryAcquire: (...args) => memory.tryAcquire(...args),
+      renew: () => new Promise<boolean>(() => {}),
+      release: (...args) => memory.release(...args),
+    };
+    const lost: LockGrant[] = [];
+    const lock = new DistributedLock(hanging, {
+      name: "n",
+      ttlMs: 3_000,
+      safetyMarginMs: 600,
+      clock,
+      onLost: (grant) => lost.push(grant),
+    });
+    await lock.tryAcquire();
+    await clock.whenSleeping();
+    clock.advance(1_000); // renewal sent; it never answers
+    await tick();
+    clock.advance(1_399);
+    await tick();
+    expect(lost).toHaveLength(0);
+    clock.advance(1); // acquire + ttl - margin = 2 400
+    await tick();
+    expect(lost.map((g) => g.token)).toEqual([1n]);
+  });
+
   it("validates its options", () => {
     const backend = new MemoryLockBackend();
     expect(() => new DistributedLock(backend, { name: "" })).toThrowError(

@@ -1,0 +1,1 @@
+export { createRedisLockBackend, type RedisLockBackend, type RedisLockBackendOptions } from "./backend.js";
