@@ -5,7 +5,9 @@ import { dirname, join, resolve } from "node:path";
 const root = resolve(new URL("..", import.meta.url).pathname);
 const files = [
   join(root, "README.md"),
-  ...readdirSync(join(root, "docs")).filter((f) => f.endsWith(".md")).map((f) => join(root, "docs", f)),
+  ...readdirSync(join(root, "docs"))
+    .filter((f) => f.endsWith(".md"))
+    .map((f) => join(root, "docs", f)),
   ...["packages", "examples"].flatMap((group) =>
     readdirSync(join(root, group))
       .map((name) => join(root, group, name, "README.md"))

@@ -5,6 +5,7 @@
 #   bash scripts/services.sh start   [names...]   # default: all; idempotent, fast when already up
 #   bash scripts/services.sh stop    [names...]
 #   bash scripts/services.sh restart [names...]   # e.g. `restart kafka` (fresh log dir), `restart redis`
+#   bash scripts/services.sh restart kafka --keep-data   # broker restart that keeps its topics
 #   bash scripts/services.sh status  [names...]   # exit 1 if any is down
 #   bash scripts/services.sh kafka-classpath       # java -cp value for Kafka's CLI classes
 #
@@ -402,7 +403,11 @@ start_kafka() {
   kafka_fetch
   require_port_free kafka 9092 9093
   # Fresh log dir per start: formatting stamps a cluster id, a reused dir would mismatch.
-  rm -rf "$STATE/kafka-data"
+  # `restart kafka --keep-data` keeps it (and skips formatting it again), so a
+  # test can restart the broker without losing what was already delivered.
+  local keep=""
+  [[ -n ${OUTBOX_KEEP_DATA:-} && -f $STATE/kafka-data/meta.properties ]] && keep=1
+  [[ -n $keep ]] || rm -rf "$STATE/kafka-data"
   mkdir -p "$STATE/kafka-data"
   sed "s|@LOG_DIR@|$STATE/kafka-data|" "$SCRIPT_DIR/kafka/server.properties.tmpl" >"$STATE/kafka-server.properties"
   : >"$STATE/kafka.log"
@@ -414,7 +419,7 @@ start_kafka() {
     cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
   done
   # Short-lived tool JVM: C1 only and serial GC start noticeably faster.
-  java -XX:TieredStopAtLevel=1 -XX:+UseSerialGC \
+  [[ -n $keep ]] || java -XX:TieredStopAtLevel=1 -XX:+UseSerialGC \
     -Dlog4j.configuration="file:$SCRIPT_DIR/kafka/tools-log4j.properties" -cp "$KAFKA_LIBS/*" \
     kafka.tools.StorageTool format --cluster-id="$cluster_id" -c "$STATE/kafka-server.properties" --ignore-formatted \
     >>"$STATE/kafka.log" 2>&1 || fail kafka "kafka-storage format failed"
@@ -523,7 +528,11 @@ main() {
 
   local cmd=${1:-}
   shift || true
-  local names=("$@") name
+  local names=() name
+  for name in "$@"; do
+    if [[ $name == --keep-data ]]; then export OUTBOX_KEEP_DATA=1; else names+=("$name"); fi
+  done
+  set -- "${names[@]}"
   ((${#names[@]})) || names=("${ALL[@]}")
   for name in "${names[@]}"; do
     [[ -n ${ADDR[$name]:-} ]] || { echo "unknown server '$name' (known: ${ALL[*]})" >&2; exit 2; }

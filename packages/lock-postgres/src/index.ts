@@ -1,0 +1,7 @@
+export {
+  createPostgresLockBackend,
+  type LockClientClass,
+  type LockSession,
+  PostgresLockBackend,
+  type PostgresLockBackendOptions,
+} from "./backend.js";

@@ -1,0 +1,267 @@
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+import { describeLockConformance } from "@outbox/conformance";
+import {
+  DistributedLock,
+  type LockGrant,
+  MemoryPublisher,
+  OutboxError,
+  OutboxErrorCode,
+  OutboxRelay,
+} from "@outbox/core";
+import { createPostgresStore, migrate } from "@outbox/store-postgres";
+import pg from "pg";
+import pgMin from "pg-min";
+import { afterAll, describe, expect, it } from "vitest";
+import { createPostgresLockBackend, type PostgresLockBackend } from "../src/index.js";
+
+const pgUrl = process.env.OUTBOX_PG_URL ?? "postgres://postgres:postgres@127.0.0.1:5432/outbox_test";
+const admin = new pg.Pool({ connectionString: pgUrl, max: 3 });
+admin.on("error", () => undefined);
+afterAll(() => admin.end());
+
+const fresh = (prefix: string) => `${prefix}_${globalThis.crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function waitFor(condition: () => boolean | Promise<boolean>, timeoutMs = 10_000, what = "condition") {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+const run = promisify(execFile);
+
+async function restartPostgres(): Promise<void> {
+  await run("pg_ctlcluster", ["--skip-systemctl-redirect", "15", "main", "restart", "-m", "fast"]);
+  await waitFor(
+    async () => {
+      const client = new pg.Client({ connectionString: pgUrl, connectionTimeoutMillis: 1_000 });
+      client.on("error", () => undefined);
+      try {
+        await client.connect();
+        await client.query("SELECT 1");
+        return true;
+      } catch {
+        return false;
+      } finally {
+        await client.end().catch(() => undefined);
+      }
+    },
+    60_000,
+    "PostgreSQL to accept connections after the restart",
+  );
+}
+
+function backend(schema: string, Client?: typeof pg.Client): PostgresLockBackend {
+  return createPostgresLockBackend({ connectionString: pgUrl, schema, Client });
+}
+
+for (const [name, Client] of [
+  ["lock-postgres (advisory locks, PostgreSQL 15, pg 8.23)", pg.Client],
+  ["lock-postgres (advisory locks, PostgreSQL 15, pg 8.11: oldest supported)", pgMin.Client],
+] as const) {
+  describeLockConformance({
+    name,
+    async create() {
+      const schema = fresh("lock");
+      await admin.query(`CREATE SCHEMA "${schema}"`);
+      const backends = [backend(schema, Client)];
+      return {
+        backend: backends[0] as PostgresLockBackend,
+        // Session-bound locks have no TTL to wait out; real time passes for the restart retry loop.
+        elapse: async (ms) => {
+          await sleep(ms);
+        },
+        restart: restartPostgres,
+        async peer() {
+          const peer = backend(schema, Client);
+          backends.push(peer);
+          return peer;
+        },
+        async teardown() {
+          await Promise.all(backends.map((b) => b.close()));
+          await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
+        },
+      };
+    },
+  });
+}
+
+describe("lock-postgres specifics", () => {
+  it("reports the lock lost when its session is killed, and a peer takes over with a higher token", async () => {
+    const schema = fresh("lock");
+    await admin.query(`CREATE SCHEMA "${schema}"`);
+    const a = backend(schema);
+    const b = backend(schema);
+    try {
+      const lost: Array<{ grant: LockGrant; reason: unknown }> = [];
+      const lockA = new DistributedLock(a, {
+        name: "leader",
+        ttlMs: 600,
+        onLost: (grant, reason) => lost.push({ grant, reason }),
+      });
+      const grantA = await lockA.tryAcquire();
+      expect(grantA).not.toBeNull();
+      expect(await b.tryAcquire("leader", "b", 600)).toBeNull();
+      const pid = await a.backendPid();
+      await admin.query("SELECT pg_terminate_backend($1)", [pid]);
+      // Renewal runs every ttl/3: the loss is reported within about that.
+      const killedAt = Date.now();
+      await waitFor(() => lost.length === 1, 2_000, "the loss report");
+      expect(Date.now() - killedAt).toBeLessThan(600);
+      expect(lockA.grant).toBeNull();
+      const tokenB = await b.tryAcquire("leader", "b", 600);
+      expect(tokenB).not.toBeNull();
+      expect((tokenB as bigint) > (grantA as LockGrant).token).toBe(true);
+      // A reconnects on its next call; the lock is b's now.
+      expect(await a.tryAcquire("leader", "a", 600)).toBeNull();
+      await lockA.close();
+    } finally {
+      await a.close();
+      await b.close();
+      await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
+    }
+  });
+
+  it("lets the same holder re-acquire its own lock with a new token, and refuses other holders on the same backend", async () => {
+    const schema = fresh("lock");
+    await admin.query(`CREATE SCHEMA "${schema}"`);
+    const a = backend(schema);
+    try {
+      const first = await a.tryAcquire("l", "h1", 1_000);
+      const again = await a.tryAcquire("l", "h1", 1_000);
+      expect(first).not.toBeNull();
+      expect((again as bigint) > (first as bigint)).toBe(true);
+      expect(await a.tryAcquire("l", "h2", 1_000)).toBeNull();
+      expect(await a.renew("l", "h2", 1_000)).toBe(false);
+      expect(await a.release("l", "h2")).toBe(false);
+      // One release frees it (pg_try_advisory_lock was taken once, not twice).
+      expect(await a.release("l", "h1")).toBe(true);
+      const { rows } = await admin.query(
+        "SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND objid = (hashtextextended('l', 0) & 4294967295)::oid",
+      );
+      expect(rows[0].n).toBe(0);
+    } finally {
+      await a.close();
+      await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
+    }
+  });
+
+  it("closing the backend releases its locks at once", async () => {
+    const schema = fresh("lock");
+    await admin.query(`CREATE SCHEMA "${schema}"`);
+    const a = backend(schema);
+    const b = backend(schema);
+    try {
+      expect(await a.tryAcquire("l", "a", 1_000)).not.toBeNull();
+      await a.close();
+      expect(await b.tryAcquire("l", "b", 1_000)).not.toBeNull();
+      const error = await a.tryAcquire("l", "a", 1_000).catch((caught: unknown) => caught);
+      expect(OutboxError.is(error, OutboxErrorCode.Closed)).toBe(true);
+    } finally {
+      await b.close();
+      await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
+    }
+  });
+
+  it("fails with OUTBOX_LOCK_UNAVAILABLE when the server cannot be reached (DistributedLock: not held)", async () => {
+    const a = createPostgresLockBackend({ connectionString: "postgres://postgres:postgres@127.0.0.1:1/none" });
+    const error = await a.tryAcquire("l", "a", 1_000).catch((caught: unknown) => caught);
+    expect(OutboxError.is(error, OutboxErrorCode.LockUnavailable)).toBe(true);
+    const errors: unknown[] = [];
+    const lock = new DistributedLock(a, { name: "l", onError: (e) => errors.push(e) });
+    expect(await lock.tryAcquire()).toBeNull();
+    expect(errors).toHaveLength(1);
+    await a.close();
+  });
+
+  it("rejects unsafe identifiers", () => {
+    expect(() => createPostgresLockBackend({ connectionString: pgUrl, table: 'x"; drop' })).toThrow(
+      expect.objectContaining({ code: OutboxErrorCode.InvalidOptions }),
+    );
+    expect(() => createPostgresLockBackend({})).toThrow(
+      expect.objectContaining({ code: OutboxErrorCode.InvalidOptions }),
+    );
+  });
+
+  it("fails over between two relays on PostgreSQL: the deposed leader is fenced by the store", async () => {
+    const schema = fresh("relay");
+    await migrate(admin, { schema });
+    const poolA = new pg.Pool({ connectionString: pgUrl, max: 3 });
+    const poolB = new pg.Pool({ connectionString: pgUrl, max: 3 });
+    const storeA = createPostgresStore({ pool: poolA, schema, onError: () => undefined });
+    const storeB = createPostgresStore({ pool: poolB, schema, onError: () => undefined });
+    // A's process gets cut off from PostgreSQL: its lock session dies and it cannot reconnect.
+    let aCutOff = false;
+    const lockA = createPostgresLockBackend({
+      schema,
+      async connect() {
+        if (aCutOff) throw new Error("network partition");
+        const client = new pg.Client({ connectionString: pgUrl });
+        await client.connect();
+        return client;
+      },
+    });
+    const lockB = backend(schema);
+    const broker = new MemoryPublisher();
+    const leader = (backend: PostgresLockBackend) => ({ backend, name: "outbox-relay", ttlMs: 900 });
+    const relayA = new OutboxRelay({ store: storeA, publisher: broker, pollMs: 20, leader: leader(lockA) });
+    const relayB = new OutboxRelay({ store: storeB, publisher: broker, pollMs: 20, leader: leader(lockB) });
+    const events: string[] = [];
+    relayA.on("leadershipGained", () => events.push("A gained"));
+    relayB.on("leadershipGained", () => events.push("B gained"));
+    relayA.on("error", () => undefined);
+    relayB.on("error", () => undefined);
+    try {
+      relayA.start();
+      await waitFor(() => events.includes("A gained"), 5_000, "A to lead");
+      relayB.start();
+      const enqueue = async (from: number) => {
+        const client = await poolA.connect();
+        try {
+          await client.query("BEGIN");
+          await storeA.enqueue(
+            client,
+            Array.from({ length: 50 }, (_, i) => ({ topic: "t", key: `k${i % 5}`, payload: String(from + i) })),
+          );
+          await client.query("COMMIT");
+        } finally {
+          client.release();
+        }
+      };
+      await enqueue(0);
+      await waitFor(() => broker.messages.length >= 50, 5_000, "A to publish");
+      const pid = await lockA.backendPid();
+      aCutOff = true;
+      await admin.query("SELECT pg_terminate_backend($1)", [pid]);
+      // A steps down either on its failed renewal (leadershipLost) or on the store's OUTBOX_FENCED
+      // answer to its next claim (the relay then drops the lock without a leadershipLost event).
+      await waitFor(
+        () => events.includes("B gained") && !relayA.metrics().leader,
+        5_000,
+        "B to take over and A to step down",
+      );
+      await enqueue(50);
+      await waitFor(
+        () => new Set(broker.messages.map((m) => m.payload.toString())).size >= 100,
+        10_000,
+        "B to publish",
+      );
+      // A's token is older than B's: the store refuses it.
+      const { rows } = await admin.query(`SELECT token::text AS token FROM "${schema}".outbox_lock_tokens`);
+      const newest = BigInt(rows[0].token);
+      const error = await storeA
+        .claim({ claimer: relayA.id, limit: 1, leaseMs: 1_000, fence: { lock: "outbox-relay", token: newest - 1n } })
+        .catch((caught: unknown) => caught);
+      expect(OutboxError.is(error, OutboxErrorCode.Fenced)).toBe(true);
+    } finally {
+      await relayA.stop();
+      await relayB.stop();
+      await Promise.all([storeA.close(), storeB.close(), lockA.close(), lockB.close()]);
+      await Promise.all([poolA.end(), poolB.end()]);
+      await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
+    }
+  });
+});

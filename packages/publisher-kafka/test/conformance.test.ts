@@ -1,0 +1,41 @@
+import { describePublisherConformance, type PublisherHarness } from "@outbox/conformance";
+import { createKafkaPublisher, type KafkaPublisherOptions } from "../src/index.js";
+import { createTopic, dropConnections, newKafka, receive } from "./support/kafka.js";
+
+/** Over the broker's message.max.bytes (1048588 by default). */
+const OVERSIZE = 2 * 1024 * 1024;
+
+async function harness(options: KafkaPublisherOptions): Promise<PublisherHarness> {
+  const kafka = newKafka();
+  const admin = kafka.admin();
+  await admin.connect();
+  const publisher = createKafkaPublisher({ kafka }, options);
+  return {
+    publisher,
+    topic: () => createTopic(admin),
+    receive: (topic, count, timeoutMs) => receive(kafka, topic, count, timeoutMs),
+    permanentFailure: async (topic) => ({ topic, key: "oversize", payload: new Uint8Array(OVERSIZE).fill(7) }),
+    dropConnection: async () => {
+      if ((await dropConnections()) === 0) throw new Error("no broker connection to drop");
+    },
+    teardown: async () => {
+      await publisher.close();
+      await admin.disconnect();
+    },
+  };
+}
+
+// Default: oversize records are refused before they are sent (maxMessageBytes pre-check).
+describePublisherConformance({
+  name: "publisher-kafka (kafkajs 2.2.4, Apache Kafka 3.9.1)",
+  create: () => harness({}),
+  timeoutMs: 90_000,
+});
+
+// Pre-check off: the broker itself answers MESSAGE_TOO_LARGE for the oversize record's
+// partition, and the publisher isolates it while its neighbours are published exactly once.
+describePublisherConformance({
+  name: "publisher-kafka, broker-side MESSAGE_TOO_LARGE (no pre-check)",
+  create: () => harness({ maxMessageBytes: 64 * 1024 * 1024 }),
+  timeoutMs: 90_000,
+});

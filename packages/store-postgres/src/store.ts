@@ -1,0 +1,681 @@
+import {
+  type ClaimRequest,
+  type Clock,
+  type DeadLetterItem,
+  type EntryLimits,
+  type Fence,
+  type OutboxEntry,
+  OutboxError,
+  OutboxErrorCode,
+  type OutboxMessage,
+  type OutboxStore,
+  type PreparedMessage,
+  type PurgeRequest,
+  prepareMessages,
+  type RetryItem,
+  type SettleContext,
+  type StoreCapabilities,
+  type StoreStats,
+  systemClock,
+  type Unsubscribe,
+} from "@outbox/core";
+import { closedError, isConnectionError, storeError } from "./errors.js";
+import {
+  type ListenConnection,
+  type PGliteListenApi,
+  PGliteWakeSource,
+  PgWakeSource,
+  type WakeSource,
+} from "./listener.js";
+import type { Queryable } from "./queryable.js";
+import { fnv1a, resolveNames, type SchemaNames, type SchemaOptions } from "./schema.js";
+
+/** The parts of a pg `Pool` the store uses (structural: no dependency on pg). */
+export interface PgPoolLike extends Queryable {
+  on(event: "error", listener: (error: Error) => void): unknown;
+  removeListener(event: "error", listener: (error: Error) => void): unknown;
+  listenerCount?(event: "error"): number;
+  /** pg-pool keeps the Client class and the connection options: the store's LISTEN uses them. */
+  readonly Client?: new (
+    options: never,
+  ) => ListenConnection & { connect(): Promise<unknown> };
+  readonly options?: unknown;
+}
+
+export interface PostgresStoreOptions extends SchemaOptions {
+  /** A pg `Pool`: relay-side statements run on it, LISTEN gets its own connection from its options. */
+  pool?: PgPoolLike;
+  /**
+   * Any Queryable for relay-side statements instead of a pool: a PGlite instance (which also
+   * provides LISTEN), a pg `Client`, ... Give either `pool` or `db`.
+   */
+  db?: Queryable;
+  clock?: Clock;
+  limits?: Partial<EntryLimits>;
+  /**
+   * Channel for wake-up notifications, or false for none. Enqueue sends one `pg_notify` per
+   * statement, inside the caller's transaction (delivered at commit). Default
+   * `outbox:<schema>.<table>` (hashed when longer than 63 bytes).
+   */
+  notifyChannel?: string | false;
+  /**
+   * How the store LISTENs: false for no wake-ups (poll only), or a factory returning a connected
+   * pg `Client` dedicated to LISTEN (the store ends it on close). Default: PGlite's `listen()`
+   * for PGlite, a new `pool.Client(pool.options)` for a pg Pool, none otherwise.
+   */
+  listen?: false | (() => Promise<ListenConnection>);
+  /**
+   * Acks commit with `synchronous_commit = off`: they do not wait for the WAL flush. A crash of
+   * the server can forget the last acks, which republishes those entries (a duplicate, never a
+   * loss). Claims and every other write stay durable. Default false: on the test machine it bought
+   * no measurable throughput, and fewer duplicates after a crash are worth more.
+   */
+  asyncAcks?: boolean;
+  /**
+   * Run relay-side statements as named prepared statements (pg's `{ name, text, values }`), so
+   * PostgreSQL parses and plans them once per connection. Default: true with `pool`, false with
+   * `db` (PGlite has no such API). Turn off behind a transaction-mode PgBouncer older than 1.21.
+   */
+  preparedStatements?: boolean;
+  /** Wake-ups are coalesced: at most one per window (leading and trailing edge). Default 10 ms. */
+  wakeUpDebounceMs?: number;
+  /**
+   * Background errors nobody awaits: the LISTEN connection dropping, idle pool clients dying.
+   * Default: console.warn.
+   */
+  onError?: (error: OutboxError) => void;
+}
+
+const entryColumns = (alias: string) => `${alias}.id::text AS id, ${alias}.topic, ${alias}.key, ${alias}.payload,
+  ${alias}.headers::text AS headers, coalesce(${alias}.idempotency_key, ${alias}.id::text) AS idempotency_key,
+  (extract(epoch FROM ${alias}.created_at) * 1000)::float8 AS created_at,
+  (extract(epoch FROM ${alias}.available_at) * 1000)::float8 AS available_at,
+  ${alias}.attempts, ${alias}.last_error`;
+
+/** Attempts of an idempotent statement whose connection failed (see #run). */
+const connectionRetries = 3;
+const channelPattern = /^[A-Za-z0-9_.:$-]+$/;
+const idPattern = /^[0-9]{1,19}$/;
+const maxBigint = 9223372036854775807n;
+const utf8 = new TextEncoder();
+
+type Row = Record<string, unknown>;
+
+/** pg's query-config form, used for named prepared statements. */
+interface PgConfigQueryable {
+  query(config: { name: string; text: string; values: unknown[] }): Promise<{ rows: unknown[] }>;
+}
+
+function iso(ms: number): string {
+  return new Date(ms).toISOString();
+}
+
+function positiveInteger(value: unknown, name: string): number {
+  if (typeof value !== "number" || !Number.isInteger(value) || value <= 0) {
+    throw new OutboxError(OutboxErrorCode.InvalidOptions, `${name} must be a positive integer, got ${String(value)}`);
+  }
+  return value;
+}
+
+/** Keeps well-formed ids (bigint text); others cannot name an entry and are ignored. */
+function validIds(ids: readonly string[]): string[] {
+  return ids.filter((id) => typeof id === "string" && idPattern.test(id) && BigInt(id) <= maxBigint);
+}
+
+/** text columns cannot hold NUL; error texts come from brokers and may contain anything. */
+function cleanText(value: string): string {
+  return value.includes("\u0000") ? value.replaceAll("\u0000", "\uFFFD") : value;
+}
+
+/** Node's Buffer when present (fast hex); browsers running PGlite use the loop below. */
+const NodeBuffer = (
+  globalThis as {
+    Buffer?: { from(buffer: ArrayBufferLike, offset: number, length: number): { toString(encoding: "hex"): string } };
+  }
+).Buffer;
+const hexTable = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
+
+function toHex(bytes: Uint8Array): string {
+  if (NodeBuffer) return NodeBuffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("hex");
+  let out = "";
+  for (const byte of bytes) out += hexTable[byte];
+  return out;
+}
+
+function fromHex(text: string): Uint8Array {
+  const hex = text.startsWith("\\x") ? text.slice(2) : text;
+  const bytes = new Uint8Array(hex.length / 2);
+  for (let i = 0; i < bytes.length; i++) bytes[i] = Number.parseInt(hex.slice(i * 2, i * 2 + 2), 16);
+  return bytes;
+}
+
+function toBytes(value: unknown): Uint8Array {
+  // pg returns a Buffer, PGlite a Uint8Array; hand out a plain Uint8Array either way.
+  if (value instanceof Uint8Array) return new Uint8Array(value);
+  if (typeof value === "string") return fromHex(value);
+  throw new OutboxError(OutboxErrorCode.StoreUnavailable, `unexpected payload value of type ${typeof value}`);
+}
+
+function toEntry(row: Row): OutboxEntry {
+  return {
+    id: String(row.id),
+    topic: String(row.topic),
+    key: row.key === null ? null : String(row.key),
+    payload: toBytes(row.payload),
+    headers: JSON.parse(String(row.headers)) as Record<string, string>,
+    idempotencyKey: String(row.idempotency_key),
+    createdAt: new Date(Number(row.created_at)),
+    availableAt: new Date(Number(row.available_at)),
+    attempts: Number(row.attempts),
+    lastError: row.last_error === null ? null : String(row.last_error),
+  };
+}
+
+function defaultChannel(names: SchemaNames): string {
+  const channel = `outbox:${names.schema}.${names.table}`;
+  return utf8.encode(channel).byteLength <= 63
+    ? channel
+    : `outbox:${fnv1a(channel).toString(36)}:${names.table.slice(0, 40)}`;
+}
+
+function looksLikePGlite(db: unknown): db is Queryable & PGliteListenApi {
+  const candidate = db as { listen?: unknown; transaction?: unknown; exec?: unknown } | null;
+  return (
+    typeof candidate?.listen === "function" &&
+    typeof candidate.transaction === "function" &&
+    typeof candidate.exec === "function"
+  );
+}
+
+/**
+ * The PostgreSQL outbox store (pg and PGlite). See the package README for the guarantees.
+ * `enqueue` takes any Queryable inside the caller's transaction; everything else runs on the
+ * store's own `pool`/`db`.
+ */
+export class PostgresStore implements OutboxStore<Queryable> {
+  readonly capabilities: StoreCapabilities;
+  readonly names: SchemaNames;
+  readonly #db: Queryable;
+  readonly #pool: PgPoolLike | null;
+  readonly #clock: Clock;
+  readonly #limits: Partial<EntryLimits> | undefined;
+  readonly #channel: string | null;
+  readonly #asyncAcks: boolean;
+  readonly #debounceMs: number;
+  readonly #onError: (error: OutboxError) => void;
+  readonly #wakeSource: WakeSource | null;
+  readonly #listeners = new Set<() => void>();
+  readonly #poolErrorHandler: ((error: Error) => void) | null = null;
+  #wakeSourceStart: Promise<void> | null = null;
+  #wakeTimer: ReturnType<typeof setTimeout> | null = null;
+  #wakePending = false;
+  #closed = false;
+  readonly #sql: ReturnType<typeof buildStatements>;
+  readonly #prepared: boolean;
+  readonly #statementNames = new Map<string, string>();
+
+  constructor(options: PostgresStoreOptions) {
+    if (!options || (options.pool && options.db) || !(options.pool ?? options.db)) {
+      throw new OutboxError(OutboxErrorCode.InvalidOptions, "createPostgresStore needs exactly one of `pool` or `db`");
+    }
+    this.names = resolveNames(options);
+    this.#pool = options.pool ?? null;
+    this.#db = (options.pool ?? options.db) as Queryable;
+    if (typeof this.#db.query !== "function") {
+      throw new OutboxError(OutboxErrorCode.InvalidOptions, "`pool`/`db` must have a query(text, params) method");
+    }
+    this.#clock = options.clock ?? systemClock;
+    this.#limits = options.limits;
+    this.#asyncAcks = options.asyncAcks ?? false;
+    this.#debounceMs = options.wakeUpDebounceMs ?? 10;
+    this.#onError =
+      options.onError ?? ((error) => console.warn(`[@outbox/store-postgres ${this.names.qualifiedTable}]`, error));
+    const channel = options.notifyChannel === undefined ? defaultChannel(this.names) : options.notifyChannel;
+    if (channel !== false && (!channelPattern.test(channel) || utf8.encode(channel).byteLength > 63)) {
+      throw new OutboxError(
+        OutboxErrorCode.InvalidOptions,
+        `notifyChannel must match ${channelPattern} and be at most 63 bytes, got ${JSON.stringify(channel)}`,
+      );
+    }
+    this.#channel = channel === false ? null : channel;
+    this.#wakeSource = this.#createWakeSource(options);
+    this.capabilities = { wakeUps: this.#wakeSource !== null, transactions: true };
+    this.#sql = buildStatements(this.names);
+    this.#prepared = options.preparedStatements ?? options.pool !== undefined;
+
+    const pool = this.#pool;
+    if (pool && typeof pool.on === "function") {
+      // An idle pooled connection dying (server restart, pg_terminate_backend) makes the pool
+      // emit "error"; without a listener that would crash the process.
+      this.#poolErrorHandler = (error) => this.#onError(storeError("idle pool connection", error));
+      pool.on("error", this.#poolErrorHandler);
+    }
+  }
+
+  #createWakeSource(options: PostgresStoreOptions): WakeSource | null {
+    const channel = this.#channel;
+    if (channel === null || options.listen === false) return null;
+    const hooks = { onNotify: () => this.#wake(), onError: (error: OutboxError) => this.#onError(error) };
+    if (typeof options.listen === "function") return new PgWakeSource({ connect: options.listen, channel }, hooks);
+    if (options.db && looksLikePGlite(options.db)) return new PGliteWakeSource(options.db, channel, hooks);
+    const pool = options.pool;
+    if (pool?.Client && pool.options !== undefined) {
+      const ClientClass = pool.Client;
+      const connectOptions = pool.options as never;
+      const connect = async (): Promise<ListenConnection> => {
+        const client = new ClientClass(connectOptions);
+        // An error before "connected" must not go unhandled; connect() rejects with it anyway.
+        const swallow = () => undefined;
+        client.on("error", swallow);
+        await client.connect();
+        return client;
+      };
+      return new PgWakeSource({ connect, channel }, hooks);
+    }
+    return null;
+  }
+
+  /** The LISTEN connection's wake source (exposed for diagnostics and tests). */
+  get wakeSource(): WakeSource | null {
+    return this.#wakeSource;
+  }
+
+  async enqueue(tx: Queryable, messages: OutboxMessage | readonly OutboxMessage[]): Promise<string[]> {
+    this.#assertOpen();
+    if (!tx || typeof tx.query !== "function") {
+      throw new OutboxError(OutboxErrorCode.InvalidOptions, "enqueue needs a Queryable inside your transaction");
+    }
+    const now = this.#clock.now();
+    const prepared = prepareMessages(messages, { now, limits: this.#limits });
+    if (prepared.length === 0) return [];
+    checkNul(prepared);
+    const params: unknown[] = [
+      prepared.map((m) => m.topic),
+      prepared.map((m) => m.key),
+      prepared.map((m) => toHex(m.payload)),
+      prepared.map((m) => JSON.stringify(m.headers)),
+      prepared.map((m) => m.idempotencyKey),
+      iso(now),
+      prepared.map((m) => m.availableAt.toISOString()),
+    ];
+    if (this.#channel) params.push(this.#channel);
+    let rows: unknown[];
+    try {
+      ({ rows } = await tx.query(this.#channel ? this.#sql.enqueueNotify : this.#sql.enqueue, params));
+    } catch (error) {
+      throw storeError("enqueue", error);
+    }
+    if (rows.length !== prepared.length) {
+      throw new OutboxError(
+        OutboxErrorCode.StoreUnavailable,
+        `enqueue inserted ${rows.length} rows for ${prepared.length} messages`,
+      );
+    }
+    return rows.map((row) => String((row as Row).id));
+  }
+
+  async claim(request: ClaimRequest): Promise<OutboxEntry[]> {
+    this.#assertOpen();
+    const limit = positiveInteger(request.limit, "limit");
+    const leaseMs = positiveInteger(request.leaseMs, "leaseMs");
+    const now = this.#clock.now();
+    const params: unknown[] = [iso(now), iso(now + leaseMs), limit, request.claimer];
+    const rows = await this.#run(
+      "claim",
+      request.fence ? this.#sql.claimFenced : this.#sql.claim,
+      params,
+      request.fence,
+    );
+    return rows.filter((row) => row.id !== null).map(toEntry);
+  }
+
+  async ack(ids: readonly string[], context: SettleContext): Promise<void> {
+    this.#assertOpen();
+    const valid = validIds(ids);
+    if (valid.length === 0 && !context.fence) return;
+    const sql = this.#sql.ack(context.fence !== undefined, this.#asyncAcks);
+    const rows = await this.#run("ack", sql, [valid, iso(this.#clock.now())], context.fence, true);
+    // Acking a key's head makes its successor claimable: wake our own relay now rather than
+    // after a poll interval.
+    if (Number(rows[0]?.keyed ?? 0) > 0) this.#wake();
+  }
+
+  async retry(items: readonly RetryItem[], context: SettleContext): Promise<void> {
+    this.#assertOpen();
+    const valid = items.filter((item) => validIds([item.id]).length === 1);
+    for (const item of valid) {
+      if (!(item.availableAt instanceof Date) || Number.isNaN(item.availableAt.getTime())) {
+        throw new OutboxError(OutboxErrorCode.InvalidOptions, `retry of ${item.id}: availableAt must be a valid Date`);
+      }
+    }
+    if (valid.length === 0 && !context.fence) return;
+    await this.#run(
+      "retry",
+      this.#sql.retry(context.fence !== undefined),
+      [
+        valid.map((item) => item.id),
+        valid.map((item) => cleanText(String(item.error))),
+        valid.map((item) => item.availableAt.toISOString()),
+        context.claimer,
+      ],
+      context.fence,
+      true,
+    );
+  }
+
+  async deadLetter(items: readonly DeadLetterItem[], context: SettleContext): Promise<void> {
+    this.#assertOpen();
+    const valid = items.filter((item) => validIds([item.id]).length === 1);
+    if (valid.length === 0 && !context.fence) return;
+    const rows = await this.#run(
+      "deadLetter",
+      this.#sql.deadLetter(context.fence !== undefined),
+      [
+        valid.map((item) => item.id),
+        valid.map((item) => cleanText(String(item.error))),
+        context.claimer,
+        iso(this.#clock.now()),
+      ],
+      context.fence,
+      true,
+    );
+    // A dead entry unblocks the entries queued behind it on its key.
+    if (Number(rows[0]?.n ?? 0) > 0) this.#wake();
+  }
+
+  async release(ids: readonly string[], context: SettleContext): Promise<void> {
+    this.#assertOpen();
+    const valid = validIds(ids);
+    if (valid.length === 0 && !context.fence) return;
+    await this.#run(
+      "release",
+      this.#sql.release(context.fence !== undefined),
+      [valid, context.claimer],
+      context.fence,
+      true,
+    );
+  }
+
+  async listDead(options: { limit?: number } = {}): Promise<OutboxEntry[]> {
+    this.#assertOpen();
+    const limit = positiveInteger(options.limit ?? 100, "limit");
+    const rows = await this.#run("listDead", this.#sql.listDead, [limit], undefined, true);
+    return rows.map(toEntry);
+  }
+
+  async requeueDead(ids: readonly string[]): Promise<number> {
+    this.#assertOpen();
+    const valid = validIds(ids);
+    if (valid.length === 0) return 0;
+    const rows = await this.#run("requeueDead", this.#sql.requeueDead, [valid, iso(this.#clock.now())]);
+    const moved = Number(rows[0]?.n ?? 0);
+    if (moved > 0) {
+      this.#wake();
+      // Relays in other processes learn about it too (best effort: polling is the fallback).
+      if (this.#channel) await this.#db.query("SELECT pg_notify($1, '')", [this.#channel]).catch(() => undefined);
+    }
+    return moved;
+  }
+
+  async purge(request: PurgeRequest): Promise<number> {
+    this.#assertOpen();
+    if (!(request.olderThan instanceof Date) || Number.isNaN(request.olderThan.getTime())) {
+      throw new OutboxError(OutboxErrorCode.InvalidOptions, "purge needs olderThan as a valid Date");
+    }
+    const batchSize = positiveInteger(request.batchSize ?? 1000, "batchSize");
+    let total = 0;
+    for (;;) {
+      this.#assertOpen();
+      // One short statement per batch: no long locks, no giant transaction.
+      const rows = await this.#run("purge", this.#sql.purge, [request.olderThan.toISOString(), batchSize]);
+      const deleted = Number(rows[0]?.n ?? 0);
+      total += deleted;
+      if (deleted < batchSize) return total;
+    }
+  }
+
+  async stats(): Promise<StoreStats> {
+    this.#assertOpen();
+    const [row] = await this.#run("stats", this.#sql.stats, [iso(this.#clock.now())], undefined, true);
+    return {
+      pending: Number(row?.pending ?? 0),
+      inFlight: Number(row?.in_flight ?? 0),
+      dead: Number(row?.dead ?? 0),
+      oldestPendingAt: row?.oldest === null || row?.oldest === undefined ? null : new Date(Number(row.oldest)),
+    };
+  }
+
+  async subscribe(listener: () => void): Promise<Unsubscribe> {
+    this.#assertOpen();
+    if (!this.#wakeSource) {
+      throw new OutboxError(OutboxErrorCode.InvalidOptions, "this store has no LISTEN connection (wakeUps: false)");
+    }
+    this.#listeners.add(listener);
+    this.#wakeSourceStart ??= this.#wakeSource.start();
+    await this.#wakeSourceStart;
+    let subscribed = true;
+    return async () => {
+      if (!subscribed) return;
+      subscribed = false;
+      this.#listeners.delete(listener);
+      if (this.#listeners.size === 0 && this.#wakeSourceStart) {
+        this.#wakeSourceStart = null;
+        await this.#wakeSource?.stop();
+      }
+    };
+  }
+
+  /** Stops LISTEN and detaches from the pool. Does not end the pool or db: they are yours. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#listeners.clear();
+    if (this.#wakeTimer) clearTimeout(this.#wakeTimer);
+    this.#wakeTimer = null;
+    this.#wakeSourceStart = null;
+    await this.#wakeSource?.stop();
+    if (this.#pool && this.#poolErrorHandler) this.#pool.removeListener("error", this.#poolErrorHandler);
+  }
+
+  /**
+   * Runs one relay-side statement. Settles (ack, retry, deadLetter, release) are idempotent, so
+   * a statement that failed because its connection died is sent again on a fresh one (a pool
+   * hands out another): one killed backend then costs no lease-length delay.
+   */
+  async #run(operation: string, sql: string, params: unknown[], fence?: Fence, idempotent = false): Promise<Row[]> {
+    if (fence) params.push(String(fence.lock), fence.token.toString());
+    let rows: Row[] | undefined;
+    for (let attempt = 1; rows === undefined; attempt++) {
+      try {
+        rows = (await this.#query(sql, params)).rows as Row[];
+      } catch (error) {
+        if (!idempotent || attempt >= connectionRetries || !isConnectionError(error) || this.#closed) {
+          throw storeError(operation, error);
+        }
+      }
+    }
+    if (this.#closed) throw closedError();
+    if (fence && Number(rows[0]?.fence_ok) !== 1) {
+      const newest = rows[0]?.newest_token;
+      throw new OutboxError(
+        OutboxErrorCode.Fenced,
+        `${operation} refused: fencing token ${fence.token} for "${fence.lock}" is older than ${String(newest ?? "the newest seen")}`,
+        {
+          details: { lock: fence.lock, token: fence.token.toString(), newest: newest === null ? null : String(newest) },
+        },
+      );
+    }
+    return rows;
+  }
+
+  /** Relay-side statements on a pg Pool run as named prepared statements: parsed and planned once per connection. */
+  #query(text: string, params: unknown[]): Promise<{ rows: unknown[] }> {
+    if (!this.#prepared) return this.#db.query(text, params);
+    let name = this.#statementNames.get(text);
+    if (name === undefined) {
+      name = `outbox_${fnv1a(text).toString(36)}_${text.length.toString(36)}`;
+      this.#statementNames.set(text, name);
+    }
+    return (this.#db as unknown as PgConfigQueryable).query({ name, text, values: params });
+  }
+
+  #wake(): void {
+    if (this.#listeners.size === 0 || this.#closed) return;
+    if (this.#wakeTimer) {
+      this.#wakePending = true;
+      return;
+    }
+    for (const listener of [...this.#listeners]) {
+      try {
+        listener();
+      } catch (error) {
+        this.#onError(new OutboxError(OutboxErrorCode.InvalidOptions, "a wake-up listener threw", { cause: error }));
+      }
+    }
+    this.#wakeTimer = setTimeout(() => {
+      this.#wakeTimer = null;
+      if (this.#wakePending) {
+        this.#wakePending = false;
+        this.#wake();
+      }
+    }, this.#debounceMs);
+    this.#wakeTimer.unref?.();
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw closedError();
+  }
+}
+
+function checkNul(prepared: readonly PreparedMessage[]): void {
+  prepared.forEach((message, index) => {
+    for (const [field, value] of [
+      ["topic", message.topic],
+      ["key", message.key],
+      ["idempotencyKey", message.idempotencyKey],
+    ] as const) {
+      if (value?.includes("\u0000")) {
+        throw new OutboxError(
+          OutboxErrorCode.InvalidEntry,
+          `message ${index}: ${field} contains U+0000, which PostgreSQL text cannot store`,
+          { details: { index, field } },
+        );
+      }
+    }
+  });
+}
+
+/** Every statement the store runs, built once per table (identifiers are validated and quoted). */
+function buildStatements(n: SchemaNames) {
+  const t = n.qualifiedTable;
+  // The fence parameters always come last ($k lock name, $k+1 token): see #run.
+  const fenceCte = (k: number) => `fence AS (
+    INSERT INTO ${n.qualifiedFence} AS f (lock_name, token) VALUES ($${k}, $${k + 1}::numeric)
+    ON CONFLICT (lock_name) DO UPDATE SET token = excluded.token WHERE f.token <= excluded.token
+    RETURNING 1
+  )`;
+  const fenceColumns = (k: number) => `(SELECT count(*) FROM fence)::int AS fence_ok,
+    (SELECT token::text FROM ${n.qualifiedFence} WHERE lock_name = $${k}) AS newest_token`;
+  const fenceGuard = "AND EXISTS (SELECT 1 FROM fence)";
+
+  const enqueueInsert = `ins AS (
+    INSERT INTO ${t} (topic, key, payload, headers, idempotency_key, created_at, available_at)
+    SELECT v.topic, v.key, decode(v.payload, 'hex'), v.headers::json, v.idem, $6::timestamptz, v.available_at
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $7::timestamptz[])
+      WITH ORDINALITY AS v(topic, key, payload, headers, idem, available_at, n)
+    ORDER BY v.n
+    RETURNING id
+  )`;
+
+  const claim = (fenced: boolean) => `WITH ${fenced ? `${fenceCte(5)},` : ""}
+  candidates AS (
+    SELECT o.id FROM ${t} o
+    WHERE o.status = 'pending'
+      AND o.available_at <= $1::timestamptz
+      AND (o.lease_until IS NULL OR o.lease_until <= $1::timestamptz)
+      AND (o.key IS NULL OR NOT EXISTS (
+        SELECT 1 FROM ${t} p WHERE p.key = o.key AND p.status = 'pending' AND p.id < o.id))
+      ${fenced ? fenceGuard : ""}
+    ORDER BY o.id
+    LIMIT $3
+    FOR UPDATE OF o SKIP LOCKED
+  ),
+  claimed AS (
+    UPDATE ${t} o SET attempts = o.attempts + 1, claimed_by = $4, lease_until = $2::timestamptz
+    FROM candidates c WHERE o.id = c.id
+    RETURNING o.*
+  )
+  SELECT ${fenced ? `${fenceColumns(5)},` : ""} ${entryColumns("c")}
+  FROM (SELECT 1) AS one LEFT JOIN claimed c ON true
+  ORDER BY c.id`;
+
+  return {
+    enqueue: `WITH ${enqueueInsert} SELECT ins.id::text AS id FROM ins ORDER BY ins.id`,
+    // One notification per statement, sent at commit of the caller's transaction.
+    enqueueNotify: `WITH ${enqueueInsert}
+      SELECT ins.id::text AS id FROM ins
+      WHERE (SELECT count(*) FROM (SELECT pg_notify($8, '')) AS wake) = 1
+      ORDER BY ins.id`,
+    claim: claim(false),
+    claimFenced: claim(true),
+    ack: (fenced: boolean, asyncCommit: boolean) => `WITH ${fenced ? `${fenceCte(3)},` : ""}
+    acked AS (
+      UPDATE ${t} SET status = 'published', settled_at = $2::timestamptz, lease_until = NULL
+      WHERE id = ANY($1::bigint[]) AND status = 'pending' ${fenced ? fenceGuard : ""}
+      RETURNING key
+    )
+    SELECT ${fenced ? `${fenceColumns(3)},` : ""}
+      (SELECT count(*) FROM acked WHERE key IS NOT NULL)::int AS keyed
+      ${asyncCommit ? ", set_config('synchronous_commit', 'off', true) AS commit_mode" : ""}`,
+    retry: (fenced: boolean) => `WITH ${fenced ? `${fenceCte(5)},` : ""}
+    updated AS (
+      UPDATE ${t} o SET last_error = v.error, available_at = v.available_at, lease_until = NULL, claimed_by = NULL
+      FROM unnest($1::bigint[], $2::text[], $3::timestamptz[]) AS v(id, error, available_at)
+      WHERE o.id = v.id AND o.status = 'pending' AND o.claimed_by = $4 ${fenced ? fenceGuard : ""}
+      RETURNING 1
+    )
+    SELECT ${fenced ? `${fenceColumns(5)},` : ""} (SELECT count(*) FROM updated)::int AS n`,
+    deadLetter: (fenced: boolean) => `WITH ${fenced ? `${fenceCte(5)},` : ""}
+    updated AS (
+      UPDATE ${t} o SET status = 'dead', last_error = v.error, settled_at = $4::timestamptz, lease_until = NULL
+      FROM unnest($1::bigint[], $2::text[]) AS v(id, error)
+      WHERE o.id = v.id AND o.status = 'pending' AND o.claimed_by = $3 ${fenced ? fenceGuard : ""}
+      RETURNING 1
+    )
+    SELECT ${fenced ? `${fenceColumns(5)},` : ""} (SELECT count(*) FROM updated)::int AS n`,
+    release: (fenced: boolean) => `WITH ${fenced ? `${fenceCte(3)},` : ""}
+    updated AS (
+      UPDATE ${t} SET attempts = greatest(attempts - 1, 0), lease_until = NULL, claimed_by = NULL
+      WHERE id = ANY($1::bigint[]) AND status = 'pending' AND claimed_by = $2 ${fenced ? fenceGuard : ""}
+      RETURNING 1
+    )
+    SELECT ${fenced ? `${fenceColumns(3)},` : ""} (SELECT count(*) FROM updated)::int AS n`,
+    listDead: `SELECT ${entryColumns("o")} FROM ${t} o WHERE o.status = 'dead' ORDER BY o.id LIMIT $1`,
+    requeueDead: `WITH updated AS (
+      UPDATE ${t} SET status = 'pending', attempts = 0, available_at = $2::timestamptz,
+        claimed_by = NULL, lease_until = NULL, settled_at = NULL
+      WHERE id = ANY($1::bigint[]) AND status = 'dead'
+      RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM updated)::int AS n`,
+    purge: `WITH doomed AS (
+      SELECT id FROM ${t}
+      WHERE status <> 'pending' AND settled_at < $1::timestamptz
+      ORDER BY settled_at
+      LIMIT $2
+      FOR UPDATE SKIP LOCKED
+    ),
+    gone AS (DELETE FROM ${t} o USING doomed d WHERE o.id = d.id RETURNING 1)
+    SELECT (SELECT count(*) FROM gone)::int AS n`,
+    stats: `SELECT
+      (SELECT count(*) FROM ${t} WHERE status = 'pending')::float8 AS pending,
+      (SELECT count(*) FROM ${t} WHERE status = 'pending' AND lease_until > $1::timestamptz)::float8 AS in_flight,
+      (SELECT count(*) FROM ${t} WHERE status = 'dead')::float8 AS dead,
+      (SELECT (extract(epoch FROM min(created_at)) * 1000)::float8 FROM ${t} WHERE status = 'pending') AS oldest`,
+  };
+}
+
+/** Creates the PostgreSQL store. Run `migrate()` once first (or apply `sql/schema.sql`). */
+export function createPostgresStore(options: PostgresStoreOptions): PostgresStore {
+  return new PostgresStore(options);
+}

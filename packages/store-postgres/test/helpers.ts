@@ -1,0 +1,119 @@
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+import type { PGlite } from "@electric-sql/pglite";
+import type { StoreHarness } from "@outbox/conformance";
+import type { ManualClock } from "@outbox/core";
+import pg from "pg";
+import { createPostgresStore, migrate, type PostgresStoreOptions, type Queryable } from "../src/index.js";
+
+export const pgUrl = process.env.OUTBOX_PG_URL ?? "postgres://postgres:postgres@127.0.0.1:5432/outbox_test";
+
+export function freshSchema(prefix = "t"): string {
+  return `${prefix}_${globalThis.crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
+}
+
+export function createPool(options: pg.PoolConfig = {}): pg.Pool {
+  const pool = new pg.Pool({ connectionString: pgUrl, max: 10, ...options });
+  // Tests that kill connections on purpose make idle clients error out.
+  pool.on("error", () => undefined);
+  return pool;
+}
+
+/** Runs `work` in BEGIN/COMMIT on one pooled connection (ROLLBACK when it throws). */
+export async function inTransaction<T>(pool: pg.Pool, work: (tx: pg.PoolClient) => Promise<T>): Promise<T> {
+  const client = await pool.connect();
+  try {
+    await client.query("BEGIN");
+    const result = await work(client);
+    await client.query("COMMIT");
+    return result;
+  } catch (error) {
+    await client.query("ROLLBACK").catch(() => undefined);
+    throw error;
+  } finally {
+    client.release();
+  }
+}
+
+/** A store on a fresh schema of the real server, for the conformance kit. */
+export async function pgHarness(
+  clock: ManualClock,
+  pool: pg.Pool,
+  options: Partial<PostgresStoreOptions> = {},
+): Promise<StoreHarness<Queryable>> {
+  const schema = freshSchema();
+  await migrate(pool, { schema });
+  const store = createPostgresStore({ pool, schema, clock, onError: () => undefined, ...options });
+  return {
+    store,
+    clock,
+    transaction: (work) => inTransaction(pool, work),
+    async teardown() {
+      await store.close();
+      await pool.query(`DROP SCHEMA "${schema}" CASCADE`);
+    },
+  };
+}
+
+/** A store on a fresh schema of a shared PGlite instance. */
+export async function pgliteHarness(
+  clock: ManualClock,
+  db: PGlite,
+  options: Partial<PostgresStoreOptions> = {},
+): Promise<StoreHarness<Queryable>> {
+  const schema = freshSchema();
+  await migrate(db, { schema });
+  const store = createPostgresStore({ db, schema, clock, onError: () => undefined, ...options });
+  return {
+    store,
+    clock,
+    transaction: (work) => db.transaction((tx) => work(tx)),
+    async teardown() {
+      await store.close();
+      await db.exec(`DROP SCHEMA "${schema}" CASCADE`);
+    },
+  };
+}
+
+/** Polls `condition` every 10 ms until it holds or `timeoutMs` passes. */
+export async function waitFor(condition: () => boolean | Promise<boolean>, timeoutMs = 10_000, what = "condition") {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+const run = promisify(execFile);
+
+/** Restarts the local PostgreSQL 15 cluster and waits until it accepts logins again. */
+export async function restartPostgres(mode: "fast" | "immediate" = "fast"): Promise<void> {
+  await run("pg_ctlcluster", ["--skip-systemctl-redirect", "15", "main", "restart", "-m", mode]);
+  await waitFor(
+    async () => {
+      const client = new pg.Client({ connectionString: pgUrl, connectionTimeoutMillis: 1_000 });
+      client.on("error", () => undefined);
+      try {
+        await client.connect();
+        await client.query("SELECT 1");
+        return true;
+      } catch {
+        return false;
+      } finally {
+        await client.end().catch(() => undefined);
+      }
+    },
+    60_000,
+    "PostgreSQL to accept connections after a restart",
+  );
+}
+
+/** Terminates the server backends whose application_name is `name` (and whose query matches). */
+export async function terminateBackends(admin: pg.Pool, name: string, queryLike = "%"): Promise<number> {
+  const { rows } = await admin.query(
+    `SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity
+     WHERE application_name = $1 AND query LIKE $2 AND pid <> pg_backend_pid()`,
+    [name, queryLike],
+  );
+  return (rows[0] as { n: number }).n;
+}
