@@ -23,7 +23,10 @@ export interface PublisherHarness {
   readonly publisher: OutboxPublisher;
   /** A fresh destination on the broker (created when the broker needs that). */
   topic(): Promise<string>;
-  /** Reads `count` messages from `topic` with a real consumer, waiting up to `timeoutMs`. */
+  /**
+   * Reads `topic` from the beginning with a real consumer until `count` messages arrived, or
+   * returns what arrived when `timeoutMs` passes (the checks also use it to prove "no more").
+   */
   receive(topic: string, count: number, timeoutMs: number): Promise<ReceivedMessage[]>;
   /** Makes an entry for `topic` that the broker will refuse for good (oversize, unroutable, wrong type...). */
   permanentFailure?(topic: string): Promise<Pick<OutboxEntry, "topic" | "payload" | "key">>;

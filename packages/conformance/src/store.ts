@@ -123,16 +123,18 @@ export const storeChecks = {
     },
   },
   "claim-order-and-limit": {
-    title: "claims return the oldest available entries first, up to the limit",
+    title: "claims return the oldest available entries first, up to the limit, with the ids enqueue returned",
     async run(h) {
-      await enqueue(
+      // 25 in one call: ids past 9 catch a store that orders ids as text.
+      const ids = await enqueue(
         h,
-        Array.from({ length: 10 }, (_, i) => message("order", i)),
+        Array.from({ length: 25 }, (_, i) => message("order", i)),
       );
       const first = await h.store.claim({ claimer: "c", limit: 4, leaseMs: 1000 });
       const second = await h.store.claim({ claimer: "c", limit: 100, leaseMs: 1000 });
       expect(first.map(seqOf)).toEqual([0, 1, 2, 3]);
-      expect(second.map(seqOf)).toEqual([4, 5, 6, 7, 8, 9]);
+      expect(second.map(seqOf)).toEqual(Array.from({ length: 21 }, (_, i) => i + 4));
+      expect([...first, ...second].map((e) => e.id)).toEqual(ids);
     },
   },
   "claim-exclusive": {

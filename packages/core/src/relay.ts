@@ -104,6 +104,11 @@ export class OutboxRelay {
   #wokenEarly = false;
   #unsubscribe: Unsubscribe | null = null;
   #leader = false;
+  /**
+   * The last cycle settled keyed entries, so their successors may be claimable right now: a hot
+   * key then drains at one entry per claim round trip instead of one per poll interval.
+   */
+  #keysUnblocked = false;
   /** What the current cycle is doing, so a failure is reported with the right phase. */
   #phase: RelayPhase = "claim";
   #metrics = {
@@ -232,13 +237,13 @@ export class OutboxRelay {
     return cycle;
   }
 
-  /** Runs cycles until one claims less than a full batch. Returns the total claimed. */
+  /** Runs cycles until nothing more is claimable right now. Returns the total claimed. */
   async drain(): Promise<number> {
     let total = 0;
     for (;;) {
       const claimed = await this.runOnce();
       total += claimed;
-      if (claimed < this.#batchSize) return total;
+      if (claimed < this.#batchSize && !this.#keysUnblocked) return total;
     }
   }
 
@@ -248,7 +253,7 @@ export class OutboxRelay {
       try {
         const claimed = await this.runOnce();
         this.#metrics.consecutiveFailures = 0;
-        if (claimed >= this.#batchSize) delay = 0;
+        if (claimed >= this.#batchSize || this.#keysUnblocked) delay = 0;
       } catch (error) {
         this.#metrics.consecutiveFailures += 1;
         this.#report(error, this.#phase);
@@ -295,6 +300,7 @@ export class OutboxRelay {
 
   async #cycle(): Promise<number> {
     this.#metrics.cycles += 1;
+    this.#keysUnblocked = false;
     this.#phase = "lock";
     const fence = await this.#currentFence();
     if (fence === null) return 0;
@@ -371,6 +377,7 @@ export class OutboxRelay {
       this.#report(new OutboxError(OutboxErrorCode.LockNotHeld, "leadership lost before acking"), "lock");
       return;
     }
+    this.#keysUnblocked = [...acked, ...dead.map((letter) => letter.entry)].some((entry) => entry.key !== null);
     if (acked.length > 0) {
       await this.#settle(() =>
         this.#store.ack(
@@ -436,8 +443,10 @@ export class OutboxRelay {
       return await operation();
     } catch (error) {
       if (OutboxError.is(error, OutboxErrorCode.Fenced)) {
-        this.#leader = false;
+        const grant = this.#lock?.grant ?? null;
         await this.#lock?.release();
+        if (grant && this.#leader) this.#events.emit("leadershipLost", { grant, reason: error });
+        this.#leader = false;
       }
       throw error;
     }

@@ -260,6 +260,8 @@ describe("OutboxRelay leadership", () => {
     const a = new OutboxRelay({ store, publisher, clock, leader, id: "a" });
     const b = new OutboxRelay({ store, publisher, clock, leader, id: "b" });
     const gained: string[] = [];
+    const lost: unknown[] = [];
+    a.on("leadershipLost", ({ reason }) => lost.push(reason));
     a.on("leadershipGained", () => gained.push("a"));
     b.on("leadershipGained", () => gained.push("b"));
     await store.transaction((tx) => store.enqueue(tx, msgs(4)));
@@ -273,6 +275,7 @@ describe("OutboxRelay leadership", () => {
     await store.transaction((tx) => store.enqueue(tx, msgs(3)));
     expect(await b.runOnce()).toBe(3);
     expect(gained).toEqual(["a", "b"]);
+    expect(lost).toEqual(["stopped"]);
     // a's token (1) is now stale at the store.
     await expect(
       store.claim({ claimer: "a", limit: 1, leaseMs: 1, fence: { lock: "relay", token: 1n } }),
@@ -305,5 +308,46 @@ describe("OutboxRelay leadership", () => {
     backend.setReachable(true);
     clock.advance(1_000);
     expect(await relay.runOnce()).toBe(1);
+  });
+});
+
+describe("OutboxRelay fenced by the store", () => {
+  it("steps down and reports the loss when the store rejects its token", async () => {
+    const clock = new ManualClock();
+    const store = new MemoryStore({ clock });
+    const backend = new MemoryLockBackend({ clock });
+    const relay = new OutboxRelay({ store, publisher: new MemoryPublisher(), clock, leader: { backend, name: "l" } });
+    const lost: unknown[] = [];
+    relay.on("leadershipLost", ({ reason }) => lost.push(reason));
+    await store.transaction((tx) => store.enqueue(tx, msgs(1)));
+    expect(await relay.runOnce()).toBe(1);
+    // Someone with a newer token reached the store (e.g. after a lock-store failover).
+    await store.claim({ claimer: "other", limit: 0, leaseMs: 1, fence: { lock: "l", token: 99n } });
+    await store.transaction((tx) => store.enqueue(tx, msgs(1)));
+    await expect(relay.runOnce()).rejects.toThrowError(
+      expect.objectContaining({ code: OutboxErrorCode.Fenced }) as unknown as Error,
+    );
+    expect(lost).toHaveLength(1);
+    expect(OutboxError.is(lost[0], OutboxErrorCode.Fenced)).toBe(true);
+    expect(relay.metrics().leader).toBe(false);
+  });
+});
+
+describe("OutboxRelay hot keys", () => {
+  it("drains a hot key one claim after another, not one entry per poll", async () => {
+    const { relay, clock, enqueue, publisher } = setup({ pollMs: 60_000 });
+    await enqueue(msgs(5, () => "hot"));
+    relay.start();
+    await clock.whenSleeping();
+    // Without the immediate re-claim this would be one entry per 60 s poll.
+    expect(publisher.messages).toHaveLength(5);
+    await relay.stop();
+  });
+
+  it("drain() follows a key's successors too", async () => {
+    const { relay, enqueue, publisher } = setup();
+    await enqueue(msgs(4, () => "hot"));
+    expect(await relay.drain()).toBe(4);
+    expect(publisher.messages).toHaveLength(4);
   });
 });
