@@ -25,10 +25,19 @@ export {
 } from "./relay.js";
 export {
   describeStoreConformance,
+  memoryStoreHarness,
   type StoreCheckId,
   type StoreConformanceOptions,
   type StoreHarness,
   storeChecks,
 } from "./store.js";
 export { type Check, runChecks, type SkipReasons } from "./suite.js";
-export { awkwardPayloads, bytesEqual, keyOrderViolations, seededRandom, uniqueName } from "./util.js";
+export {
+  awkwardPayloads,
+  bytesEqual,
+  deferred,
+  keyOrderViolations,
+  seededRandom,
+  uniqueName,
+  wrapStore,
+} from "./util.js";

@@ -17,7 +17,7 @@ import {
 import { expect } from "vitest";
 import type { StoreHarness } from "./store.js";
 import { type Check, registerSuite, type SkipReasons } from "./suite.js";
-import { deferred, keyOrderViolations, seededRandom, uniqueName } from "./util.js";
+import { deferred, keyOrderViolations, seededRandom, uniqueName, wrapStore } from "./util.js";
 
 /** What the relay checks drive: any relay-shaped object (the real one, or a deliberately broken one). */
 export interface RelayUnderTest {
@@ -82,25 +82,6 @@ class Killable {
   guard(): void {
     if (this.dead) throw new Error(`relay ${this.tag} is dead`);
   }
-}
-
-/** The store's own methods, bound, with some replaced: a wrapper that works with private fields. */
-function wrapStore(store: OutboxStore<never>, overrides: Partial<OutboxStore<never>>): OutboxStore<never> {
-  return {
-    capabilities: store.capabilities,
-    enqueue: (tx, m) => store.enqueue(tx, m),
-    claim: (r) => store.claim(r),
-    ack: (ids, c) => store.ack(ids, c),
-    retry: (items, c) => store.retry(items, c),
-    deadLetter: (items, c) => store.deadLetter(items, c),
-    release: (ids, c) => store.release(ids, c),
-    listDead: (o) => store.listDead(o),
-    requeueDead: (ids) => store.requeueDead(ids),
-    purge: (r) => store.purge(r),
-    stats: () => store.stats(),
-    close: () => store.close(),
-    ...overrides,
-  };
 }
 
 /** Wraps a store so that every call from a dead relay fails, and a hook can kill it mid-flight. */

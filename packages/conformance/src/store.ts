@@ -1,5 +1,7 @@
 import {
   type ManualClock,
+  MemoryStore,
+  type MemoryTransaction,
   type OutboxEntry,
   OutboxError,
   OutboxErrorCode,
@@ -434,6 +436,15 @@ export const storeChecks = {
 } satisfies Record<string, Check<Harness>>;
 
 export type StoreCheckId = keyof typeof storeChecks;
+
+/**
+ * The in-memory reference store as a harness: for suites that need *a* store, e.g. running the
+ * relay suite over a lock backend under test.
+ */
+export async function memoryStoreHarness(clock: ManualClock): Promise<StoreHarness<MemoryTransaction>> {
+  const store = new MemoryStore({ clock });
+  return { store, clock, transaction: (work) => store.transaction(work), teardown: () => store.close() };
+}
 
 /** Registers the store conformance suite. Call it at the top level of a vitest test file. */
 export function describeStoreConformance<Tx>(options: StoreConformanceOptions<Tx>): void {

@@ -82,3 +82,27 @@ export function deferred(): { promise: Promise<void>; resolve: () => void } {
   });
   return { promise, resolve };
 }
+
+/**
+ * The store's own methods, bound, with some replaced: for fault-injecting or recording wrappers
+ * (works with stores that keep their state in private fields).
+ */
+export function wrapStore<Tx>(inner: OutboxStore<Tx>, overrides: Partial<OutboxStore<Tx>>): OutboxStore<Tx> {
+  const subscribe = inner.subscribe?.bind(inner);
+  return {
+    capabilities: inner.capabilities,
+    enqueue: (tx, messages) => inner.enqueue(tx, messages),
+    claim: (request) => inner.claim(request),
+    ack: (ids, context) => inner.ack(ids, context),
+    retry: (items, context) => inner.retry(items, context),
+    deadLetter: (items, context) => inner.deadLetter(items, context),
+    release: (ids, context) => inner.release(ids, context),
+    listDead: (options) => inner.listDead(options),
+    requeueDead: (ids) => inner.requeueDead(ids),
+    purge: (request) => inner.purge(request),
+    stats: () => inner.stats(),
+    ...(subscribe ? { subscribe } : {}),
+    close: () => inner.close(),
+    ...overrides,
+  };
+}

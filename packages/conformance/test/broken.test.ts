@@ -12,6 +12,7 @@ import { describe, expect, it } from "vitest";
 import {
   type LockHarness,
   lockChecks,
+  memoryStoreHarness,
   type PublisherHarness,
   publisherChecks,
   type RelayUnderTest,
@@ -20,6 +21,7 @@ import {
   type StoreHarness,
   storeChecks,
   uniqueName,
+  wrapStore,
 } from "../src/index.js";
 
 // The kit must be able to fail: each deliberately broken adapter below has to fail at
@@ -31,21 +33,7 @@ type Tx = MemoryTransaction;
 function brokenStore(patch: (inner: MemoryStore) => Partial<OutboxStore<Tx>>) {
   return async (clock: ManualClock): Promise<StoreHarness<Tx>> => {
     const inner = new MemoryStore({ clock });
-    const base: OutboxStore<Tx> = {
-      capabilities: inner.capabilities,
-      enqueue: (tx, m) => inner.enqueue(tx, m),
-      claim: (r) => inner.claim(r),
-      ack: (ids, c) => inner.ack(ids, c),
-      retry: (items, c) => inner.retry(items, c),
-      deadLetter: (items, c) => inner.deadLetter(items, c),
-      release: (ids, c) => inner.release(ids, c),
-      listDead: (o) => inner.listDead(o),
-      requeueDead: (ids) => inner.requeueDead(ids),
-      purge: (r) => inner.purge(r),
-      stats: () => inner.stats(),
-      subscribe: (l) => inner.subscribe(l),
-      close: () => inner.close(),
-    };
+    const base = wrapStore(inner, {});
     return {
       store: { ...base, ...patch(inner) },
       clock,
@@ -161,11 +149,7 @@ describe("the kit catches broken relays", () => {
         return entries.length;
       },
     });
-    const reference = async (clock: ManualClock): Promise<StoreHarness<Tx>> => {
-      const store = new MemoryStore({ clock });
-      return { store, clock, transaction: (w) => store.transaction(w), teardown: () => store.close() };
-    };
-    expect(await failingRelayChecks(reference, ackFirst)).toContain("crash-during-publish");
+    expect(await failingRelayChecks(memoryStoreHarness, ackFirst)).toContain("crash-during-publish");
   });
 });
 

@@ -1,27 +1,18 @@
-import { type ManualClock, MemoryLockBackend, MemoryPublisher, MemoryStore } from "@outbox/core";
+import { MemoryLockBackend, MemoryPublisher } from "@outbox/core";
 import {
   describeLockConformance,
   describePublisherConformance,
   describeRelayConformance,
   describeStoreConformance,
+  memoryStoreHarness,
   uniqueName,
 } from "../src/index.js";
 
 // The kit tests itself against the in-memory reference adapters.
 
-async function memoryStore(clock: ManualClock) {
-  const store = new MemoryStore({ clock });
-  return {
-    store,
-    clock,
-    transaction: <T>(work: (tx: Parameters<MemoryStore["enqueue"]>[0]) => Promise<T>) => store.transaction(work),
-    teardown: () => store.close(),
-  };
-}
+describeStoreConformance({ name: "MemoryStore", create: memoryStoreHarness });
 
-describeStoreConformance({ name: "MemoryStore", create: memoryStore });
-
-describeRelayConformance({ name: "MemoryStore + MemoryLockBackend", createStore: memoryStore });
+describeRelayConformance({ name: "MemoryStore + MemoryLockBackend", createStore: memoryStoreHarness });
 
 describePublisherConformance({
   name: "MemoryPublisher",

@@ -1,5 +1,3 @@
-import { execFile } from "node:child_process";
-import { promisify } from "node:util";
 import { describeLockConformance } from "@outbox/conformance";
 import {
   DistributedLock,
@@ -10,50 +8,18 @@ import {
   OutboxRelay,
 } from "@outbox/core";
 import { createPostgresStore, migrate } from "@outbox/store-postgres";
+import { pgUrl, restartPostgres } from "@outbox/test-support/postgres";
+import { sleep, waitFor } from "@outbox/test-support/wait";
 import pg from "pg";
 import pgMin from "pg-min";
 import { afterAll, describe, expect, it } from "vitest";
 import { createPostgresLockBackend, type PostgresLockBackend } from "../src/index.js";
 
-const pgUrl = process.env.OUTBOX_PG_URL ?? "postgres://postgres:postgres@127.0.0.1:5432/outbox_test";
 const admin = new pg.Pool({ connectionString: pgUrl, max: 3 });
 admin.on("error", () => undefined);
 afterAll(() => admin.end());
 
 const fresh = (prefix: string) => `${prefix}_${globalThis.crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function waitFor(condition: () => boolean | Promise<boolean>, timeoutMs = 10_000, what = "condition") {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(10);
-  }
-}
-
-const run = promisify(execFile);
-
-async function restartPostgres(): Promise<void> {
-  await run("pg_ctlcluster", ["--skip-systemctl-redirect", "15", "main", "restart", "-m", "fast"]);
-  await waitFor(
-    async () => {
-      const client = new pg.Client({ connectionString: pgUrl, connectionTimeoutMillis: 1_000 });
-      client.on("error", () => undefined);
-      try {
-        await client.connect();
-        await client.query("SELECT 1");
-        return true;
-      } catch {
-        return false;
-      } finally {
-        await client.end().catch(() => undefined);
-      }
-    },
-    60_000,
-    "PostgreSQL to accept connections after the restart",
-  );
-}
-
 function backend(schema: string, Client?: typeof pg.Client): PostgresLockBackend {
   return createPostgresLockBackend({ connectionString: pgUrl, schema, Client });
 }

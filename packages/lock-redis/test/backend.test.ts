@@ -1,9 +1,9 @@
 import { uniqueName } from "@outbox/conformance";
 import { DistributedLock, OutboxError, OutboxErrorCode } from "@outbox/core";
+import { closeClients, newClient, RedisProxy } from "@outbox/test-support/redis";
 import type { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createRedisLockBackend } from "../src/index.js";
-import { closeClients, newClient, RedisProxy } from "./support.js";
 
 let client: Redis;
 let admin: Redis;

@@ -1,9 +1,10 @@
-import { describeLockConformance, describeRelayConformance } from "@outbox/conformance";
-import { type LockBackend, type ManualClock, MemoryStore } from "@outbox/core";
+import { describeLockConformance, describeRelayConformance, memoryStoreHarness } from "@outbox/conformance";
+import type { LockBackend } from "@outbox/core";
+import { closeClient, closeClients, newClient, restartRedis, waitReady } from "@outbox/test-support/redis";
+import { sleep } from "@outbox/test-support/wait";
 import type { Redis } from "ioredis";
 import { afterAll } from "vitest";
 import { createRedisLockBackend } from "../src/index.js";
-import { closeClient, closeClients, newClient, restartRedis, sleep, waitReady } from "./support.js";
 
 afterAll(closeClients);
 
@@ -35,20 +36,10 @@ describeLockConformance({
   },
 });
 
-/** The store is the in-memory reference on the kit's ManualClock; the leader lock is real Redis. */
-async function memoryStore(clock: ManualClock) {
-  const store = new MemoryStore({ clock });
-  return {
-    store,
-    clock,
-    transaction: <T>(work: (tx: Parameters<MemoryStore["enqueue"]>[0]) => Promise<T>) => store.transaction(work),
-    teardown: () => store.close(),
-  };
-}
-
 describeRelayConformance({
   name: "MemoryStore + lock-redis (real Redis)",
-  createStore: memoryStore,
+  // The store is the in-memory reference on the kit's ManualClock; the leader lock is real Redis.
+  createStore: memoryStoreHarness,
   async createLockBackend() {
     const client = await newClient();
     const backend = createRedisLockBackend({ client });

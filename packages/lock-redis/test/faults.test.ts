@@ -21,12 +21,13 @@ import {
 } from "@outbox/core";
 import { createRedisStreamPublisher, decodeStreamFields } from "@outbox/publisher-redis";
 import { createPostgresStore, migrate, type PostgresStore, resolveNames } from "@outbox/store-postgres";
+import { closeClients, failFast, newClient, RedisProxy, redisUrl, restartRedis } from "@outbox/test-support/redis";
+import { sleep, waitFor } from "@outbox/test-support/wait";
 import type { Redis, RedisOptions } from "ioredis";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createRedisLockBackend } from "../src/index.js";
 import type { ChildConfig } from "./fixtures/relay-child.js";
-import { closeClients, failFast, newClient, RedisProxy, redisUrl, restartRedis, sleep, waitFor } from "./support.js";
 
 const pgUrl = process.env.OUTBOX_PG_URL ?? "postgres://postgres:postgres@127.0.0.1:5432/outbox_test";
 const ttlMs = 1_500;

@@ -1,8 +1,8 @@
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { uniqueName } from "@outbox/conformance";
+import { closeClients, newClient, redisUrl } from "@outbox/test-support/redis";
 import { afterAll, expect, it, vi } from "vitest";
-import { closeClients, newClient, redisUrl } from "./support.js";
 
 afterAll(closeClients);
 

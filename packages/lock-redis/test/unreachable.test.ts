@@ -1,9 +1,10 @@
-import { uniqueName } from "@outbox/conformance";
+import { uniqueName, wrapStore } from "@outbox/conformance";
 import { type LockGrant, MemoryPublisher, MemoryStore, OutboxRelay, type OutboxStore } from "@outbox/core";
+import { closeClients, failFast, newClient, RedisProxy } from "@outbox/test-support/redis";
+import { waitFor } from "@outbox/test-support/wait";
 import type { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createRedisLockBackend } from "../src/index.js";
-import { closeClients, failFast, newClient, RedisProxy, waitFor, wrapStore } from "./support.js";
 
 let admin: Redis;
 beforeAll(async () => {

@@ -4,6 +4,7 @@
 import { type ChildProcess, fork } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { createPostgresStore, migrate } from "@outbox/store-postgres";
+import { waitFor } from "@outbox/test-support/wait";
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
 import { createTopic, newKafka, readTopic, restartBrokerKeepingData } from "./support/kafka.js";
@@ -63,19 +64,6 @@ function startRelay(table: string): Promise<RelayChild> {
   });
 }
 
-async function until(condition: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  // A failed poll (e.g. a connection the server dropped) is "not yet", not a test failure.
-  while (
-    !(await Promise.resolve()
-      .then(condition)
-      .catch(() => false))
-  ) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
-}
-
 const children: ChildProcess[] = [];
 afterAll(() => {
   for (const child of children) if (child.exitCode === null) child.kill("SIGKILL");
@@ -122,17 +110,17 @@ describe("e2e: PostgreSQL -> relay -> Kafka", () => {
       // Fault (a): the relay process dies mid-way, without stop(); a new one takes over.
       const first = await startRelay(table);
       children.push(first.process);
-      await until(() => first.published >= 2_500, 120_000, "the first relay to publish 2,500");
+      await waitFor(() => first.published >= 2_500, 120_000, "the first relay to publish 2,500");
       first.process.kill("SIGKILL");
       await first.exited;
       const second = await startRelay(table);
       children.push(second.process);
 
       // Fault (b): the broker is killed and restarted on its data while the relay runs.
-      await until(() => first.published + second.published >= 5_500, 120_000, "5,500 published");
+      await waitFor(() => first.published + second.published >= 5_500, 120_000, "5,500 published");
       const outageMs = await restartBrokerKeepingData("SIGKILL");
 
-      await until(
+      await waitFor(
         async () => {
           const stats = await store.stats();
           return stats.pending === 0 && stats.inFlight === 0;

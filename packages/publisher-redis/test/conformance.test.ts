@@ -1,7 +1,8 @@
 import { describePublisherConformance, uniqueName } from "@outbox/conformance";
+import { closeClient, closeClients, newClient } from "@outbox/test-support/redis";
 import { afterAll } from "vitest";
 import { createRedisStreamPublisher } from "../src/index.js";
-import { closeClient, closeClients, newClient, readStream } from "./support.js";
+import { readStream } from "./support.js";
 
 afterAll(closeClients);
 

@@ -1,10 +1,12 @@
 import { makeEntry, uniqueName } from "@outbox/conformance";
 import { OutboxError, OutboxErrorCode, type PublishOutcome } from "@outbox/core";
+import { closeClients, newClient, RedisProxy, restartRedis } from "@outbox/test-support/redis";
+import { sleep } from "@outbox/test-support/wait";
 import type { Redis } from "ioredis";
 import { ReplyError } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { classifyRedisError, createRedisStreamPublisher, decodeStreamFields, StreamField } from "../src/index.js";
-import { closeClients, newClient, RedisProxy, readStream, restartRedis, sleep } from "./support.js";
+import { readStream } from "./support.js";
 
 let client: Redis;
 let admin: Redis;

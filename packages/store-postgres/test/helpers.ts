@@ -1,12 +1,11 @@
-import { execFile } from "node:child_process";
-import { promisify } from "node:util";
 import type { PGlite } from "@electric-sql/pglite";
 import type { StoreHarness } from "@outbox/conformance";
 import type { ManualClock } from "@outbox/core";
+import { pgUrl } from "@outbox/test-support/services";
 import pg from "pg";
 import { createPostgresStore, migrate, type PostgresStoreOptions, type Queryable } from "../src/index.js";
 
-export const pgUrl = process.env.OUTBOX_PG_URL ?? "postgres://postgres:postgres@127.0.0.1:5432/outbox_test";
+export { pgUrl };
 
 export function freshSchema(prefix = "t"): string {
   return `${prefix}_${globalThis.crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
@@ -75,38 +74,8 @@ export async function pgliteHarness(
   };
 }
 
-/** Polls `condition` every 10 ms until it holds or `timeoutMs` passes. */
-export async function waitFor(condition: () => boolean | Promise<boolean>, timeoutMs = 10_000, what = "condition") {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
-
-const run = promisify(execFile);
-
-/** Restarts the local PostgreSQL 15 cluster and waits until it accepts logins again. */
-export async function restartPostgres(mode: "fast" | "immediate" = "fast"): Promise<void> {
-  await run("pg_ctlcluster", ["--skip-systemctl-redirect", "15", "main", "restart", "-m", mode]);
-  await waitFor(
-    async () => {
-      const client = new pg.Client({ connectionString: pgUrl, connectionTimeoutMillis: 1_000 });
-      client.on("error", () => undefined);
-      try {
-        await client.connect();
-        await client.query("SELECT 1");
-        return true;
-      } catch {
-        return false;
-      } finally {
-        await client.end().catch(() => undefined);
-      }
-    },
-    60_000,
-    "PostgreSQL to accept connections after a restart",
-  );
-}
+export { restartPostgres } from "@outbox/test-support/postgres";
+export { waitFor } from "@outbox/test-support/wait";
 
 /** Terminates the server backends whose application_name is `name` (and whose query matches). */
 export async function terminateBackends(admin: pg.Pool, name: string, queryLike = "%"): Promise<number> {

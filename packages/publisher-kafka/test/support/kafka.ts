@@ -1,8 +1,9 @@
 import { execFile } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
-import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { OutboxHeader } from "@outbox/core";
+import { services } from "@outbox/test-support/services";
+import { sleep } from "@outbox/test-support/wait";
 import { type Admin, type IHeaders, Kafka, type KafkaConfig, logLevel, Partitioners } from "kafkajs";
 
 const run = promisify(execFile);
@@ -233,8 +234,6 @@ function processAlive(pid: number): boolean {
   }
 }
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
 /**
  * Crashes the broker started by scripts/services.sh (SIGKILL by default) and starts it again
  * through the script on the SAME log dir (`start kafka --keep-data`), so what was written
@@ -248,11 +247,6 @@ export async function restartBrokerKeepingData(signal: "SIGTERM" | "SIGKILL" = "
     if (i > 600) throw new Error(`broker pid ${pid} did not exit`);
     await sleep(100);
   }
-  const script = fileURLToPath(new URL("../../../../scripts/services.sh", import.meta.url));
-  await new Promise<void>((resolve, reject) => {
-    execFile("bash", [script, "start", "kafka", "--keep-data"], { timeout: 180_000 }, (error, _stdout, stderr) =>
-      error ? reject(new Error(`services.sh start kafka --keep-data failed: ${stderr}`)) : resolve(),
-    );
-  });
+  await services("start", "kafka", "--keep-data");
   return Date.now() - downAt;
 }

@@ -1,16 +1,14 @@
-import { execFile } from "node:child_process";
 import { createServer, type Server, Socket } from "node:net";
-import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
-import type { OutboxStore } from "@outbox/core";
 import { Redis, type RedisOptions } from "ioredis";
+import { redisUrl, services } from "./services.js";
+import { waitFor } from "./wait.js";
 
-export const redisUrl = process.env.OUTBOX_REDIS_URL ?? "redis://127.0.0.1:6379";
+export { redisUrl };
 const target = new URL(redisUrl);
 export const redisHost = target.hostname;
 export const redisPort = Number(target.port || 6379);
 
-/** The client options the README recommends: fail fast while Redis is unreachable. */
+/** The client options the lock-redis README recommends: fail fast while Redis is unreachable. */
 export const failFast: RedisOptions = {
   maxRetriesPerRequest: 1,
   enableOfflineQueue: false,
@@ -41,35 +39,10 @@ export function closeClient(client: Redis): Promise<unknown> {
   return client.quit().catch(() => client.disconnect());
 }
 
-const servicesScript = fileURLToPath(new URL("../../../scripts/services.sh", import.meta.url));
-
 /** Restarts the Redis server with scripts/services.sh (no persistence: every key is gone). */
-export async function restartRedis(): Promise<void> {
-  await promisify(execFile)("bash", [servicesScript, "restart", "redis"], { timeout: 120_000 });
+export function restartRedis(): Promise<void> {
+  return services("restart", "redis");
 }
-
-/** Polls until `condition` holds, failing after `timeoutMs`. */
-export async function waitFor<T>(
-  condition: () => T | Promise<T>,
-  timeoutMs: number,
-  what = "condition",
-  intervalMs = 20,
-): Promise<NonNullable<T>> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    let value: T | undefined;
-    try {
-      value = await condition();
-    } catch {
-      value = undefined;
-    }
-    if (value) return value as NonNullable<T>;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(intervalMs);
-  }
-}
-
-export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /** Waits until the client answers again (after a restart or a cut). */
 export function waitReady(client: Redis, timeoutMs = 15_000): Promise<boolean> {
@@ -159,24 +132,4 @@ export class RedisProxy {
       outbound.pipe(inbound);
     });
   }
-}
-
-/** Delegates every store call to `inner`, except the ones overridden. */
-export function wrapStore<Tx>(inner: OutboxStore<Tx>, overrides: Partial<OutboxStore<Tx>>): OutboxStore<Tx> {
-  return {
-    capabilities: inner.capabilities,
-    enqueue: (tx, messages) => inner.enqueue(tx, messages),
-    claim: (request) => inner.claim(request),
-    ack: (ids, context) => inner.ack(ids, context),
-    retry: (items, context) => inner.retry(items, context),
-    deadLetter: (items, context) => inner.deadLetter(items, context),
-    release: (ids, context) => inner.release(ids, context),
-    listDead: (options) => inner.listDead(options),
-    requeueDead: (ids) => inner.requeueDead(ids),
-    purge: (request) => inner.purge(request),
-    stats: () => inner.stats(),
-    ...(inner.subscribe ? { subscribe: (listener: () => void) => inner.subscribe!(listener) } : {}),
-    close: () => inner.close(),
-    ...overrides,
-  };
 }
