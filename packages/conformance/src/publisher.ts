@@ -148,6 +148,19 @@ export const publisherChecks = {
       expect(received.map((m) => m.idempotencyKey)).toContain(entry.idempotencyKey);
     },
   },
+  "aborted-signal": {
+    title: "with an already-aborted signal nothing is sent and every entry is reported transient",
+    async run(h) {
+      const topic = await h.topic();
+      const controller = new AbortController();
+      controller.abort(new Error("the lease is about to end"));
+      const outcomes = await h.publisher.publish([makeEntry({ topic }), makeEntry({ topic, key: "k" })], {
+        signal: controller.signal,
+      });
+      expect(statuses(outcomes)).toEqual(["transient", "transient"]);
+      expect(await h.receive(topic, 1, 3_000)).toEqual([]);
+    },
+  },
   "empty-batch": {
     title: "publishing an empty batch returns no outcomes",
     async run(h) {

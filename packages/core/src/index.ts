@@ -29,6 +29,7 @@ export {
   type OutboxPublisher,
   outcomeError,
   type PublisherCapabilities,
+  type PublishOptions,
   type PublishOutcome,
   permanentFailure,
   published,

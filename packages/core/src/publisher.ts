@@ -12,6 +12,15 @@ export const published = (): PublishOutcome => ({ status: "published" });
 export const transientFailure = (error: unknown): PublishOutcome => ({ status: "transient", error });
 export const permanentFailure = (error: unknown): PublishOutcome => ({ status: "permanent", error });
 
+export interface PublishOptions {
+  /**
+   * Aborted when the batch's lease is about to run out (another relay could claim the entries
+   * then). A publisher stops waiting: entries not yet sent, or not confirmed by then, are
+   * reported transient. An entry the broker already confirmed stays "published".
+   */
+  readonly signal?: AbortSignal;
+}
+
 export interface PublisherCapabilities {
   /** Largest payload the broker accepts as configured, when known. */
   readonly maxPayloadBytes?: number;
@@ -25,7 +34,7 @@ export interface PublisherCapabilities {
  */
 export interface OutboxPublisher {
   readonly capabilities?: PublisherCapabilities;
-  publish(entries: readonly OutboxEntry[]): Promise<PublishOutcome[]>;
+  publish(entries: readonly OutboxEntry[], options?: PublishOptions): Promise<PublishOutcome[]>;
   close?(): Promise<void>;
 }
 

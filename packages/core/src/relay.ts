@@ -415,9 +415,18 @@ export class OutboxRelay {
 
   async #publish(batch: OutboxEntry[]): Promise<PublishOutcome[]> {
     const spans = batch.map((entry) => startPublishSpan(entry));
+    // Past the lease another relay may claim these entries: tell the publisher to stop waiting a
+    // little before that (a fifth of the lease, at most 5 s), so duplicates stay rare.
+    const lease = new AbortController();
+    const finished = new AbortController();
+    void this.#clock.sleep(this.#leaseMs - Math.min(this.#leaseMs / 5, 5_000), finished.signal).then(() => {
+      if (!finished.signal.aborted) {
+        lease.abort(new OutboxError(OutboxErrorCode.PublishFailed, "the batch's lease is about to end"));
+      }
+    });
     let outcomes: PublishOutcome[];
     try {
-      outcomes = await this.#publisher.publish(batch);
+      outcomes = await this.#publisher.publish(batch, { signal: lease.signal });
       if (!Array.isArray(outcomes) || outcomes.length !== batch.length) {
         throw new OutboxError(
           OutboxErrorCode.PublisherContract,
@@ -427,6 +436,8 @@ export class OutboxRelay {
     } catch (error) {
       this.#report(error, "publish");
       outcomes = batch.map(() => transientFailure(error));
+    } finally {
+      finished.abort();
     }
     outcomes.forEach((outcome, index) => {
       spans[index]?.end(outcome.status === "published" ? undefined : outcome.error);

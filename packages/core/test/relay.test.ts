@@ -31,6 +31,17 @@ function setup(overrides: Partial<OutboxRelayOptions> = {}) {
   return { clock, store, publisher, relay, events, enqueue };
 }
 
+/** Resolves once the relay has published `count` entries in all. */
+function publishedCount(relay: OutboxRelay, count: number): Promise<void> {
+  let seen = 0;
+  return new Promise((resolve) => {
+    relay.on("published", ({ entries }) => {
+      seen += entries.length;
+      if (seen >= count) resolve();
+    });
+  });
+}
+
 const msgs = (n: number, key: (i: number) => string | null = () => null): OutboxMessage[] =>
   Array.from({ length: n }, (_, i) => ({ topic: "t", key: key(i), payload: `m${i}` }));
 
@@ -215,12 +226,12 @@ describe("OutboxRelay loop", () => {
     const errors: RelayEvents["error"][] = [];
     relay.on("error", (e) => errors.push(e));
     await enqueue(msgs(2));
+    const allPublished = publishedCount(relay, 3);
     relay.start();
     await clock.whenSleeping();
     await enqueue(msgs(1));
-    await clock.whenSleeping();
     clock.advance(10);
-    await clock.whenSleeping();
+    await allPublished;
     expect(publisher.messages).toHaveLength(3);
     expect(errors.some((e) => e.phase === "listener")).toBe(true);
     await relay.stop();
@@ -333,14 +344,51 @@ describe("OutboxRelay fenced by the store", () => {
   });
 });
 
+describe("OutboxRelay publish deadline", () => {
+  it("aborts the publisher's signal shortly before the lease ends", async () => {
+    let signal: AbortSignal | undefined;
+    let entered!: () => void;
+    const inPublish = new Promise<void>((resolve) => {
+      entered = resolve;
+    });
+    const { relay, clock, enqueue, events } = setup({
+      leaseMs: 10_000,
+      publisher: {
+        publish: (entries, options) =>
+          new Promise((resolve) => {
+            signal = options?.signal;
+            entered();
+            // A broker that never answers; the publisher gives up when the signal aborts.
+            options?.signal?.addEventListener("abort", () =>
+              resolve(entries.map(() => transientFailure(options.signal?.reason))),
+            );
+          }),
+      },
+    });
+    await enqueue(msgs(1));
+    const cycle = relay.runOnce();
+    await inPublish;
+    clock.advance(7_999);
+    expect(signal?.aborted).toBe(false);
+    clock.advance(1); // lease 10 s minus a fifth of it
+    await cycle;
+    expect(signal?.aborted).toBe(true);
+    const retried = events.find((e) => e.type === "retried")?.payload as RelayEvents["retried"];
+    expect(OutboxError.is(retried.error, OutboxErrorCode.PublishFailed)).toBe(true);
+  });
+});
+
 describe("OutboxRelay hot keys", () => {
   it("drains a hot key one claim after another, not one entry per poll", async () => {
     const { relay, clock, enqueue, publisher } = setup({ pollMs: 60_000 });
     await enqueue(msgs(5, () => "hot"));
+    const start = clock.now();
+    const allPublished = publishedCount(relay, 5);
     relay.start();
-    await clock.whenSleeping();
-    // Without the immediate re-claim this would be one entry per 60 s poll.
+    // Without the immediate re-claim this would wait a 60 s poll per entry: the clock never moves here.
+    await allPublished;
     expect(publisher.messages).toHaveLength(5);
+    expect(clock.now()).toBe(start);
     await relay.stop();
   });
 

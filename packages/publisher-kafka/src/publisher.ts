@@ -6,6 +6,7 @@ import {
   OutboxHeader,
   type OutboxPublisher,
   type PublisherCapabilities,
+  type PublishOptions,
   type PublishOutcome,
   permanentFailure,
   published,
@@ -94,6 +95,8 @@ interface Item {
 
 interface PublishRun {
   readonly deadline: number;
+  /** The relay's lease signal: once aborted, nothing more is sent and nothing more awaited. */
+  readonly signal: AbortSignal | undefined;
   readonly outcomes: Array<PublishOutcome | undefined>;
   /** Topics refused as a whole during this publish (unknown, not authorised). */
   readonly refusedTopics: Map<string, { error: unknown; failure: KafkaFailure }>;
@@ -198,13 +201,13 @@ export class KafkaPublisher implements OutboxPublisher {
     return this.#renewals;
   }
 
-  publish(entries: readonly OutboxEntry[]): Promise<PublishOutcome[]> {
+  publish(entries: readonly OutboxEntry[], options: PublishOptions = {}): Promise<PublishOutcome[]> {
     if (this.#closed) {
       return Promise.reject(new OutboxError(OutboxErrorCode.Closed, "the Kafka publisher is closed"));
     }
     if (entries.length === 0) return Promise.resolve([]);
     // One publish at a time: producer renewal and per-key order rely on it.
-    const run = this.#queue.then(() => this.#publish(entries));
+    const run = this.#queue.then(() => this.#publish(entries, options.signal));
     this.#queue = run.catch(() => undefined);
     return run;
   }
@@ -224,7 +227,7 @@ export class KafkaPublisher implements OutboxPublisher {
     }
   }
 
-  async #publish(entries: readonly OutboxEntry[]): Promise<PublishOutcome[]> {
+  async #publish(entries: readonly OutboxEntry[], signal: AbortSignal | undefined): Promise<PublishOutcome[]> {
     const outcomes: Array<PublishOutcome | undefined> = new Array(entries.length);
     const items: Item[] = [];
     entries.forEach((entry, index) => {
@@ -233,7 +236,7 @@ export class KafkaPublisher implements OutboxPublisher {
       else items.push(item);
     });
 
-    const run: PublishRun = { deadline: Date.now() + this.#timeoutMs, outcomes, refusedTopics: new Map() };
+    const run: PublishRun = { deadline: Date.now() + this.#timeoutMs, signal, outcomes, refusedTopics: new Map() };
     for (const chunk of this.#chunks(items)) {
       await this.#sendGroup(chunk, run);
     }
@@ -327,8 +330,9 @@ export class KafkaPublisher implements OutboxPublisher {
       else items.push(item);
     }
     if (items.length === 0) return;
-    if (Date.now() >= run.deadline) {
-      const error = new OutboxError(OutboxErrorCode.PublishFailed, `not sent within timeoutMs ${this.#timeoutMs}`, {
+    if (Date.now() >= run.deadline || run.signal?.aborted) {
+      const why = run.signal?.aborted ? "the publish was aborted" : `timeoutMs ${this.#timeoutMs} passed`;
+      const error = new OutboxError(OutboxErrorCode.PublishFailed, `not sent: ${why}`, {
         details: { type: "TIMEOUT" },
       });
       for (const item of items) run.outcomes[item.index] = transientFailure(error);
@@ -337,7 +341,7 @@ export class KafkaPublisher implements OutboxPublisher {
     let error: unknown;
     let sent = false;
     try {
-      await this.#withDeadline(run.deadline, async () => {
+      await this.#withDeadline(run, async () => {
         const producer = await this.#ready();
         sent = true;
         await producer.sendBatch({
@@ -404,13 +408,16 @@ export class KafkaPublisher implements OutboxPublisher {
     await this.#sendGroup(items.slice(half), run);
   }
 
-  async #withDeadline<T>(deadline: number, operation: () => Promise<T>): Promise<T> {
+  async #withDeadline<T>(run: PublishRun, operation: () => Promise<T>): Promise<T> {
     let timer: NodeJS.Timeout | undefined;
+    let onAbort: (() => void) | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(
         () => reject(new DeadlineExceeded(`no broker confirmation within timeoutMs ${this.#timeoutMs}`)),
-        Math.max(0, deadline - Date.now()),
+        Math.max(0, run.deadline - Date.now()),
       );
+      onAbort = () => reject(new DeadlineExceeded("no broker confirmation before the publish was aborted"));
+      run.signal?.addEventListener("abort", onAbort, { once: true });
     });
     const running = operation();
     try {
@@ -421,6 +428,7 @@ export class KafkaPublisher implements OutboxPublisher {
       throw error;
     } finally {
       clearTimeout(timer);
+      if (onAbort) run.signal?.removeEventListener("abort", onAbort);
     }
   }
 

@@ -4,6 +4,7 @@ import {
   OutboxErrorCode,
   type OutboxPublisher,
   type PublisherCapabilities,
+  type PublishOptions,
   type PublishOutcome,
   permanentFailure,
   published,
@@ -96,8 +97,14 @@ class StreamPublisher implements RedisStreamPublisher {
     this.capabilities = { maxPayloadBytes: this.#maxPayloadBytes };
   }
 
-  async publish(entries: readonly OutboxEntry[]): Promise<PublishOutcome[]> {
+  async publish(entries: readonly OutboxEntry[], options: PublishOptions = {}): Promise<PublishOutcome[]> {
     if (this.#closed) throw new OutboxError(OutboxErrorCode.Closed, "the Redis stream publisher is closed");
+    if (options.signal?.aborted) {
+      const reason = new OutboxError(OutboxErrorCode.PublishFailed, "not sent: the publish was aborted", {
+        cause: options.signal.reason,
+      });
+      return entries.map(() => transientFailure(reason));
+    }
     const outcomes: Array<PublishOutcome | undefined> = entries.map(() => undefined);
     const sent: number[] = [];
     const pipeline = this.#client.pipeline();
@@ -125,7 +132,7 @@ class StreamPublisher implements RedisStreamPublisher {
       sent.push(index);
     });
     if (sent.length > 0) {
-      const results = await this.#exec(pipeline);
+      const results = await this.#exec(pipeline, options.signal);
       sent.forEach((entryIndex, commandIndex) => {
         const result = Array.isArray(results) ? results[commandIndex] : undefined;
         if (!result) {
@@ -150,14 +157,21 @@ class StreamPublisher implements RedisStreamPublisher {
   }
 
   /** One round trip for the whole batch; a failure of the round trip itself is returned, not thrown. */
-  async #exec(pipeline: ReturnType<Redis["pipeline"]>): Promise<Array<[Error | null, unknown]> | Error> {
+  async #exec(
+    pipeline: ReturnType<Redis["pipeline"]>,
+    signal: AbortSignal | undefined,
+  ): Promise<Array<[Error | null, unknown]> | Error> {
     let timer: NodeJS.Timeout | undefined;
+    let onAbort: (() => void) | undefined;
     const timeout = new Promise<Error>((resolve) => {
       timer = setTimeout(
         () =>
           resolve(new OutboxError(OutboxErrorCode.PublishFailed, `Redis did not confirm within ${this.#timeoutMs} ms`)),
         this.#timeoutMs,
       );
+      onAbort = () =>
+        resolve(new OutboxError(OutboxErrorCode.PublishFailed, "Redis did not confirm before the publish was aborted"));
+      signal?.addEventListener("abort", onAbort, { once: true });
     });
     try {
       const results = await Promise.race([
@@ -171,6 +185,7 @@ class StreamPublisher implements RedisStreamPublisher {
       return results;
     } finally {
       clearTimeout(timer);
+      if (onAbort) signal?.removeEventListener("abort", onAbort);
     }
   }
 }

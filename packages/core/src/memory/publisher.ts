@@ -1,6 +1,12 @@
 import type { OutboxEntry } from "../entry.js";
 import { OutboxError, OutboxErrorCode } from "../errors.js";
-import { type OutboxPublisher, type PublishOutcome, published } from "../publisher.js";
+import {
+  type OutboxPublisher,
+  type PublishOptions,
+  type PublishOutcome,
+  published,
+  transientFailure,
+} from "../publisher.js";
 
 /** What a consumer of the in-memory broker sees. */
 export interface MemoryMessage {
@@ -27,10 +33,16 @@ export class MemoryPublisher implements OutboxPublisher {
     this.#outcome = options.outcome;
   }
 
-  async publish(entries: readonly OutboxEntry[]): Promise<PublishOutcome[]> {
+  async publish(entries: readonly OutboxEntry[], options: PublishOptions = {}): Promise<PublishOutcome[]> {
     if (this.#closed) throw new OutboxError(OutboxErrorCode.Closed, "the memory publisher is closed");
     const outcomes: PublishOutcome[] = [];
     for (const entry of entries) {
+      if (options.signal?.aborted) {
+        outcomes.push(
+          transientFailure(new OutboxError(OutboxErrorCode.PublishFailed, "publish aborted before sending")),
+        );
+        continue;
+      }
       const outcome = this.#outcome ? await this.#outcome(entry) : published();
       if (outcome.status === "published") {
         this.messages.push({
