@@ -379,6 +379,30 @@ describe("publishing", () => {
     expect(kafka.producers).toHaveLength(2);
   });
 
+  it("stops at the relay's lease signal: a send still unconfirmed becomes transient, the producer is renewed", async () => {
+    let hang = true;
+    let sending!: () => void;
+    const inSend = new Promise<void>((resolve) => {
+      sending = resolve;
+    });
+    const kafka = new FakeKafka(() => {
+      sending();
+      return hang ? new Promise<void>(() => {}) : undefined;
+    });
+    // An own timeout far away: only the signal can end this publish early.
+    const publisher = createKafkaPublisher({ kafka }, { timeoutMs: 60_000 });
+    const lease = new AbortController();
+    const publishing = publisher.publish([makeEntry({ topic: "t" }), makeEntry({ topic: "t", key: "x" })], {
+      signal: lease.signal,
+    });
+    await inSend;
+    lease.abort(new Error("the lease is about to end"));
+    expect(statuses(await publishing)).toEqual(["transient", "transient"]);
+    hang = false;
+    expect(statuses(await publisher.publish([makeEntry({ topic: "t" })]))).toEqual(["published"]);
+    expect(kafka.producers).toHaveLength(2);
+  });
+
   it("bounds a connect that hangs, and reuses that connect attempt next time", async () => {
     const producer = new FakeProducer(() => {});
     let release!: () => void;

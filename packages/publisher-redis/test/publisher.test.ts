@@ -186,6 +186,26 @@ describe("createRedisStreamPublisher", () => {
     }
   });
 
+  it("stops waiting when the relay's lease signal aborts mid-flight: unconfirmed entries are transient", async () => {
+    const proxy = await RedisProxy.start();
+    try {
+      const cutOff = await newClient({ maxRetriesPerRequest: null }, proxy.url);
+      // A long own timeout: only the signal can end this publish early.
+      const publisher = createRedisStreamPublisher({ client: cutOff, timeoutMs: 60_000 });
+      const stream = uniqueName("stream");
+      proxy.cut("blackhole");
+      const lease = new AbortController();
+      const publishing = publisher.publish([makeEntry({ topic: stream }), makeEntry({ topic: stream })], {
+        signal: lease.signal,
+      });
+      lease.abort(new Error("the lease is about to end"));
+      expect(statuses(await publishing)).toEqual(["transient", "transient"]);
+      cutOff.disconnect();
+    } finally {
+      await proxy.close();
+    }
+  });
+
   it("while Redis is down entries fail transiently; after a restart the same publisher publishes", async () => {
     const stream = uniqueName("stream");
     const publisher = createRedisStreamPublisher({ client });
