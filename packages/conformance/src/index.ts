@@ -17,10 +17,12 @@ export {
 export {
   describeRelayConformance,
   type RealTimeLockBackend,
+  type RelayCheckContext,
   type RelayCheckId,
   type RelayConformanceOptions,
   type RelayFactory,
   type RelayUnderTest,
+  relayCheckContext,
   relayChecks,
 } from "./relay.js";
 export {

@@ -11,10 +11,12 @@ import {
   OutboxRelay,
   type OutboxRelayOptions,
   type OutboxStore,
-  published,
+  type PublishOutcome,
+  permanentFailure,
   transientFailure,
 } from "@outbox/core";
 import { expect } from "vitest";
+import type { PublisherHarness } from "./publisher.js";
 import type { StoreHarness } from "./store.js";
 import { type Check, registerSuite, type SkipReasons } from "./suite.js";
 import { deferred, keyOrderViolations, seededRandom, uniqueName, wrapStore } from "./util.js";
@@ -41,19 +43,27 @@ export interface RelayConformanceOptions<Tx> {
    * the key): the checks call it where they let the lock's TTL pass on the manual clock.
    */
   createLockBackend?(clock: ManualClock): Promise<LockBackend | RealTimeLockBackend>;
+  /**
+   * The publisher under test with a real consumer (the publisher suite's harness). Default: the
+   * in-memory reference publisher. Failures are injected in front of it by the checks.
+   */
+  createPublisher?(): Promise<PublisherHarness>;
   /** Default: `new OutboxRelay(options)`. */
   createRelay?: RelayFactory;
   skip?: SkipReasons<RelayCheckId>;
   timeoutMs?: number;
 }
 
-interface Context {
+export interface RelayCheckContext {
   harness: StoreHarness<unknown>;
   clock: ManualClock;
   lockBackend: LockBackend;
   /** Ends a holding whose TTL the manual clock says has passed; a no-op for clock-driven backends. */
   expireLock(name: string): Promise<void>;
   createRelay: RelayFactory;
+  broker: Broker;
+  /** Releases what the broker harness holds. */
+  closeBroker(): Promise<void>;
 }
 
 const seqHeader = "x-relay-seq";
@@ -67,7 +77,7 @@ function messages(count: number, keys: number, topic = "relay"): OutboxMessage[]
   }));
 }
 
-async function fill(c: Context, batch: OutboxMessage[]): Promise<void> {
+async function fill(c: RelayCheckContext, batch: OutboxMessage[]): Promise<void> {
   await c.harness.transaction((tx) => c.harness.store.enqueue(tx, batch));
 }
 
@@ -124,10 +134,27 @@ function killablePublisher(
 
 const seqOf = (m: { headers: Readonly<Record<string, string>> }): number => Number(m.headers[seqHeader]);
 
-function firstOccurrences(broker: MemoryPublisher): Array<{ key: string | null; seq: number }> {
+/** What a consumer of the broker received, in order. */
+interface Delivered {
+  readonly key: string | null;
+  readonly headers: Readonly<Record<string, string>>;
+}
+
+/**
+ * The broker the relay publishes to: the adapter's real publisher with a real consumer, or the
+ * in-memory reference. Failures are injected in front of it, so any publisher can be used.
+ */
+interface Broker {
+  readonly publisher: OutboxPublisher;
+  readonly topic: string;
+  /** Everything delivered to `topic` so far; waits until at least `atLeast` arrived. */
+  received(atLeast: number): Promise<Delivered[]>;
+}
+
+function firstOccurrences(delivered: readonly Delivered[]): Array<{ key: string | null; seq: number }> {
   const seen = new Set<number>();
   const firsts: Array<{ key: string | null; seq: number }> = [];
-  for (const m of broker.messages) {
+  for (const m of delivered) {
     const seq = seqOf(m);
     if (seen.has(seq)) continue;
     seen.add(seq);
@@ -136,11 +163,36 @@ function firstOccurrences(broker: MemoryPublisher): Array<{ key: string | null; 
   return firsts;
 }
 
-function deliveredSeqs(broker: MemoryPublisher): Set<number> {
-  return new Set(broker.messages.map(seqOf));
+const distinctSeqs = (delivered: readonly Delivered[]): Set<number> => new Set(delivered.map(seqOf));
+
+/** Decides some entries' fate before they reach the broker; the rest go to `inner`. */
+function deciding(inner: OutboxPublisher, decide: (entry: OutboxEntry) => PublishOutcome | null): OutboxPublisher {
+  return {
+    async publish(entries, options) {
+      const decided = entries.map(decide);
+      const toSend = entries.filter((_, i) => decided[i] === null);
+      const sent = toSend.length > 0 ? await inner.publish(toSend, options) : [];
+      let next = 0;
+      return decided.map((outcome) => outcome ?? (sent[next++] as PublishOutcome));
+    },
+  };
 }
 
-const base = (c: Context, publisher: OutboxPublisher, store = c.harness.store as OutboxStore<never>) => ({
+/** Runs cycles of `relays`, advancing the clock between them, until the outbox is empty. */
+async function drainAll(
+  c: RelayCheckContext,
+  relays: RelayUnderTest[],
+  stepMs: number,
+  maxRounds = 2_000,
+): Promise<void> {
+  for (let round = 0; round < maxRounds && (await c.harness.store.stats()).pending > 0; round++) {
+    await Promise.all(relays.map((relay) => relay.runOnce()));
+    c.clock.advance(stepMs);
+  }
+  expect((await c.harness.store.stats()).pending).toBe(0);
+}
+
+const base = (c: RelayCheckContext, publisher: OutboxPublisher, store = c.harness.store as OutboxStore<never>) => ({
   store,
   publisher,
   clock: c.clock,
@@ -153,88 +205,84 @@ export const relayChecks = {
   "at-least-once-flaky-publisher": {
     title: "every entry is published despite a publisher failing at random, per-key order kept",
     async run(c) {
-      await fill(c, messages(150, 10));
+      await fill(c, messages(150, 10, c.broker.topic));
       const random = seededRandom(42);
-      const broker = new MemoryPublisher({
-        outcome: () => (random() < 0.3 ? transientFailure(new Error("broker hiccup")) : published()),
-      });
-      const relay = c.createRelay({ ...base(c, broker), random });
-      for (let i = 0; i < 2_000 && deliveredSeqs(broker).size < 150; i++) {
-        await relay.runOnce();
-        c.clock.advance(250);
-      }
-      expect(deliveredSeqs(broker).size).toBe(150);
-      expect(keyOrderViolations(firstOccurrences(broker))).toEqual([]);
-      expect((await c.harness.store.stats()).pending).toBe(0);
+      const flaky = deciding(c.broker.publisher, () =>
+        random() < 0.3 ? transientFailure(new Error("broker hiccup")) : null,
+      );
+      await drainAll(c, [c.createRelay({ ...base(c, flaky), random })], 250);
+      const delivered = await c.broker.received(150);
+      expect(distinctSeqs(delivered).size).toBe(150);
+      expect(keyOrderViolations(firstOccurrences(delivered))).toEqual([]);
     },
   },
   "crash-during-publish": {
     title: "a relay killed while publishing loses nothing: the next relay publishes its batch",
     async run(c) {
-      await fill(c, messages(30, 3));
-      const broker = new MemoryPublisher();
+      await fill(c, messages(30, 3, c.broker.topic));
       const life = new Killable("A");
       const store = killableStore(c.harness.store as OutboxStore<never>, life);
       const relayA = c.createRelay(
-        base(c, killablePublisher(broker, life, { beforePublish: () => life.kill() }), store),
+        base(c, killablePublisher(c.broker.publisher, life, { beforePublish: () => life.kill() }), store),
       );
       await relayA.runOnce().catch(() => 0);
       expect(life.dead).toBe(true);
       c.clock.advance(30_001);
-      const relayB = c.createRelay(base(c, broker));
-      for (let i = 0; i < 20; i++) await relayB.runOnce();
-      expect(deliveredSeqs(broker).size).toBe(30);
-      expect(keyOrderViolations(firstOccurrences(broker))).toEqual([]);
+      await drainAll(c, [c.createRelay(base(c, c.broker.publisher))], 100);
+      const delivered = await c.broker.received(30);
+      expect(distinctSeqs(delivered).size).toBe(30);
+      expect(keyOrderViolations(firstOccurrences(delivered))).toEqual([]);
     },
   },
   "crash-between-publish-and-ack": {
     title: "a relay killed after publishing, before acking: nothing lost, duplicates bounded by its batch",
     async run(c) {
-      await fill(c, messages(30, 3));
-      const broker = new MemoryPublisher();
+      await fill(c, messages(30, 3, c.broker.topic));
       const life = new Killable("A");
       const store = killableStore(c.harness.store as OutboxStore<never>, life, { beforeAck: () => life.kill() });
-      const relayA = c.createRelay(base(c, killablePublisher(broker, life), store));
+      let publishedByA = 0;
+      const counting: OutboxPublisher = {
+        async publish(entries, options) {
+          const outcomes = await c.broker.publisher.publish(entries, options);
+          publishedByA += outcomes.filter((outcome) => outcome.status === "published").length;
+          return outcomes;
+        },
+      };
+      const relayA = c.createRelay(base(c, killablePublisher(counting, life), store));
       await relayA.runOnce().catch(() => 0);
       expect(life.dead).toBe(true);
-      const publishedByA = broker.messages.length;
+      expect(publishedByA).toBeGreaterThan(0);
       c.clock.advance(30_001);
-      const relayB = c.createRelay(base(c, broker));
-      for (let i = 0; i < 20; i++) await relayB.runOnce();
-      expect(deliveredSeqs(broker).size).toBe(30);
-      const duplicates = broker.messages.length - 30;
-      expect(duplicates).toBeLessThanOrEqual(publishedByA);
-      expect(keyOrderViolations(firstOccurrences(broker))).toEqual([]);
+      await drainAll(c, [c.createRelay(base(c, c.broker.publisher))], 100);
+      const delivered = await c.broker.received(30 + publishedByA);
+      expect(distinctSeqs(delivered).size).toBe(30);
+      expect(delivered.length - 30).toBeLessThanOrEqual(publishedByA);
+      expect(keyOrderViolations(firstOccurrences(delivered))).toEqual([]);
     },
   },
   "key-order-concurrent-relays": {
     title: "three relays draining one outbox concurrently keep per-key order",
     async run(c) {
-      await fill(c, messages(120, 6));
+      await fill(c, messages(120, 6, c.broker.topic));
       const random = seededRandom(7);
-      const broker = new MemoryPublisher({
-        outcome: () => (random() < 0.2 ? transientFailure(new Error("flaky")) : published()),
-      });
-      const relays = [1, 2, 3].map(() => c.createRelay({ ...base(c, broker), batchSize: 4, random }));
-      for (let i = 0; i < 1_000 && deliveredSeqs(broker).size < 120; i++) {
-        await Promise.all(relays.map((relay) => relay.runOnce()));
-        c.clock.advance(500);
-      }
-      expect(deliveredSeqs(broker).size).toBe(120);
-      expect(keyOrderViolations(firstOccurrences(broker))).toEqual([]);
+      const flaky = deciding(c.broker.publisher, () => (random() < 0.2 ? transientFailure(new Error("flaky")) : null));
+      const relays = [1, 2, 3].map(() => c.createRelay({ ...base(c, flaky), batchSize: 4, random }));
+      await drainAll(c, relays, 500);
+      const delivered = await c.broker.received(120);
+      expect(distinctSeqs(delivered).size).toBe(120);
+      expect(keyOrderViolations(firstOccurrences(delivered))).toEqual([]);
     },
   },
   "permanent-failure-isolated": {
     title: "a permanently failing entry is dead-lettered alone and does not block other keys",
     async run(c) {
-      await fill(c, messages(20, 4));
-      const broker = new MemoryPublisher({
-        outcome: (entry: OutboxEntry) =>
-          seqOf(entry) === 5 ? { status: "permanent", error: new Error("unroutable") } : published(),
-      });
-      const relay = c.createRelay(base(c, broker));
-      for (let i = 0; i < 20; i++) await relay.runOnce();
-      expect([...deliveredSeqs(broker)].sort((a, b) => a - b)).toEqual(
+      await fill(c, messages(20, 4, c.broker.topic));
+      const refusing = deciding(c.broker.publisher, (entry) =>
+        seqOf(entry) === 5 ? permanentFailure(new Error("unroutable")) : null,
+      );
+      await drainAll(c, [c.createRelay(base(c, refusing))], 100);
+      const delivered = await c.broker.received(19);
+      expect([...distinctSeqs(delivered)].sort((a, b) => a - b)).toEqual(
         Array.from({ length: 20 }, (_, i) => i).filter((i) => i !== 5),
       );
       const dead = await c.harness.store.listDead();
@@ -244,21 +292,20 @@ export const relayChecks = {
   "deposed-leader-cannot-ack": {
     title: "a deposed leader neither acks nor claims; the store rejects its stale token",
     async run(c) {
-      await fill(c, messages(5, 0));
+      await fill(c, messages(5, 0, c.broker.topic));
       const name = uniqueName("leader");
       const leader = { backend: c.lockBackend, name, ttlMs: 3_000 };
       const { promise: stalled, resolve: stall } = deferred();
       const { promise: isPublishing, resolve: publishing } = deferred();
-      const broker = new MemoryPublisher();
       let claimedByA: OutboxEntry[] = [];
       const fencesOfA: bigint[] = [];
       // Relay A stalls mid-publish (think GC pause, SIGSTOP) past its lock TTL.
       const slow: OutboxPublisher = {
-        async publish(entries) {
+        async publish(entries, options) {
           claimedByA = [...entries];
           publishing();
           await stalled;
-          return broker.publish(entries);
+          return c.broker.publisher.publish(entries, options);
         },
       };
       const store = c.harness.store as OutboxStore<never>;
@@ -273,19 +320,20 @@ export const relayChecks = {
       await isPublishing;
       c.clock.advance(3_001);
       await c.expireLock(name);
-      const relayB = c.createRelay({ ...base(c, broker), leader });
+      const relayB = c.createRelay({ ...base(c, c.broker.publisher), leader });
       // B takes over, but A's entries are still leased: B sees nothing yet.
       expect(await relayB.runOnce()).toBe(0);
       stall();
       await runA.catch(() => 0);
+      expect(claimedByA).toHaveLength(5);
       // A published (the broker has its entries) but must not have acked them.
-      expect(broker.messages).toHaveLength(claimedByA.length);
+      expect(await c.broker.received(5)).toHaveLength(5);
       expect((await c.harness.store.stats()).pending).toBe(5);
       // After the lease, B republishes them: a bounded duplicate, nothing lost.
       c.clock.advance(30_001);
       await relayB.runOnce();
-      expect((await c.harness.store.stats()).pending).toBe(5 - claimedByA.length);
-      expect(broker.messages).toHaveLength(claimedByA.length * 2);
+      expect((await c.harness.store.stats()).pending).toBe(0);
+      expect(await c.broker.received(10)).toHaveLength(10);
       // The store itself refuses A's old token.
       const error = await c.harness.store
         .ack(
@@ -302,17 +350,16 @@ export const relayChecks = {
   "stop-drains": {
     title: "stop() finishes the in-flight batch, then claims nothing more",
     async run(c) {
-      await fill(c, messages(25, 0));
-      const broker = new MemoryPublisher();
+      await fill(c, messages(25, 0, c.broker.topic));
       const { promise: publishing, resolve: inPublish } = deferred();
       const { promise: mayFinish, resolve: finish } = deferred();
       let calls = 0;
       const gated: OutboxPublisher = {
-        async publish(entries) {
+        async publish(entries, options) {
           calls += 1;
           inPublish();
           await mayFinish;
-          return broker.publish(entries);
+          return c.broker.publisher.publish(entries, options);
         },
       };
       const relay = new OutboxRelay({ ...base(c, gated), pollMs: 1_000 });
@@ -322,12 +369,12 @@ export const relayChecks = {
       finish();
       await stopping;
       expect(calls).toBe(1);
-      expect(broker.messages).toHaveLength(10);
+      expect(await c.broker.received(10)).toHaveLength(10);
       expect((await c.harness.store.stats()).pending).toBe(15);
       expect((await c.harness.store.stats()).inFlight).toBe(0);
     },
   },
-} satisfies Record<string, Check<Context>>;
+} satisfies Record<string, Check<RelayCheckContext>>;
 
 export type RelayCheckId = keyof typeof relayChecks;
 
@@ -338,11 +385,52 @@ function quietRelay(options: OutboxRelayOptions): RelayUnderTest {
   return relay;
 }
 
-/** Registers the relay conformance suite: the relay loop over the given store (and lock backend). */
-export function describeRelayConformance<Tx>(options: RelayConformanceOptions<Tx>): void {
-  registerSuite<Context, RelayCheckId>("relay conformance", relayChecks, {
-    name: options.name,
-    create: async () => {
+/** How long a read of a real broker waits for one more message (a duplicate) beyond what it has. */
+const settleMs = 5_000;
+
+async function createBroker(
+  createPublisher: RelayConformanceOptions<unknown>["createPublisher"],
+): Promise<{ broker: Broker; closeBroker(): Promise<void> }> {
+  if (!createPublisher) {
+    const memory = new MemoryPublisher();
+    const topic = "relay";
+    return {
+      broker: { publisher: memory, topic, received: async () => memory.topic(topic) },
+      closeBroker: () => memory.close(),
+    };
+  }
+  const harness = await createPublisher();
+  const topic = await harness.topic();
+  return {
+    broker: {
+      publisher: harness.publisher,
+      topic,
+      // Read until `atLeast` arrived, then keep asking for one more until none comes: the checks
+      // count duplicates, so they need everything the broker has, not just the first N.
+      received: async (atLeast) => {
+        let all = await harness.receive(topic, atLeast, 30_000);
+        if (all.length < atLeast) return all;
+        for (;;) {
+          const more = await harness.receive(topic, all.length + 1, settleMs);
+          if (more.length <= all.length) return all;
+          all = more;
+        }
+      },
+    },
+    closeBroker: () => harness.teardown(),
+  };
+}
+
+/**
+ * Fresh context per check, and its disposal: what `describeRelayConformance` registers, for use
+ * with `runChecks()` (e.g. to prove a broken relay fails).
+ */
+export function relayCheckContext<Tx>(options: Omit<RelayConformanceOptions<Tx>, "name" | "skip" | "timeoutMs">): {
+  create(): Promise<RelayCheckContext>;
+  dispose(context: RelayCheckContext): Promise<void>;
+} {
+  return {
+    async create() {
       const clock = new ManualClock();
       const harness = (await options.createStore(clock)) as StoreHarness<unknown>;
       const created = options.createLockBackend
@@ -357,12 +445,24 @@ export function describeRelayConformance<Tx>(options: RelayConformanceOptions<Tx
           await realTime?.expire(name);
         },
         createRelay: options.createRelay ?? quietRelay,
+        ...(await createBroker(options.createPublisher)),
       };
     },
-    dispose: async (c) => {
+    async dispose(c) {
       await c.lockBackend.close?.();
+      await c.closeBroker();
       await c.harness.teardown();
     },
+  };
+}
+
+/** Registers the relay conformance suite: the relay loop over the given store, publisher and lock backend. */
+export function describeRelayConformance<Tx>(options: RelayConformanceOptions<Tx>): void {
+  const { create, dispose } = relayCheckContext(options);
+  registerSuite<RelayCheckContext, RelayCheckId>("relay conformance", relayChecks, {
+    name: options.name,
+    create,
+    dispose,
     skip: options.skip,
     timeoutMs: options.timeoutMs ?? 120_000,
   });

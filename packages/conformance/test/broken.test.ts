@@ -16,6 +16,7 @@ import {
   type PublisherHarness,
   publisherChecks,
   type RelayUnderTest,
+  relayCheckContext,
   relayChecks,
   runChecks,
   type StoreHarness,
@@ -56,21 +57,8 @@ async function failingRelayChecks(
   createStore: (clock: ManualClock) => Promise<StoreHarness<Tx>>,
   createRelay?: (options: OutboxRelayOptions) => RelayUnderTest,
 ) {
-  const { OutboxRelay } = await import("@outbox/core");
-  const { failed } = await runChecks(
-    relayChecks,
-    async () => {
-      const clock = new ManualClock();
-      return {
-        clock,
-        harness: (await createStore(clock)) as StoreHarness<unknown>,
-        lockBackend: new MemoryLockBackend({ clock }),
-        expireLock: async () => {},
-        createRelay: createRelay ?? ((o: OutboxRelayOptions) => new OutboxRelay(o)),
-      };
-    },
-    (c) => c.harness.teardown(),
-  );
+  const { create, dispose } = relayCheckContext({ createStore, createRelay });
+  const { failed } = await runChecks(relayChecks, create, dispose);
   return failed;
 }
 

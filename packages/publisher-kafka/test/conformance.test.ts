@@ -1,4 +1,14 @@
-import { describePublisherConformance, type PublisherHarness } from "@outbox/conformance";
+import {
+  describePublisherConformance,
+  describeRelayConformance,
+  type PublisherHarness,
+  type StoreHarness,
+} from "@outbox/conformance";
+import type { ManualClock } from "@outbox/core";
+import { createPostgresStore, migrate, type Queryable } from "@outbox/store-postgres";
+import { pgUrl } from "@outbox/test-support/postgres";
+import pg from "pg";
+import { afterAll } from "vitest";
 import { createKafkaPublisher, type KafkaPublisherOptions } from "../src/index.js";
 import { createTopic, dropConnections, newKafka, receive } from "./support/kafka.js";
 
@@ -38,4 +48,45 @@ describePublisherConformance({
   name: "publisher-kafka, broker-side MESSAGE_TOO_LARGE (no pre-check)",
   create: () => harness({ maxMessageBytes: 64 * 1024 * 1024 }),
   timeoutMs: 90_000,
+});
+
+// The relay suite end to end on real systems: PostgreSQL store, this publisher on the real
+// broker, read back by a real consumer (the lock is the kit's in-memory one on its clock).
+const pool = new pg.Pool({ connectionString: pgUrl, max: 4 });
+pool.on("error", () => undefined);
+afterAll(() => pool.end());
+
+async function postgresStore(clock: ManualClock): Promise<StoreHarness<Queryable>> {
+  const schema = `relay_${globalThis.crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
+  await migrate(pool, { schema });
+  const store = createPostgresStore({ pool, schema, clock, listen: false });
+  return {
+    store,
+    clock,
+    async transaction(work) {
+      const client = await pool.connect();
+      try {
+        await client.query("BEGIN");
+        const result = await work(client);
+        await client.query("COMMIT");
+        return result;
+      } catch (error) {
+        await client.query("ROLLBACK");
+        throw error;
+      } finally {
+        client.release();
+      }
+    },
+    async teardown() {
+      await store.close();
+      await pool.query(`DROP SCHEMA "${schema}" CASCADE`);
+    },
+  };
+}
+
+describeRelayConformance({
+  name: "store-postgres + publisher-kafka (real PostgreSQL, real broker)",
+  createStore: postgresStore,
+  createPublisher: () => harness({}),
+  timeoutMs: 180_000,
 });
