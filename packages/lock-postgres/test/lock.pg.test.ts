@@ -1,4 +1,4 @@
-import { describeLockConformance } from "@outbox/conformance";
+import { describeLockConformance, describeRelayConformance, memoryStoreHarness } from "@outbox/conformance";
 import {
   DistributedLock,
   type LockGrant,
@@ -23,6 +23,38 @@ const fresh = (prefix: string) => `${prefix}_${globalThis.crypto.randomUUID().re
 function backend(schema: string, Client?: typeof pg.Client): PostgresLockBackend {
   return createPostgresLockBackend({ connectionString: pgUrl, schema, Client });
 }
+
+// The relay suite with this lock as the leader lock (store: the kit's in-memory one). The kit lets
+// the TTL pass on its manual clock; a session-bound lock ends when its session does, so `expire`
+// terminates the session.
+describeRelayConformance({
+  name: "MemoryStore + lock-postgres (real PostgreSQL)",
+  createStore: memoryStoreHarness,
+  async createLockBackend() {
+    const schema = fresh("relaylock");
+    await admin.query(`CREATE SCHEMA "${schema}"`);
+    const lock = backend(schema);
+    return {
+      backend: {
+        capabilities: lock.capabilities,
+        tryAcquire: (name: string, holder: string, ttlMs: number) => lock.tryAcquire(name, holder, ttlMs),
+        renew: (name: string, holder: string, ttlMs: number) => lock.renew(name, holder, ttlMs),
+        release: (name: string, holder: string) => lock.release(name, holder),
+        async close() {
+          await lock.close();
+          await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
+        },
+      },
+      async expire() {
+        const pid = await lock.backendPid();
+        if (pid === null) return;
+        await admin.query("SELECT pg_terminate_backend($1)", [pid]);
+        // The backend learns of its session's end from the connection's error/end event.
+        await waitFor(() => !lock.connected, 10_000, "the lock session to be gone");
+      },
+    };
+  },
+});
 
 for (const [name, Client] of [
   ["lock-postgres (advisory locks, PostgreSQL 15, pg 8.23)", pg.Client],
