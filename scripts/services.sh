@@ -111,6 +111,8 @@ pid_alive() { [[ -f $STATE/$1.pid ]] && proc_running "$(cat "$STATE/$1.pid")"; }
 spawn() {
   local name=$1 logfile=$2
   shift 2
+  # A pid file left by a crashed server would pass for the new one's below.
+  rm -f "$STATE/$name.pid"
   # shellcheck disable=SC2016 # $$ and $@ belong to the inner shell
   setsid bash -c 'echo $$ >"$0"; exec "$@"' "$STATE/$name.pid" "$@" >>"$logfile" 2>&1 </dev/null &
   local i
