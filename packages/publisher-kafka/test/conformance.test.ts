@@ -6,7 +6,7 @@ import {
 } from "@outbox/conformance";
 import type { ManualClock } from "@outbox/core";
 import { createPostgresStore, migrate, type Queryable } from "@outbox/store-postgres";
-import { pgUrl } from "@outbox/test-support/postgres";
+import { inTransaction, pgUrl } from "@outbox/test-support/postgres";
 import pg from "pg";
 import { afterAll } from "vitest";
 import { createKafkaPublisher, type KafkaPublisherOptions } from "../src/index.js";
@@ -63,20 +63,7 @@ async function postgresStore(clock: ManualClock): Promise<StoreHarness<Queryable
   return {
     store,
     clock,
-    async transaction(work) {
-      const client = await pool.connect();
-      try {
-        await client.query("BEGIN");
-        const result = await work(client);
-        await client.query("COMMIT");
-        return result;
-      } catch (error) {
-        await client.query("ROLLBACK");
-        throw error;
-      } finally {
-        client.release();
-      }
-    },
+    transaction: (work) => inTransaction(pool, work),
     async teardown() {
       await store.close();
       await pool.query(`DROP SCHEMA "${schema}" CASCADE`);

@@ -1,6 +1,7 @@
 import type { PGlite } from "@electric-sql/pglite";
 import type { StoreHarness } from "@outbox/conformance";
 import type { ManualClock } from "@outbox/core";
+import { inTransaction } from "@outbox/test-support/postgres";
 import { pgUrl } from "@outbox/test-support/services";
 import pg from "pg";
 import { createPostgresStore, migrate, type PostgresStoreOptions, type Queryable } from "../src/index.js";
@@ -18,21 +19,7 @@ export function createPool(options: pg.PoolConfig = {}): pg.Pool {
   return pool;
 }
 
-/** Runs `work` in BEGIN/COMMIT on one pooled connection (ROLLBACK when it throws). */
-export async function inTransaction<T>(pool: pg.Pool, work: (tx: pg.PoolClient) => Promise<T>): Promise<T> {
-  const client = await pool.connect();
-  try {
-    await client.query("BEGIN");
-    const result = await work(client);
-    await client.query("COMMIT");
-    return result;
-  } catch (error) {
-    await client.query("ROLLBACK").catch(() => undefined);
-    throw error;
-  } finally {
-    client.release();
-  }
-}
+export { inTransaction };
 
 /** A store on a fresh schema of the real server, for the conformance kit. */
 export async function pgHarness(

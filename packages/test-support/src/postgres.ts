@@ -24,3 +24,19 @@ export async function restartPostgres(mode: "fast" | "immediate" = "fast"): Prom
   await promisify(execFile)("pg_ctlcluster", ["--skip-systemctl-redirect", "15", "main", "restart", "-m", mode]);
   await waitFor(acceptsLogins, 60_000, "PostgreSQL to accept connections after a restart");
 }
+
+/** Runs `work` in BEGIN/COMMIT on one pooled connection (ROLLBACK when it throws). */
+export async function inTransaction<T>(pool: pg.Pool, work: (tx: pg.PoolClient) => Promise<T>): Promise<T> {
+  const client = await pool.connect();
+  try {
+    await client.query("BEGIN");
+    const result = await work(client);
+    await client.query("COMMIT");
+    return result;
+  } catch (error) {
+    await client.query("ROLLBACK").catch(() => undefined);
+    throw error;
+  } finally {
+    client.release();
+  }
+}

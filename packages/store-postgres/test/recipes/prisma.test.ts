@@ -27,7 +27,10 @@ beforeAll(async () => {
   // Prisma 7 generates a TypeScript client with no query engine binary. The CLI still checks for
   // a schema engine it does not need for `generate`; where its download host is unreachable,
   // pointing it at any executable lets generation proceed offline.
-  await promisify(execFile)("pnpm", ["exec", "prisma", "generate", "--config", "prisma.config.ts"], {
+  // The package's own prisma binary, by path: `pnpm exec` from this directory finds it only
+  // when the test itself was started through a pnpm script.
+  const prismaBin = fileURLToPath(new URL("../../node_modules/.bin/prisma", import.meta.url));
+  await promisify(execFile)(prismaBin, ["generate", "--config", "prisma.config.ts"], {
     cwd: dir,
     env: { ...process.env, PRISMA_SCHEMA_ENGINE_BINARY: "/bin/true", PRISMA_HIDE_UPDATE_MESSAGE: "1" },
   });
