@@ -1,5 +1,7 @@
 // Adds up the vitest JSON reports of every package and prints one closing line:
 // "tests: N passed, N failed, N skipped". Exits non-zero when a report is missing or failed.
+// Failed tests are listed just above that line, with the head of their error, because CI keeps
+// only the tail of the output.
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 
@@ -8,6 +10,7 @@ let passed = 0;
 let failed = 0;
 let skipped = 0;
 const missing = [];
+const failures = [];
 for (const group of ["packages", "examples"]) {
   for (const name of readdirSync(join(root, group))) {
     const dir = join(root, group, name);
@@ -23,8 +26,24 @@ for (const group of ["packages", "examples"]) {
     failed += report.numFailedTests;
     skipped += report.numPendingTests + report.numTodoTests;
     if (report.numFailedTestSuites > 0 && report.numFailedTests === 0) failed += report.numFailedTestSuites;
+    for (const suite of report.testResults ?? []) {
+      const file = suite.name?.slice(root.length) ?? "?";
+      const failedTests = (suite.assertionResults ?? []).filter((test) => test.status === "failed");
+      for (const test of failedTests)
+        failures.push({ where: `${file} > ${test.fullName}`, error: test.failureMessages });
+      if (failedTests.length === 0 && suite.status === "failed") failures.push({ where: file, error: [suite.message] });
+    }
   }
 }
+const headOf = (messages) =>
+  (messages ?? [])
+    .join("\n")
+    .split("\n")
+    .filter((line) => line.trim() !== "")
+    .slice(0, 12)
+    .map((line) => `    ${line.slice(0, 300)}`)
+    .join("\n");
+for (const { where, error } of failures) console.log(`FAILED ${where}\n${headOf(error)}`);
 for (const name of missing) console.log(`no test report from ${name}`);
 console.log(`tests: ${passed} passed, ${failed} failed, ${skipped} skipped`);
 process.exit(failed > 0 || missing.length > 0 || passed === 0 ? 1 : 0);

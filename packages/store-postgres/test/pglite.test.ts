@@ -35,8 +35,8 @@ describe("PGlite (in-process PostgreSQL)", () => {
           payload: JSON.stringify({ id: rows[0]?.id, total: 42 }),
         });
       });
-      await waitFor(() => broker.messages.length === 1, 5_000, "the publish");
-      expect(performance.now() - start).toBeLessThan(1_000);
+      await waitFor(() => broker.messages.length === 1, 10_000, "the publish");
+      expect(performance.now() - start).toBeLessThan(5_000);
       expect(broker.messages[0]?.key).toBe("order-1");
     } finally {
       await relay.stop();

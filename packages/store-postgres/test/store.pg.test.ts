@@ -365,11 +365,13 @@ describe("wake-ups", () => {
         const before = broker.messages.length;
         const start = performance.now();
         await inTransaction(pool, (tx) => store.enqueue(tx, { topic: "t", payload: `wake-${i}` }));
-        await waitFor(() => broker.messages.length > before, 5_000, "the wake-up publish");
+        await waitFor(() => broker.messages.length > before, 10_000, "the wake-up publish");
         latencies.push(performance.now() - start);
       }
       console.log(`NOTIFY wake-up latency (commit -> published), ms: ${latencies.map((l) => l.toFixed(1)).join(", ")}`);
-      expect(Math.max(...latencies)).toBeLessThan(1_000);
+      // The poll is 60 s: any latency far below it is the NOTIFY wake-up at work. The bound
+      // leaves room for a loaded CI machine; the logged figures are the measurement.
+      expect(Math.max(...latencies)).toBeLessThan(5_000);
     } finally {
       await relay.stop();
       await cleanup();
@@ -407,8 +409,8 @@ describe("wake-ups", () => {
       );
       const start = performance.now();
       await inTransaction(pool, (tx) => store.enqueue(tx, { topic: "t", payload: "after reconnect" }));
-      await waitFor(() => broker.messages.length === 1, 5_000, "the wake-up publish after reconnection");
-      expect(performance.now() - start).toBeLessThan(1_000);
+      await waitFor(() => broker.messages.length === 1, 10_000, "the wake-up publish after reconnection");
+      expect(performance.now() - start).toBeLessThan(5_000); // poll is 60 s: this was the wake-up
     } finally {
       await relay.stop();
       await cleanup();
