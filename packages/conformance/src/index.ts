@@ -41,5 +41,6 @@ export {
   keyOrderViolations,
   seededRandom,
   uniqueName,
+  wrapLockBackend,
   wrapStore,
 } from "./util.js";

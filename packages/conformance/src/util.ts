@@ -1,4 +1,4 @@
-import type { OutboxEntry, OutboxStore, SettleContext } from "@outbox/core";
+import type { LockBackend, OutboxEntry, OutboxStore, SettleContext } from "@outbox/core";
 
 /** Seeded PRNG (mulberry32): kit runs are reproducible. */
 export function seededRandom(seed: number): () => number {
@@ -103,6 +103,19 @@ export function wrapStore<Tx>(inner: OutboxStore<Tx>, overrides: Partial<OutboxS
     stats: () => inner.stats(),
     ...(subscribe ? { subscribe } : {}),
     close: () => inner.close(),
+    ...overrides,
+  };
+}
+
+/** The same for a lock backend: its own methods, bound, with some replaced. */
+export function wrapLockBackend(inner: LockBackend, overrides: Partial<LockBackend>): LockBackend {
+  const close = inner.close?.bind(inner);
+  return {
+    capabilities: inner.capabilities,
+    tryAcquire: (name, holder, ttlMs) => inner.tryAcquire(name, holder, ttlMs),
+    renew: (name, holder, ttlMs) => inner.renew(name, holder, ttlMs),
+    release: (name, holder) => inner.release(name, holder),
+    ...(close ? { close } : {}),
     ...overrides,
   };
 }

@@ -1,4 +1,9 @@
-import { describeLockConformance, describeRelayConformance, memoryStoreHarness } from "@outbox/conformance";
+import {
+  describeLockConformance,
+  describeRelayConformance,
+  memoryStoreHarness,
+  wrapLockBackend,
+} from "@outbox/conformance";
 import {
   DistributedLock,
   type LockGrant,
@@ -8,7 +13,7 @@ import {
   OutboxRelay,
 } from "@outbox/core";
 import { createPostgresStore, migrate } from "@outbox/store-postgres";
-import { pgUrl, restartPostgres } from "@outbox/test-support/postgres";
+import { freshIdentifier as fresh, pgUrl, restartPostgres } from "@outbox/test-support/postgres";
 import { sleep, waitFor } from "@outbox/test-support/wait";
 import pg from "pg";
 import pgMin from "pg-min";
@@ -19,7 +24,6 @@ const admin = new pg.Pool({ connectionString: pgUrl, max: 3 });
 admin.on("error", () => undefined);
 afterAll(() => admin.end());
 
-const fresh = (prefix: string) => `${prefix}_${globalThis.crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
 function backend(schema: string, Client?: typeof pg.Client): PostgresLockBackend {
   return createPostgresLockBackend({ connectionString: pgUrl, schema, Client });
 }
@@ -35,16 +39,12 @@ describeRelayConformance({
     await admin.query(`CREATE SCHEMA "${schema}"`);
     const lock = backend(schema);
     return {
-      backend: {
-        capabilities: lock.capabilities,
-        tryAcquire: (name: string, holder: string, ttlMs: number) => lock.tryAcquire(name, holder, ttlMs),
-        renew: (name: string, holder: string, ttlMs: number) => lock.renew(name, holder, ttlMs),
-        release: (name: string, holder: string) => lock.release(name, holder),
+      backend: wrapLockBackend(lock, {
         async close() {
           await lock.close();
           await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
         },
-      },
+      }),
       async expire() {
         const pid = await lock.backendPid();
         if (pid === null) return;

@@ -1,5 +1,9 @@
-import { describeLockConformance, describeRelayConformance, memoryStoreHarness } from "@outbox/conformance";
-import type { LockBackend } from "@outbox/core";
+import {
+  describeLockConformance,
+  describeRelayConformance,
+  memoryStoreHarness,
+  wrapLockBackend,
+} from "@outbox/conformance";
 import { closeClient, closeClients, newClient, restartRedis, waitReady } from "@outbox/test-support/redis";
 import { sleep } from "@outbox/test-support/wait";
 import type { Redis } from "ioredis";
@@ -44,16 +48,12 @@ describeRelayConformance({
     const client = await newClient();
     const backend = createRedisLockBackend({ client });
     return {
-      backend: {
-        capabilities: backend.capabilities,
-        tryAcquire: (name: string, holder: string, ttlMs: number) => backend.tryAcquire(name, holder, ttlMs),
-        renew: (name: string, holder: string, ttlMs: number) => backend.renew(name, holder, ttlMs),
-        release: (name: string, holder: string) => backend.release(name, holder),
+      backend: wrapLockBackend(backend, {
         async close() {
           await backend.close();
           await closeClient(client);
         },
-      } satisfies LockBackend,
+      }),
       // The kit lets the TTL pass on its manual clock; Redis expires on real time, so end the holding now.
       async expire(name: string) {
         await client.del(`outbox:lock:{${name}}`);

@@ -4,11 +4,10 @@
  * SIGSTOP past its TTL, and two/three relays on one outbox under leader faults.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import { keyOrderViolations, uniqueName } from "@outbox/conformance";
+import { keyOrderViolations, uniqueName, wrapStore } from "@outbox/conformance";
 import {
   type OutboxEntry,
   OutboxError,
@@ -21,6 +20,7 @@ import {
 } from "@outbox/core";
 import { createRedisStreamPublisher, decodeStreamFields } from "@outbox/publisher-redis";
 import { createPostgresStore, migrate, type PostgresStore, resolveNames } from "@outbox/store-postgres";
+import { freshIdentifier, pgUrl } from "@outbox/test-support/postgres";
 import { closeClients, failFast, newClient, RedisProxy, redisUrl, restartRedis } from "@outbox/test-support/redis";
 import { sleep, waitFor } from "@outbox/test-support/wait";
 import type { Redis, RedisOptions } from "ioredis";
@@ -29,7 +29,6 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createRedisLockBackend } from "../src/index.js";
 import type { ChildConfig } from "./fixtures/relay-child.js";
 
-const pgUrl = process.env.OUTBOX_PG_URL ?? "postgres://postgres:postgres@127.0.0.1:5432/outbox_test";
 const ttlMs = 1_500;
 const marginMs = Math.floor(ttlMs / 5); // DistributedLock's default
 const renewEveryMs = Math.floor(ttlMs / 3);
@@ -58,7 +57,7 @@ afterAll(async () => {
 });
 
 async function freshOutbox(): Promise<PostgresStore> {
-  const table = `fault_${randomUUID().slice(0, 8)}`;
+  const table = freshIdentifier("fault");
   await migrate(pool, { table });
   tables.push(table);
   // Other suites may terminate idle PostgreSQL connections; the pool reconnects by itself.
@@ -117,9 +116,7 @@ function recordingStore(
       throw error;
     }
   }
-  return {
-    capabilities: inner.capabilities,
-    enqueue: (tx, m) => inner.enqueue(tx, m),
+  return wrapStore(inner, {
     claim: (request) =>
       record(
         "claim",
@@ -136,12 +133,7 @@ function recordingStore(
     deadLetter: (items, context) =>
       record("deadLetter", context.fence?.token, items.length, () => inner.deadLetter(items, context)),
     release: (ids, context) => record("release", context.fence?.token, ids.length, () => inner.release(ids, context)),
-    listDead: (o) => inner.listDead(o),
-    requeueDead: (ids) => inner.requeueDead(ids),
-    purge: (r) => inner.purge(r),
-    stats: () => inner.stats(),
-    close: () => inner.close(),
-  };
+  });
 }
 
 interface Delivery {

@@ -1,12 +1,5 @@
-import { uniqueName, wrapStore } from "@outbox/conformance";
-import {
-  type LockBackend,
-  type LockGrant,
-  MemoryPublisher,
-  MemoryStore,
-  OutboxRelay,
-  type OutboxStore,
-} from "@outbox/core";
+import { uniqueName, wrapLockBackend, wrapStore } from "@outbox/conformance";
+import { type LockGrant, MemoryPublisher, MemoryStore, OutboxRelay, type OutboxStore } from "@outbox/core";
 import { closeClients, failFast, newClient, RedisProxy } from "@outbox/test-support/redis";
 import { waitFor } from "@outbox/test-support/wait";
 import type { Redis } from "ioredis";
@@ -31,19 +24,20 @@ describe("an unreachable Redis means 'not held'", () => {
       // When each grant or renewal that Redis confirmed was sent: the server-side lease runs
       // at least ttl from then, so the relay must stop claiming at that instant + ttl - margin.
       const confirmedSentAt: number[] = [];
-      const confirmed = async (sentAt: number, call: Promise<unknown>) => {
-        const result = await call;
-        if (result !== null && result !== false) confirmedSentAt.push(sentAt);
-        return result;
-      };
-      const backend: LockBackend = {
-        capabilities: redisBackend.capabilities,
-        tryAcquire: (n, holder, ttl) =>
-          confirmed(Date.now(), redisBackend.tryAcquire(n, holder, ttl)) as Promise<bigint | null>,
-        renew: (n, holder, ttl) => confirmed(Date.now(), redisBackend.renew(n, holder, ttl)) as Promise<boolean>,
-        release: (n, holder) => redisBackend.release(n, holder),
-        close: () => redisBackend.close(),
-      };
+      const backend = wrapLockBackend(redisBackend, {
+        async tryAcquire(n, holder, ttl) {
+          const sentAt = Date.now();
+          const token = await redisBackend.tryAcquire(n, holder, ttl);
+          if (token !== null) confirmedSentAt.push(sentAt);
+          return token;
+        },
+        async renew(n, holder, ttl) {
+          const sentAt = Date.now();
+          const renewed = await redisBackend.renew(n, holder, ttl);
+          if (renewed) confirmedSentAt.push(sentAt);
+          return renewed;
+        },
+      });
       const name = uniqueName("leader");
       const memory = new MemoryStore();
       const claims: number[] = [];

@@ -6,7 +6,7 @@ import {
 } from "@outbox/conformance";
 import type { ManualClock } from "@outbox/core";
 import { createPostgresStore, migrate, type Queryable } from "@outbox/store-postgres";
-import { inTransaction, pgUrl } from "@outbox/test-support/postgres";
+import { freshIdentifier, inTransaction, pgUrl } from "@outbox/test-support/postgres";
 import pg from "pg";
 import { afterAll } from "vitest";
 import { createKafkaPublisher, type KafkaPublisherOptions } from "../src/index.js";
@@ -57,7 +57,7 @@ pool.on("error", () => undefined);
 afterAll(() => pool.end());
 
 async function postgresStore(clock: ManualClock): Promise<StoreHarness<Queryable>> {
-  const schema = `relay_${globalThis.crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
+  const schema = freshIdentifier("relay");
   await migrate(pool, { schema });
   const store = createPostgresStore({ pool, schema, clock, listen: false });
   return {

@@ -4,6 +4,7 @@
 import { type ChildProcess, fork } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { createPostgresStore, migrate } from "@outbox/store-postgres";
+import { freshIdentifier, pgUrl } from "@outbox/test-support/postgres";
 import { waitFor } from "@outbox/test-support/wait";
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
@@ -12,7 +13,6 @@ import { createTopic, newKafka, readTopic, restartBrokerKeepingData } from "./su
 const ENTRIES = 10_000;
 const KEYS = 100;
 const BATCH = 100;
-const pgUrl = process.env.OUTBOX_PG_URL ?? "postgres://postgres:postgres@127.0.0.1:5432/outbox_test";
 
 interface RelayChild {
   readonly process: ChildProcess;
@@ -71,7 +71,7 @@ afterAll(() => {
 
 describe("e2e: PostgreSQL -> relay -> Kafka", () => {
   it(`delivers ${ENTRIES} entries over ${KEYS} keys through a relay kill and a broker restart`, async () => {
-    const table = `outbox_e2e_${globalThis.crypto.randomUUID().slice(0, 8)}`;
+    const table = freshIdentifier("outbox_e2e");
     const pool = new pg.Pool({ connectionString: pgUrl, max: 4 });
     const kafka = newKafka();
     const admin = kafka.admin();

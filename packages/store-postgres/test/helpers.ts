@@ -1,16 +1,14 @@
 import type { PGlite } from "@electric-sql/pglite";
 import type { StoreHarness } from "@outbox/conformance";
 import type { ManualClock } from "@outbox/core";
-import { inTransaction } from "@outbox/test-support/postgres";
+import { freshIdentifier, inTransaction } from "@outbox/test-support/postgres";
 import { pgUrl } from "@outbox/test-support/services";
 import pg from "pg";
 import { createPostgresStore, migrate, type PostgresStoreOptions, type Queryable } from "../src/index.js";
 
 export { pgUrl };
 
-export function freshSchema(prefix = "t"): string {
-  return `${prefix}_${globalThis.crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
-}
+export const freshSchema = freshIdentifier;
 
 export function createPool(options: pg.PoolConfig = {}): pg.Pool {
   const pool = new pg.Pool({ connectionString: pgUrl, max: 10, ...options });

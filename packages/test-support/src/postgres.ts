@@ -6,6 +6,11 @@ import { waitFor } from "./wait.js";
 
 export { pgUrl };
 
+/** A fresh SQL identifier (lowercase letters, digits, `_`) for a per-test schema or table. */
+export function freshIdentifier(prefix = "t"): string {
+  return `${prefix}_${globalThis.crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
+}
+
 /** True when a fresh connection can log in and run a query. */
 async function acceptsLogins(): Promise<boolean> {
   const client = new pg.Client({ connectionString: pgUrl, connectionTimeoutMillis: 1_000 });

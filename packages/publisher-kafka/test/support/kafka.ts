@@ -1,14 +1,15 @@
 import { execFile } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { promisify } from "node:util";
+import { uniqueName } from "@outbox/conformance";
 import { OutboxHeader } from "@outbox/core";
-import { services } from "@outbox/test-support/services";
+import { kafkaBrokers, services } from "@outbox/test-support/services";
 import { sleep } from "@outbox/test-support/wait";
 import { type Admin, type IHeaders, Kafka, type KafkaConfig, logLevel, Partitioners } from "kafkajs";
 
 const run = promisify(execFile);
 
-export const brokers = (process.env.OUTBOX_KAFKA_BROKERS ?? "127.0.0.1:9092").split(",");
+export const brokers = kafkaBrokers;
 
 export function newKafka(config: Partial<KafkaConfig> = {}): Kafka {
   return new Kafka({ clientId: "outbox-test", brokers, logLevel: logLevel.NOTHING, ...config });
@@ -17,7 +18,7 @@ export function newKafka(config: Partial<KafkaConfig> = {}): Kafka {
 export const plainPartitioner = Partitioners.DefaultPartitioner;
 
 export function uniqueTopic(prefix = "outbox-kafka"): string {
-  return `${prefix}-${globalThis.crypto.randomUUID().slice(0, 8)}`;
+  return uniqueName(prefix);
 }
 
 /** Creates a topic (3 partitions unless said otherwise) and waits for its leaders. */
