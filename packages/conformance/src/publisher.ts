@@ -127,6 +127,43 @@ export const publisherChecks = {
       );
     },
   },
+  "key-runs": {
+    title: "a run of one key arrives in order; after a failed entry, the rest of its key's run is held back",
+    requires: (h) => (h.permanentFailure ? null : "harness provides no permanentFailure()"),
+    async run(h) {
+      const topic = await h.topic();
+      const run = Array.from({ length: 5 }, (_, i) =>
+        makeEntry({ topic, key: "run", headers: { "x-seq": String(i) } }),
+      );
+      expect(statuses(await h.publisher.publish(run)), "a run of one key must be published whole").toEqual(
+        run.map(() => "published"),
+      );
+      const badFields = await (h.permanentFailure as NonNullable<PublisherHarness["permanentFailure"]>)(topic);
+      const a1 = makeEntry({ topic, key: "a" });
+      const a2 = makeEntry({ ...badFields, key: "a" });
+      const a3 = makeEntry({ topic, key: "a" });
+      const b1 = makeEntry({ topic, key: "b" });
+      const b2 = makeEntry({ topic, key: "b" });
+      const outcomes = statuses(await h.publisher.publish([a1, b1, a2, b2, a3]));
+      expect(outcomes.slice(0, 4), "outcomes must be one per entry, in input order").toEqual([
+        "published",
+        "published",
+        "permanent",
+        "published",
+      ]);
+      expect(outcomes[4], "an entry after a failed entry of its key in the same call must not be published").not.toBe(
+        "published",
+      );
+      const received = await h.receive(topic, run.length + 3, 30_000);
+      const ids = received.map((m) => m.idempotencyKey);
+      expect(ids, "a held-back entry must never reach the broker").not.toContain(a3.idempotencyKey);
+      expect(ids.filter((id) => run.some((e) => e.idempotencyKey === id))).toEqual(run.map((e) => e.idempotencyKey));
+      expect(ids.filter((id) => id === b1.idempotencyKey || id === b2.idempotencyKey)).toEqual([
+        b1.idempotencyKey,
+        b2.idempotencyKey,
+      ]);
+    },
+  },
   reconnect: {
     title: "after the broker connection drops, publishing recovers without a new publisher",
     requires: (h) => (h.dropConnection ? null : "harness provides no dropConnection()"),

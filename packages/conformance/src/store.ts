@@ -256,8 +256,8 @@ export const storeChecks = {
     async run(h) {
       const [id] = await enqueue(h, message("dead", 1, "k"));
       await enqueue(h, message("dead", 2, "k"));
-      const [entry] = await h.store.claim({ claimer: "a", limit: 10, leaseMs: 60_000 });
-      expect(entry?.id).toBe(id);
+      const [entry] = await h.store.claim({ claimer: "a", limit: 1, leaseMs: 60_000 });
+      expect(entry?.id, "a claim with limit 1 returns the key's head").toBe(id);
       await h.store.deadLetter([{ id: id as string, error: "unroutable" }], ctx("a"));
       const dead = await h.store.listDead();
       expect(dead.map((e) => e.id)).toEqual([id]);
@@ -304,7 +304,7 @@ export const storeChecks = {
     },
   },
   "key-order": {
-    title: "per-key order: never two in-flight entries of a key, never a later one first",
+    title: "per-key order: a claim returns each key's run in order; a retrying head holds back its own key only",
     async run(h) {
       const keys = ["a", "b", "c", "d"];
       await enqueue(
@@ -313,55 +313,222 @@ export const storeChecks = {
       );
       await enqueue(h, [message("keys", 100), message("keys", 101)]);
       const first = await h.store.claim({ claimer: "a", limit: 100, leaseMs: 60_000 });
-      // Only the head of each key, plus keyless entries.
-      expect(first.map(seqOf)).toEqual([0, 1, 2, 3, 100, 101]);
-      expect(await h.store.claim({ claimer: "b", limit: 100, leaseMs: 60_000 })).toEqual([]);
-      // A retrying head holds back its own key only.
-      const headA = first[0] as OutboxEntry;
+      expect(first.map(seqOf), "with room for everything, a claim returns every available entry in id order").toEqual([
+        ...Array.from({ length: 40 }, (_, i) => i),
+        100,
+        101,
+      ]);
+      expect(await h.store.claim({ claimer: "b", limit: 100, leaseMs: 60_000 }), "leased keys yield nothing").toEqual(
+        [],
+      );
+      // Key a's head fails: it waits for its retry, the rest of a's run goes back; other keys are done.
+      const runA = first.filter((e) => e.key === "a");
+      const headA = runA[0] as OutboxEntry;
       await h.store.retry([{ id: headA.id, error: "x", availableAt: new Date(h.clock.now() + 10_000) }], ctx("a"));
-      await h.store.ack(
-        first.slice(1).map((e) => e.id),
+      await h.store.release(
+        runA.slice(1).map((e) => e.id),
         ctx("a"),
       );
-      const second = await h.store.claim({ claimer: "b", limit: 100, leaseMs: 60_000 });
-      expect(second.map(seqOf)).toEqual([5, 6, 7]);
+      await h.store.ack(
+        first.filter((e) => e.key !== "a").map((e) => e.id),
+        ctx("a"),
+      );
+      expect(
+        await h.store.claim({ claimer: "b", limit: 100, leaseMs: 60_000 }),
+        "a key whose head waits for a retry must yield nothing, not its successors",
+      ).toEqual([]);
+      h.clock.advance(10_000);
+      const again = await h.store.claim({ claimer: "b", limit: 100, leaseMs: 60_000 });
+      expect(again.map(seqOf), "after the retry time the key's run resumes at its head").toEqual(
+        runA.map((e) => seqOf(e)),
+      );
+      expect(
+        again.map((e) => e.attempts),
+        "release must not count an attempt",
+      ).toEqual(runA.map((_, i) => (i === 0 ? 2 : 1)));
+    },
+  },
+  "key-runs": {
+    title: "runs: a claim's entries of a key are a prefix of its pending entries; the next claim continues it",
+    async run(h) {
+      await enqueue(
+        h,
+        Array.from({ length: 12 }, (_, i) => message("runs", i, "hot")),
+      );
+      const first = await h.store.claim({ claimer: "p", limit: 5, leaseMs: 60_000 });
+      expect(first.length, "a claim never returns more than its limit").toBeLessThanOrEqual(5);
+      expect(first.length, "a claimable key must yield at least its head").toBeGreaterThan(0);
+      expect(first.map(seqOf), "a key's run starts at its head and keeps key order").toEqual(first.map((_, i) => i));
+      expect(
+        await h.store.claim({ claimer: "q", limit: 5, leaseMs: 60_000 }),
+        "never two claimers on one key: its later entries must not go to another claimer",
+      ).toEqual([]);
+      expect(
+        await h.store.claim({ claimer: "p", limit: 5, leaseMs: 60_000 }),
+        "nor to a second claim of the same claimer while the run is leased",
+      ).toEqual([]);
+      await h.store.ack(
+        first.map((e) => e.id),
+        ctx("p"),
+      );
+      const rest: OutboxEntry[] = [];
+      for (let round = 0; round < 12 && rest.length + first.length < 12; round++) {
+        const batch = await h.store.claim({ claimer: "q", limit: 100, leaseMs: 60_000 });
+        expect(batch.length, "a claimable key must yield at least its head").toBeGreaterThan(0);
+        rest.push(...batch);
+        await h.store.ack(
+          batch.map((e) => e.id),
+          ctx("q"),
+        );
+      }
+      expect([...first, ...rest].map(seqOf), "runs continue where the last one ended").toEqual(
+        Array.from({ length: 12 }, (_, i) => i),
+      );
+    },
+  },
+  "claim-limit": {
+    title: "a claim never returns more than its limit, with hundreds pending over few and many keys",
+    async run(h) {
+      await enqueue(
+        h,
+        Array.from({ length: 300 }, (_, i) => message("limit", i, i % 2 === 0 ? `k${i % 3}` : null)),
+      );
+      await enqueue(
+        h,
+        Array.from({ length: 200 }, (_, i) => message("limit", 300 + i, `distinct-${i}`)),
+      );
+      let total = 0;
+      for (const limit of [1, 7, 64, 100]) {
+        const batch = await h.store.claim({ claimer: `c${limit}`, limit, leaseMs: 60_000 });
+        expect(batch.length, `claim with limit ${limit} returned ${batch.length}`).toBeLessThanOrEqual(limit);
+        expect(batch.length, "claimable entries exist, so a claim must return some").toBeGreaterThan(0);
+        total += batch.length;
+      }
+      expect((await h.store.stats()).inFlight, "stats().inFlight counts every leased entry").toBe(total);
+    },
+  },
+  takeover: {
+    title: "a claim with a newer fence takes over entries leased under an older token at once",
+    async run(h) {
+      const lock = uniqueName("leader");
+      await enqueue(h, [message("take", 1, "k"), message("take", 2, "k"), message("take", 3)]);
+      const old = { lock, token: 5n };
+      const byOld = await h.store.claim({ claimer: "old", limit: 10, leaseMs: 60_000, fence: old });
+      expect(byOld.map(seqOf)).toEqual([1, 2, 3]);
+      expect(
+        await h.store.claim({ claimer: "other", limit: 10, leaseMs: 60_000 }),
+        "an unfenced claim must respect the lease",
+      ).toEqual([]);
+      const fresh = { lock, token: 6n };
+      const byNew = await h.store.claim({ claimer: "new", limit: 10, leaseMs: 60_000, fence: fresh });
+      expect(
+        byNew.map(seqOf),
+        "a claim with a newer token must take over the older token's leases without waiting for them",
+      ).toEqual([1, 2, 3]);
+      expect(byNew.map((e) => e.attempts)).toEqual([2, 2, 2]);
+      expect(
+        await h.store.claim({ claimer: "peer", limit: 10, leaseMs: 60_000, fence: fresh }),
+        "a lease taken under the same token must be respected",
+      ).toEqual([]);
+      expect(
+        await h.store.claim({ claimer: "x", limit: 10, leaseMs: 60_000, fence: { lock: `${lock}-other`, token: 99n } }),
+        "a token of another lock must not take over",
+      ).toEqual([]);
+      const ids = byOld.map((e) => e.id);
+      for (const settle of [
+        () => h.store.ack(ids, ctx("old", old)),
+        () =>
+          h.store.retry([{ id: ids[0] as string, error: "x", availableAt: new Date(h.clock.now()) }], ctx("old", old)),
+        () => h.store.deadLetter([{ id: ids[0] as string, error: "x" }], ctx("old", old)),
+        () => h.store.release(ids, ctx("old", old)),
+      ]) {
+        await expectCode(settle(), OutboxErrorCode.Fenced);
+      }
+      const stats = await h.store.stats();
+      expect({ pending: stats.pending, inFlight: stats.inFlight, dead: stats.dead }).toEqual({
+        pending: 3,
+        inFlight: 3,
+        dead: 0,
+      });
+      await h.store.ack(ids, ctx("new", fresh));
+      expect((await h.store.stats()).pending).toBe(0);
+    },
+  },
+  "fenced-details": {
+    title: "OUTBOX_FENCED reports the lock, the refused token and the true newest token, also under races",
+    async run(h) {
+      const lock = uniqueName("leader");
+      await enqueue(h, message("fd", 1));
+      for (let token = 2n; token < 22n; token += 2n) {
+        const results = await Promise.allSettled([
+          h.store.claim({ claimer: "late", limit: 1, leaseMs: 1, fence: { lock, token } }),
+          h.store.claim({ claimer: "early", limit: 1, leaseMs: 1, fence: { lock, token: token + 1n } }),
+        ]);
+        const [late] = results;
+        if (late.status === "rejected") {
+          const error = late.reason as unknown;
+          expect(OutboxError.is(error, OutboxErrorCode.Fenced)).toBe(true);
+          const details = (error as OutboxError).details;
+          expect(details.lock).toBe(lock);
+          expect(details.token).toBe(token.toString());
+          expect(
+            BigInt(String(details.newest)),
+            "details.newest must be the newest token, newer than the refused one",
+          ).toBe(token + 1n);
+        }
+        expect(results[1].status, "the newer token must pass").toBe("fulfilled");
+      }
+      const error = await h.store.ack(["1"], ctx("late", { lock, token: 3n })).then(
+        () => null,
+        (caught: unknown) => caught,
+      );
+      expect(OutboxError.is(error, OutboxErrorCode.Fenced)).toBe(true);
+      expect((error as OutboxError).details).toMatchObject({ lock, token: "3", newest: "21" });
     },
   },
   "key-order-concurrent": {
-    title: "per-key order holds with concurrent claimers acking at random",
+    title: "per-key order holds with concurrent claimers settling runs at random",
     async run(h) {
       const keys = Array.from({ length: 6 }, (_, i) => `key-${i}`);
       await enqueue(
         h,
         Array.from({ length: 120 }, (_, i) => message("kc", i, keys[i % keys.length] as string)),
       );
+      const claimers = ["p", "q", "r"];
       const published: Array<{ key: string | null; seq: number }> = [];
-      const inFlight = new Set<string>();
       let round = 0;
       while (published.length < 120 && round++ < 500) {
         const batches = await Promise.all(
-          ["p", "q", "r"].map((claimer) => h.store.claim({ claimer, limit: 5, leaseMs: 60_000 })),
+          claimers.map((claimer) => h.store.claim({ claimer, limit: 5, leaseMs: 60_000 })),
         );
-        for (const batch of batches) {
+        const owner = new Map<string, string>();
+        batches.forEach((batch, i) => {
           for (const entry of batch) {
-            expect(inFlight.has(entry.key as string), `two in-flight entries of ${entry.key}`).toBe(false);
-            inFlight.add(entry.key as string);
+            const holder = owner.get(entry.key as string);
+            expect(holder === undefined || holder === claimers[i], `two claimers hold ${entry.key} at once`).toBe(true);
+            owner.set(entry.key as string, claimers[i] as string);
           }
-        }
+        });
         await Promise.all(
           batches.map(async (batch, i) => {
-            // Claimer r acks only half its batch and releases the rest: late acks must not reorder.
-            const ack = i === 2 ? batch.filter((_, j) => j % 2 === 0) : batch;
+            // Claimer r acks the first half of each key's run and releases the rest, as a
+            // relay does after a failure mid-run: the released entries must come back in order.
+            const ack =
+              i === 2
+                ? batch.filter((entry) => {
+                    const run = batch.filter((other) => other.key === entry.key);
+                    return run.indexOf(entry) < Math.ceil(run.length / 2);
+                  })
+                : batch;
             const back = batch.filter((entry) => !ack.includes(entry));
             await h.store.ack(
               ack.map((e) => e.id),
-              ctx(["p", "q", "r"][i] as string),
+              ctx(claimers[i] as string),
             );
             await h.store.release(
               back.map((e) => e.id),
-              ctx(["p", "q", "r"][i] as string),
+              ctx(claimers[i] as string),
             );
-            for (const entry of batch) inFlight.delete(entry.key as string);
             published.push(...ack.map((e) => ({ key: e.key, seq: seqOf(e) })));
           }),
         );

@@ -5,8 +5,11 @@ import {
   MemoryPublisher,
   MemoryStore,
   type MemoryTransaction,
+  OutboxError,
+  OutboxErrorCode,
   type OutboxRelayOptions,
   type OutboxStore,
+  permanentFailure,
 } from "@outbox/core";
 import { describe, expect, it } from "vitest";
 import {
@@ -112,6 +115,60 @@ describe("the kit catches broken stores", () => {
     expect(await failingStoreChecks(unordered)).toContain("key-order");
   });
 
+  it("a store without lease takeover fails the takeover checks", async () => {
+    // Respects every lease until it expires, whatever the fence says.
+    const noTakeover = brokenStore((inner) => ({
+      claim: async (request) => {
+        const stats = await inner.stats();
+        if (request.fence && stats.inFlight > 0) {
+          await inner.claim({ ...request, limit: 0 });
+          return [];
+        }
+        return inner.claim(request);
+      },
+    }));
+    expect(await failingStoreChecks(noTakeover)).toContain("takeover");
+    expect(await failingRelayChecks(noTakeover)).toContain("deposed-leader-cannot-ack");
+  });
+
+  it("a store that hands a key's successors out without its head fails the run checks", async () => {
+    const headless = brokenStore((inner) => ({
+      claim: async (request) => {
+        const entries = await inner.claim(request);
+        const heads = entries.filter((e, i) => e.key !== null && entries.findIndex((o) => o.key === e.key) === i);
+        const withSuccessors = heads.filter((head) => entries.some((e) => e.key === head.key && e !== head));
+        await inner.release(
+          withSuccessors.map((e) => e.id),
+          { claimer: request.claimer, fence: request.fence },
+        );
+        return entries.filter((e) => !withSuccessors.includes(e));
+      },
+    }));
+    expect(await failingStoreChecks(headless)).toEqual(expect.arrayContaining(["key-order", "key-runs"]));
+  });
+
+  it("a store that reports a stale newest token fails fenced-details", async () => {
+    const stale = brokenStore((inner) => {
+      const rewrite = async <T>(call: () => Promise<T>): Promise<T> => {
+        try {
+          return await call();
+        } catch (error) {
+          if (OutboxError.is(error, OutboxErrorCode.Fenced)) {
+            throw new OutboxError(OutboxErrorCode.Fenced, "stale", {
+              details: { ...error.details, newest: error.details.token },
+            });
+          }
+          throw error;
+        }
+      };
+      return {
+        claim: (request) => rewrite(() => inner.claim(request)),
+        ack: (ids, context) => rewrite(() => inner.ack(ids, context)),
+      };
+    });
+    expect(await failingStoreChecks(stale)).toContain("fenced-details");
+  });
+
   it("a store that acks non-idempotently or purges pending entries fails", async () => {
     const eager = brokenStore((inner) => ({
       purge: async (request) => {
@@ -167,6 +224,37 @@ describe("the kit catches broken publishers and locks", () => {
       (h) => h.teardown(),
     );
     expect(failed).toContain("round-trip");
+  });
+
+  it("a publisher that keeps sending a key's run after a failure fails key-runs", async () => {
+    const { failed } = await runChecks(
+      publisherChecks,
+      async () => {
+        const inner = new MemoryPublisher();
+        const oversize = 1_000;
+        const harness: PublisherHarness & { largePayloadBytes: number } = {
+          largePayloadBytes: 100,
+          publisher: {
+            // Judges every entry on its own, ignoring its key's earlier failure in the call.
+            async publish(entries) {
+              const outcomes = [];
+              for (const entry of entries) {
+                if (entry.payload.byteLength > oversize) outcomes.push(permanentFailure(new Error("too large")));
+                else outcomes.push(...(await inner.publish([entry])));
+              }
+              return outcomes;
+            },
+          },
+          topic: async () => uniqueName("t"),
+          receive: async (topic) => inner.topic(topic),
+          permanentFailure: async (topic) => ({ topic, key: null, payload: new Uint8Array(oversize + 1) }),
+          teardown: async () => {},
+        };
+        return harness;
+      },
+      (h) => h.teardown(),
+    );
+    expect(failed).toContain("key-runs");
   });
 
   it("a lock that lets anyone release, or reuses tokens, fails", async () => {

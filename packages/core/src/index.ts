@@ -25,6 +25,8 @@ export { type MemoryMessage, MemoryPublisher, type MemoryPublisherOptions } from
 export { MemoryStore, type MemoryStoreOptions, MemoryTransaction } from "./memory/store.js";
 export {
   headersWithMetadata,
+  heldBack,
+  KeyFailures,
   OutboxHeader,
   type OutboxPublisher,
   outcomeError,

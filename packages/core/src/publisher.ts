@@ -1,5 +1,5 @@
 import type { OutboxEntry } from "./entry.js";
-import { describeError } from "./errors.js";
+import { describeError, OutboxError, OutboxErrorCode } from "./errors.js";
 
 export type PublishOutcome =
   | { readonly status: "published" }
@@ -30,7 +30,12 @@ export interface PublisherCapabilities {
  * Sends entries to a broker. `publish` returns one outcome per entry, in input order, and
  * reports "published" only after the broker confirmed the entry. A failing entry must not
  * fail its neighbours. Throwing is allowed and means "every entry failed transiently".
- * The relay never hands one call two entries with the same key.
+ *
+ * The run contract: one call may hold several entries of one key (a run, in key order). Once an
+ * entry of a key failed in a call, no later entry of that key in the same call may reach the
+ * broker; report those `heldBack(entry)` (transient). The relay acks the published prefix of each
+ * run, settles the failed entry and gives the held-back rest back without counting an attempt.
+ * The relay may run several `publish` calls at once; their keys never overlap.
  */
 export interface OutboxPublisher {
   readonly capabilities?: PublisherCapabilities;
@@ -52,6 +57,33 @@ export function headersWithMetadata(entry: OutboxEntry): Record<string, string> 
     [OutboxHeader.Id]: entry.id,
     [OutboxHeader.IdempotencyKey]: entry.idempotencyKey,
   };
+}
+
+/** The outcome of an entry not sent because an earlier entry of its key failed in the same call. */
+export function heldBack(entry: OutboxEntry): PublishOutcome {
+  return transientFailure(
+    new OutboxError(
+      OutboxErrorCode.PublishFailed,
+      `not sent: an earlier entry of key ${JSON.stringify(entry.key)} failed in the same publish call`,
+      { details: { id: entry.id, key: entry.key, reason: "held-back" } },
+    ),
+  );
+}
+
+/**
+ * Tracks the run contract inside one publish call: `fail(entry)` marks its key failed,
+ * `blocked(entry)` says whether an earlier entry of its key already failed.
+ */
+export class KeyFailures {
+  readonly #failed = new Set<string>();
+
+  fail(entry: OutboxEntry): void {
+    if (entry.key !== null) this.#failed.add(entry.key);
+  }
+
+  blocked(entry: OutboxEntry): boolean {
+    return entry.key !== null && this.#failed.has(entry.key);
+  }
 }
 
 export function outcomeError(outcome: PublishOutcome): string | null {

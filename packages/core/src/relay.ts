@@ -5,7 +5,7 @@ import { describeError, OutboxError, OutboxErrorCode } from "./errors.js";
 import { TypedEmitter } from "./events.js";
 import { DistributedLock, type LockBackend, type LockGrant, randomId } from "./lock.js";
 import { startPublishSpan } from "./otel.js";
-import { type OutboxPublisher, type PublishOutcome, transientFailure } from "./publisher.js";
+import { KeyFailures, type OutboxPublisher, type PublishOutcome, transientFailure } from "./publisher.js";
 import type { DeadLetterItem, Fence, OutboxStore, RetryItem, SettleContext, StoreStats, Unsubscribe } from "./store.js";
 
 export type RelayPhase = "lock" | "claim" | "publish" | "settle" | "wake-up" | "stop" | "listener";
@@ -52,6 +52,11 @@ export interface OutboxRelayOptions {
   /** Entries claimed per cycle. Default 32. */
   batchSize?: number;
   /**
+   * Batches being published and settled at once: the relay claims the next batch while earlier
+   * ones are still with the broker (their keys never overlap, so per-key order holds). Default 2.
+   */
+  maxInFlightBatches?: number;
+  /**
    * How long claimed entries stay invisible to other relays. Must exceed the slowest
    * publish; an expired lease means the entry may be published twice. Default 30 s.
    */
@@ -90,6 +95,7 @@ export class OutboxRelay {
   readonly #clock: Clock;
   readonly #pollMs: number;
   readonly #batchSize: number;
+  readonly #maxInFlight: number;
   readonly #leaseMs: number;
   readonly #drainTimeoutMs: number;
   readonly #retry: RetryPolicy;
@@ -99,17 +105,19 @@ export class OutboxRelay {
 
   #running = false;
   #loop: Promise<void> | null = null;
+  /** Deliveries (publish + settle) the background loop has started and not finished. */
+  readonly #inFlight = new Set<Promise<void>>();
   #cycleChain: Promise<unknown> = Promise.resolve();
   #wake = new AbortController();
   #wokenEarly = false;
   #unsubscribe: Unsubscribe | null = null;
   #leader = false;
   /**
-   * The last cycle settled keyed entries, so their successors may be claimable right now: a hot
-   * key then drains at one entry per claim round trip instead of one per poll interval.
+   * The last delivery settled keyed entries, so their successors may be claimable right now: a
+   * hot key then drains run after run instead of one run per poll interval.
    */
   #keysUnblocked = false;
-  /** What the current cycle is doing, so a failure is reported with the right phase. */
+  /** Where the claim path is (lock or claim), so a failure is reported with the right phase. */
   #phase: RelayPhase = "claim";
   #metrics = {
     claimed: 0,
@@ -132,6 +140,7 @@ export class OutboxRelay {
     this.#clock = options.clock ?? systemClock;
     this.#pollMs = positive(options.pollMs ?? 500, "pollMs");
     this.#batchSize = positive(options.batchSize ?? 32, "batchSize");
+    this.#maxInFlight = positive(options.maxInFlightBatches ?? 2, "maxInFlightBatches");
     this.#leaseMs = positive(options.leaseMs ?? 30_000, "leaseMs");
     this.#drainTimeoutMs = positive(options.drainTimeoutMs ?? 10_000, "drainTimeoutMs");
     this.#retry = resolveRetryPolicy(options.retry);
@@ -232,7 +241,11 @@ export class OutboxRelay {
    * Throws when the store fails; use it for cron-style draining and in tests.
    */
   runOnce(): Promise<number> {
-    const cycle = this.#cycleChain.then(() => this.#cycle());
+    const cycle = this.#cycleChain.then(async () => {
+      const batch = await this.#claimBatch();
+      if (batch) await this.#deliver(batch.entries, batch.context);
+      return batch?.entries.length ?? 0;
+    });
     this.#cycleChain = cycle.catch(() => undefined);
     return cycle;
   }
@@ -247,13 +260,25 @@ export class OutboxRelay {
     }
   }
 
+  /**
+   * The background loop: claims while fewer than maxInFlightBatches deliveries run, so the next
+   * batch is claimed while earlier ones are with the broker.
+   */
   async #run(): Promise<void> {
     while (this.#running) {
+      if (this.#inFlight.size >= this.#maxInFlight) {
+        await Promise.race(this.#inFlight);
+        continue;
+      }
       let delay = this.#pollMs;
       try {
-        const claimed = await this.runOnce();
+        const batch = await this.#claimBatch();
         this.#metrics.consecutiveFailures = 0;
-        if (claimed >= this.#batchSize || this.#keysUnblocked) delay = 0;
+        if (batch) {
+          this.#track(this.#deliver(batch.entries, batch.context));
+          if (batch.entries.length >= this.#batchSize) delay = 0;
+        }
+        if (this.#keysUnblocked) delay = 0;
       } catch (error) {
         this.#metrics.consecutiveFailures += 1;
         this.#report(error, this.#phase);
@@ -263,6 +288,19 @@ export class OutboxRelay {
       if (!this.#running) break;
       await this.#wait(delay);
     }
+    await Promise.allSettled(this.#inFlight);
+  }
+
+  /** Keeps a delivery in the in-flight set until it ends; its failure is reported, not thrown. */
+  #track(delivery: Promise<void>): void {
+    const tracked: Promise<void> = delivery
+      .catch((error: unknown) => this.#report(error, "settle"))
+      .finally(() => {
+        this.#inFlight.delete(tracked);
+        // A finished delivery frees a slot and may have unblocked keys: claim again now.
+        if (this.#keysUnblocked) this.#wakeUp();
+      });
+    this.#inFlight.add(tracked);
   }
 
   async #wait(ms: number): Promise<void> {
@@ -270,6 +308,7 @@ export class OutboxRelay {
       this.#wokenEarly = false;
       if (ms > 0) return;
     }
+    if (ms === 0) return;
     if (this.#wake.signal.aborted) this.#wake = new AbortController();
     await this.#clock.sleep(ms, this.#wake.signal);
     this.#wokenEarly = false;
@@ -298,86 +337,92 @@ export class OutboxRelay {
     return fence === undefined || this.#lock?.grant?.token === fence.token;
   }
 
-  async #cycle(): Promise<number> {
+  /** Claims one batch; null when a leader lock is configured and not held. */
+  async #claimBatch(): Promise<{ entries: OutboxEntry[]; context: SettleContext } | null> {
     this.#metrics.cycles += 1;
     this.#keysUnblocked = false;
     this.#phase = "lock";
     const fence = await this.#currentFence();
-    if (fence === null) return 0;
+    if (fence === null) return null;
     this.#phase = "claim";
     const entries = await this.#settle(() =>
       this.#store.claim({ claimer: this.id, limit: this.#batchSize, leaseMs: this.#leaseMs, fence }),
     );
     this.#metrics.claimed += entries.length;
-    if (entries.length > 0) await this.#deliver(entries, { claimer: this.id, fence });
-    return entries.length;
+    return entries.length > 0 ? { entries, context: { claimer: this.id, fence } } : null;
   }
 
   async #deliver(entries: OutboxEntry[], context: SettleContext): Promise<void> {
-    // Poison guard: an entry claimed more often than allowed without ever being settled
-    // (the relay crashed while publishing it, again and again) is set aside unpublished.
-    const exhausted = entries.filter((entry) => entry.attempts > this.#retry.maxAttempts);
-    const batch = entries.filter((entry) => entry.attempts <= this.#retry.maxAttempts);
-
     if (!this.#stillLeading(context.fence)) {
-      // Deposed between claim and publish: publish nothing; the leases run out for the next leader.
+      // Deposed between claim and publish: publish nothing. The next leader's newer token takes
+      // these leases over at once.
       this.#report(new OutboxError(OutboxErrorCode.LockNotHeld, "leadership lost before publishing"), "lock");
       return;
     }
-    this.#phase = "publish";
-    const outcomes = batch.length > 0 ? await this.#publish(batch) : [];
-    this.#phase = "settle";
-
-    const acked: OutboxEntry[] = [];
-    const retries: Array<{ entry: OutboxEntry; item: RetryItem; error: unknown }> = [];
-    const dead: Array<{
-      entry: OutboxEntry;
-      item: DeadLetterItem;
-      error: unknown;
-      reason: "permanent" | "attempts-exhausted";
-    }> = [];
-    for (const entry of exhausted) {
-      const error = new OutboxError(
-        OutboxErrorCode.PublishFailed,
-        `claimed ${entry.attempts} times without an outcome (max ${this.#retry.maxAttempts})`,
-      );
-      dead.push({ entry, error, reason: "attempts-exhausted", item: { id: entry.id, error: describeError(error) } });
+    // Poison guard: an entry claimed more often than allowed without ever being settled (the
+    // relay crashed while publishing it, again and again) is set aside unpublished; the rest of
+    // its key's run is not handed to the publisher.
+    const exhausted = (entry: OutboxEntry) => entry.attempts > this.#retry.maxAttempts;
+    const setAside = new KeyFailures();
+    const toPublish: OutboxEntry[] = [];
+    for (const entry of entries) {
+      if (setAside.blocked(entry)) continue;
+      if (exhausted(entry)) setAside.fail(entry);
+      else toPublish.push(entry);
     }
-    batch.forEach((entry, index) => {
-      const outcome = outcomes[index] as PublishOutcome;
-      if (outcome.status === "published") {
-        acked.push(entry);
+    const outcomes = new Map<OutboxEntry, PublishOutcome>();
+    if (toPublish.length > 0) {
+      const results = await this.#publish(toPublish);
+      toPublish.forEach((entry, index) => outcomes.set(entry, results[index] as PublishOutcome));
+    }
+
+    // Settle each key's run in order: ack the published prefix, settle the first failure, and
+    // release the rest of the run without counting an attempt.
+    const settlement = new RunSettlement();
+    for (const entry of entries) {
+      const outcome = outcomes.get(entry);
+      if (settlement.failed.blocked(entry)) {
+        if (outcome?.status === "published") {
+          // The publisher broke the run contract; the entry is on the broker, so ack it.
+          this.#report(
+            new OutboxError(
+              OutboxErrorCode.PublisherContract,
+              `entry ${entry.id} was published after an earlier entry of key ${JSON.stringify(entry.key)} failed in the same call`,
+            ),
+            "publish",
+          );
+          settlement.acked.push(entry);
+        } else {
+          settlement.released.push(entry);
+        }
+      } else if (outcome === undefined) {
+        const error = new OutboxError(
+          OutboxErrorCode.PublishFailed,
+          `claimed ${entry.attempts} times without an outcome (max ${this.#retry.maxAttempts})`,
+        );
+        settlement.deadLetter(entry, error, "attempts-exhausted");
+      } else if (outcome.status === "published") {
+        settlement.acked.push(entry);
       } else if (outcome.status === "permanent") {
-        dead.push({
-          entry,
-          error: outcome.error,
-          reason: "permanent",
-          item: { id: entry.id, error: describeError(outcome.error) },
-        });
+        settlement.deadLetter(entry, outcome.error, "permanent");
       } else if (entry.attempts >= this.#retry.maxAttempts) {
-        dead.push({
-          entry,
-          error: outcome.error,
-          reason: "attempts-exhausted",
-          item: { id: entry.id, error: describeError(outcome.error) },
-        });
+        settlement.deadLetter(entry, outcome.error, "attempts-exhausted");
       } else {
         const availableAt = new Date(this.#clock.now() + retryDelayMs(this.#retry, entry.attempts, this.#random));
-        retries.push({
-          entry,
-          error: outcome.error,
-          item: { id: entry.id, error: describeError(outcome.error), availableAt },
-        });
+        settlement.retry(entry, outcome.error, availableAt);
       }
-    });
+    }
+    await this.#settleAll(settlement, context);
+  }
 
+  async #settleAll(settlement: RunSettlement, context: SettleContext): Promise<void> {
     if (!this.#stillLeading(context.fence)) {
       // Deposed while publishing: no ack. The next leader republishes (a bounded duplicate);
       // the store's fence check would reject the ack anyway.
       this.#report(new OutboxError(OutboxErrorCode.LockNotHeld, "leadership lost before acking"), "lock");
       return;
     }
-    this.#keysUnblocked = [...acked, ...dead.map((letter) => letter.entry)].some((entry) => entry.key !== null);
+    const { acked, retries, dead, released } = settlement;
     if (acked.length > 0) {
       await this.#settle(() =>
         this.#store.ack(
@@ -411,6 +456,18 @@ export class OutboxRelay {
       this.#metrics.deadLettered += dead.length;
       for (const { entry, error, reason } of dead) this.#events.emit("deadLettered", { entry, error, reason });
     }
+    if (released.length > 0) {
+      await this.#settle(() =>
+        this.#store.release(
+          released.map((entry) => entry.id),
+          context,
+        ),
+      );
+    }
+    const settledKeyed = [...acked, ...dead.map((letter) => letter.entry), ...released].some(
+      (entry) => entry.key !== null,
+    );
+    if (settledKeyed) this.#keysUnblocked = true;
   }
 
   async #publish(batch: OutboxEntry[]): Promise<PublishOutcome[]> {
@@ -471,5 +528,33 @@ export class OutboxRelay {
       // Never silent: without a listener, errors still reach the operator's logs.
       console.error(`[outbox relay ${this.id}] ${phase}:`, error);
     }
+  }
+}
+
+/**
+ * How one claimed batch settles. Once an entry of a key failed (or was set aside), the rest of
+ * that key's run is held back and released without counting an attempt.
+ */
+class RunSettlement {
+  readonly acked: OutboxEntry[] = [];
+  readonly released: OutboxEntry[] = [];
+  readonly retries: Array<{ entry: OutboxEntry; item: RetryItem; error: unknown }> = [];
+  readonly dead: Array<{
+    entry: OutboxEntry;
+    item: DeadLetterItem;
+    error: unknown;
+    reason: "permanent" | "attempts-exhausted";
+  }> = [];
+  /** Keys whose run already failed in this batch. */
+  readonly failed = new KeyFailures();
+
+  deadLetter(entry: OutboxEntry, error: unknown, reason: "permanent" | "attempts-exhausted"): void {
+    this.dead.push({ entry, error, reason, item: { id: entry.id, error: describeError(error) } });
+    this.failed.fail(entry);
+  }
+
+  retry(entry: OutboxEntry, error: unknown, availableAt: Date): void {
+    this.retries.push({ entry, error, item: { id: entry.id, error: describeError(error), availableAt } });
+    this.failed.fail(entry);
   }
 }

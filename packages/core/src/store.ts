@@ -13,8 +13,9 @@ export interface Fence {
 export interface ClaimRequest {
   /** Identifies the claiming relay; retry/deadLetter/release only act on the claimer's own entries. */
   readonly claimer: string;
+  /** Most entries returned, all keys together. */
   readonly limit: number;
-  /** Claimed entries stay invisible to other claimers for this long. */
+  /** Claimed entries stay invisible to other claimers for this long (unless a newer fence takes them over). */
   readonly leaseMs: number;
   readonly fence?: Fence;
 }
@@ -67,14 +68,23 @@ export type Unsubscribe = () => Promise<void>;
 /**
  * Durable outbox storage.
  *
- * Contract highlights (the conformance kit checks each):
- * - `claim` returns pending, available, unleased entries, oldest first, and leases them.
- *   It never returns an entry while an earlier entry with the same key is still pending
- *   (leased, waiting for a retry, or not yet claimed): per-key order holds across claimers,
- *   retries and restarts, so at most one entry per key is ever in flight.
- * - A claim increments `attempts`; `release` gives the entries back without counting an attempt.
+ * The claim contract (the conformance kit checks each rule):
+ * - **Key runs.** `claim` returns at most `limit` pending, available entries in id order. For a
+ *   keyed entry it may return several consecutive pending entries of that key, a *run*: the
+ *   returned entries of one key are always a prefix of that key's pending entries in id order
+ *   (the key's head first, then its successors while they are available). Never an entry before
+ *   an earlier pending entry of its key, and never two claimers on one key: a key whose head is
+ *   leased by someone else, or waiting for a retry, yields nothing.
+ * - **Cost.** A claim costs the same however deep the backlog behind a key is (SQL stores find
+ *   key heads through a (key, id) index instead of walking the blocked entries).
+ * - **Leases and takeover.** Claimed entries are leased to the claimer for `leaseMs`. A claim
+ *   carrying a fence takes over, at once, entries leased under an *older* token of the same lock
+ *   (a deposed or frozen leader's work), so a new leader never waits for old leases to run out.
+ * - A claim increments `attempts`; `release` gives entries back without counting an attempt.
  * - `ack` is idempotent and ends an entry's life as published.
- * - Every claim or settle carrying a fence is checked against the newest token seen.
+ * - **Fencing.** Every claim or settle carrying a fence is checked against the newest token seen
+ *   for its lock, atomically with its effect: an older token gets `OUTBOX_FENCED` (details:
+ *   `lock`, `token`, `newest`, the true newest token) and changes nothing.
  */
 export interface OutboxStore<Tx = unknown> {
   readonly capabilities: StoreCapabilities;

@@ -1,4 +1,4 @@
--- @outbox/store-postgres schema v1 for "public"."outbox". Idempotent: safe to run again.
+-- @outbox/store-postgres schema v2 for "public"."outbox". Idempotent: safe to run again.
 CREATE SCHEMA IF NOT EXISTS "public";
 
 CREATE TABLE IF NOT EXISTS "public"."outbox" (
@@ -19,10 +19,16 @@ CREATE TABLE IF NOT EXISTS "public"."outbox" (
   settled_at      timestamptz
 ) WITH (fillfactor = 80);
 
+-- v2: the fence a lease was taken under; a claim with a newer token of that lock takes it over.
+ALTER TABLE "public"."outbox" ADD COLUMN IF NOT EXISTS lease_lock text;
+ALTER TABLE "public"."outbox" ADD COLUMN IF NOT EXISTS lease_token numeric;
+
 -- Claim scan: pending entries in id order.
 CREATE INDEX IF NOT EXISTS "outbox_pending_idx" ON "public"."outbox" (id) WHERE status = 'pending';
--- Head-of-key check: is there a pending entry of this key with a lower id?
+-- Key heads and runs: the oldest pending entries of a key, and the distinct pending keys.
 CREATE INDEX IF NOT EXISTS "outbox_pending_key_idx" ON "public"."outbox" (key, id) WHERE status = 'pending' AND key IS NOT NULL;
+-- Keyless pending entries, for claims that look past the oldest window.
+CREATE INDEX IF NOT EXISTS "outbox_pending_nokey_idx" ON "public"."outbox" (id) WHERE status = 'pending' AND key IS NULL;
 -- Retention: published and dead entries by settle time.
 CREATE INDEX IF NOT EXISTS "outbox_settled_idx" ON "public"."outbox" (settled_at) WHERE status <> 'pending';
 -- Dead letters, oldest first.

@@ -21,6 +21,7 @@ export interface SchemaNames {
   readonly keyIndex: string;
   readonly settledIndex: string;
   readonly deadIndex: string;
+  readonly keylessIndex: string;
   readonly fenceTable: string;
 }
 
@@ -59,6 +60,7 @@ export function resolveNames(options: SchemaOptions = {}): SchemaNames {
     keyIndex: quoteIdent(`${table}_pending_key_idx`),
     settledIndex: quoteIdent(`${table}_settled_idx`),
     deadIndex: quoteIdent(`${table}_dead_idx`),
+    keylessIndex: quoteIdent(`${table}_pending_nokey_idx`),
     fenceTable,
   };
 }
@@ -69,7 +71,7 @@ export function resolveNames(options: SchemaOptions = {}): SchemaNames {
  */
 export function schemaSql(options: SchemaOptions = {}): string {
   const n = resolveNames(options);
-  return `-- @outbox/store-postgres schema v1 for ${n.qualifiedTable}. Idempotent: safe to run again.
+  return `-- @outbox/store-postgres schema v2 for ${n.qualifiedTable}. Idempotent: safe to run again.
 CREATE SCHEMA IF NOT EXISTS ${n.quotedSchema};
 
 CREATE TABLE IF NOT EXISTS ${n.qualifiedTable} (
@@ -90,10 +92,16 @@ CREATE TABLE IF NOT EXISTS ${n.qualifiedTable} (
   settled_at      timestamptz
 ) WITH (fillfactor = 80);
 
+-- v2: the fence a lease was taken under; a claim with a newer token of that lock takes it over.
+ALTER TABLE ${n.qualifiedTable} ADD COLUMN IF NOT EXISTS lease_lock text;
+ALTER TABLE ${n.qualifiedTable} ADD COLUMN IF NOT EXISTS lease_token numeric;
+
 -- Claim scan: pending entries in id order.
 CREATE INDEX IF NOT EXISTS ${n.pendingIndex} ON ${n.qualifiedTable} (id) WHERE status = 'pending';
--- Head-of-key check: is there a pending entry of this key with a lower id?
+-- Key heads and runs: the oldest pending entries of a key, and the distinct pending keys.
 CREATE INDEX IF NOT EXISTS ${n.keyIndex} ON ${n.qualifiedTable} (key, id) WHERE status = 'pending' AND key IS NOT NULL;
+-- Keyless pending entries, for claims that look past the oldest window.
+CREATE INDEX IF NOT EXISTS ${n.keylessIndex} ON ${n.qualifiedTable} (id) WHERE status = 'pending' AND key IS NULL;
 -- Retention: published and dead entries by settle time.
 CREATE INDEX IF NOT EXISTS ${n.settledIndex} ON ${n.qualifiedTable} (settled_at) WHERE status <> 'pending';
 -- Dead letters, oldest first.

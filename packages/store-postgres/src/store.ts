@@ -77,7 +77,10 @@ export interface PostgresStoreOptions extends SchemaOptions {
    * `db` (PGlite has no such API). Turn off behind a transaction-mode PgBouncer older than 1.21.
    */
   preparedStatements?: boolean;
-  /** Wake-ups are coalesced: at most one per window (leading and trailing edge). Default 10 ms. */
+  /**
+   * Wake-ups are coalesced: at most one per window (leading and trailing edge). Default 1 ms:
+   * commit -> publish p50 ~1-2 ms instead of ~4 ms at 10 ms, and NOTIFY bursts still fold.
+   */
   wakeUpDebounceMs?: number;
   /**
    * Background errors nobody awaits: the LISTEN connection dropping, idle pool clients dying.
@@ -92,6 +95,11 @@ const entryColumns = (alias: string) => `${alias}.id::text AS id, ${alias}.topic
   (extract(epoch FROM ${alias}.available_at) * 1000)::float8 AS available_at,
   ${alias}.attempts, ${alias}.last_error`;
 
+/**
+ * A claim first looks for key heads among the oldest `limit x this` pending entries; only when
+ * that window holds too few claimable heads does it walk the distinct pending keys.
+ */
+const claimWindowFactor = 4;
 /** Attempts of an idempotent statement whose connection failed (see #run). */
 const connectionRetries = 3;
 const channelPattern = /^[A-Za-z0-9_.:$-]+$/;
@@ -227,7 +235,7 @@ export class PostgresStore implements OutboxStore<Queryable> {
     this.#clock = options.clock ?? systemClock;
     this.#limits = options.limits;
     this.#asyncAcks = options.asyncAcks ?? false;
-    this.#debounceMs = options.wakeUpDebounceMs ?? 10;
+    this.#debounceMs = options.wakeUpDebounceMs ?? 1;
     this.#onError =
       options.onError ?? ((error) => console.warn(`[@outbox/store-postgres ${this.names.qualifiedTable}]`, error));
     const channel = options.notifyChannel === undefined ? defaultChannel(this.names) : options.notifyChannel;
@@ -319,7 +327,7 @@ export class PostgresStore implements OutboxStore<Queryable> {
     const limit = positiveInteger(request.limit, "limit");
     const leaseMs = positiveInteger(request.leaseMs, "leaseMs");
     const now = this.#clock.now();
-    const params: unknown[] = [iso(now), iso(now + leaseMs), limit, request.claimer];
+    const params: unknown[] = [iso(now), iso(now + leaseMs), limit, request.claimer, limit * claimWindowFactor];
     const rows = await this.#run(
       "claim",
       request.fence ? this.#sql.claimFenced : this.#sql.claim,
@@ -568,15 +576,17 @@ function checkNul(prepared: readonly PreparedMessage[]): void {
 /** Every statement the store runs, built once per table (identifiers are validated and quoted). */
 function buildStatements(n: SchemaNames) {
   const t = n.qualifiedTable;
-  // The fence parameters always come last ($k lock name, $k+1 token): see #run.
+  // The fence parameters always come last ($k lock name, $k+1 token): see #run. The upsert keeps
+  // the greater token and returns it, so a refusal reports the true newest token even when a
+  // newer leader's statement committed a moment ago.
   const fenceCte = (k: number) => `fence AS (
     INSERT INTO ${n.qualifiedFence} AS f (lock_name, token) VALUES ($${k}, $${k + 1}::numeric)
-    ON CONFLICT (lock_name) DO UPDATE SET token = excluded.token WHERE f.token <= excluded.token
-    RETURNING 1
+    ON CONFLICT (lock_name) DO UPDATE SET token = greatest(f.token, excluded.token)
+    RETURNING token
   )`;
-  const fenceColumns = (k: number) => `(SELECT count(*) FROM fence)::int AS fence_ok,
-    (SELECT token::text FROM ${n.qualifiedFence} WHERE lock_name = $${k}) AS newest_token`;
-  const fenceGuard = "AND EXISTS (SELECT 1 FROM fence)";
+  const fenceColumns = (k: number) => `(SELECT count(*) FROM fence WHERE token = $${k + 1}::numeric)::int AS fence_ok,
+    (SELECT token::text FROM fence) AS newest_token`;
+  const fenceGuard = (k: number) => `AND EXISTS (SELECT 1 FROM fence WHERE token = $${k + 1}::numeric)`;
 
   const enqueueInsert = `ins AS (
     INSERT INTO ${t} (topic, key, payload, headers, idempotency_key, created_at, available_at)
@@ -587,25 +597,108 @@ function buildStatements(n: SchemaNames) {
     RETURNING id
   )`;
 
-  const claim = (fenced: boolean) => `WITH ${fenced ? `${fenceCte(5)},` : ""}
-  candidates AS (
-    SELECT o.id FROM ${t} o
-    WHERE o.status = 'pending'
-      AND o.available_at <= $1::timestamptz
-      AND (o.lease_until IS NULL OR o.lease_until <= $1::timestamptz)
+  /**
+   * The claim, in one statement (params: $1 now, $2 lease end, $3 limit, $4 claimer, $5 window,
+   * then the fence). Its cost does not grow with the backlog behind a key:
+   * 1. Key heads are looked for, and locked with SKIP LOCKED, among a window of the oldest
+   *    pending entries (`limit x 4`). A head another claim holds is skipped, and its key with it:
+   *    two claimers never share a key. Only when the window is full and yields fewer than
+   *    `limit` heads, a loose index scan over (key, id) visits each pending key once (and the
+   *    keyless index supplies keyless entries past the window).
+   * 3. Each head's run follows from the (key, id) index, a fair share of `limit` per key; the run
+   *    stops before its first successor that is not claimable or not lockable.
+   * Claimable: available now and unleased, lease expired, or (with a fence) leased under an
+   * older token of the same lock: a new leader takes a deposed leader's entries over at once.
+   */
+  const claimable = (a: string, fenced: boolean) => `${a}.available_at <= $1::timestamptz
+    AND (${a}.lease_until IS NULL OR ${a}.lease_until <= $1::timestamptz${
+      fenced ? ` OR (${a}.lease_lock = $6 AND ${a}.lease_token < $7::numeric)` : ""
+    })`;
+  const claim = (fenced: boolean) => `WITH RECURSIVE ${fenced ? `${fenceCte(6)},` : ""}
+  win AS MATERIALIZED (
+    SELECT count(*) AS n, max(id) AS edge
+    FROM (SELECT id FROM ${t} WHERE status = 'pending' ORDER BY id LIMIT $5) w
+  ),
+  near_heads AS MATERIALIZED (
+    SELECT o.id, o.key FROM ${t} o
+    WHERE o.status = 'pending' AND o.id <= (SELECT edge FROM win) AND ${claimable("o", fenced)}
       AND (o.key IS NULL OR NOT EXISTS (
         SELECT 1 FROM ${t} p WHERE p.key = o.key AND p.status = 'pending' AND p.id < o.id))
-      ${fenced ? fenceGuard : ""}
+      ${fenced ? fenceGuard(6) : ""}
     ORDER BY o.id
     LIMIT $3
     FOR UPDATE OF o SKIP LOCKED
   ),
+  past AS MATERIALIZED (
+    SELECT (SELECT n FROM win) >= $5 AND (SELECT count(*) FROM near_heads) < $3 AS needed
+  ),
+  far_keys AS (
+    (SELECT min(key) AS key FROM ${t} WHERE status = 'pending' AND key IS NOT NULL AND (SELECT needed FROM past))
+    UNION ALL
+    SELECT (SELECT min(o.key) FROM ${t} o WHERE o.status = 'pending' AND o.key > f.key)
+    FROM far_keys f WHERE f.key IS NOT NULL
+  ),
+  far_candidates AS (
+    SELECT h.id FROM far_keys f
+    CROSS JOIN LATERAL (
+      SELECT p.id FROM ${t} p WHERE p.status = 'pending' AND p.key = f.key ORDER BY p.id LIMIT 1
+    ) h
+    WHERE f.key IS NOT NULL AND h.id > (SELECT edge FROM win)
+  ),
+  far_heads AS MATERIALIZED (
+    SELECT o.id, o.key FROM ${t} o
+    WHERE o.id IN (SELECT id FROM far_candidates) AND o.status = 'pending' AND ${claimable("o", fenced)}
+      ${fenced ? fenceGuard(6) : ""}
+    ORDER BY o.id
+    LIMIT greatest($3 - (SELECT count(*) FROM near_heads), 0)
+    FOR UPDATE OF o SKIP LOCKED
+  ),
+  far_keyless AS MATERIALIZED (
+    SELECT o.id, o.key FROM ${t} o
+    WHERE (SELECT needed FROM past) AND o.status = 'pending' AND o.key IS NULL
+      AND o.id > (SELECT edge FROM win) AND ${claimable("o", fenced)}
+      ${fenced ? fenceGuard(6) : ""}
+    ORDER BY o.id
+    LIMIT greatest($3 - (SELECT count(*) FROM near_heads), 0)
+    FOR UPDATE OF o SKIP LOCKED
+  ),
+  heads AS (
+    SELECT id, key FROM near_heads UNION ALL SELECT id, key FROM far_heads UNION ALL SELECT id, key FROM far_keyless
+  ),
+  share AS (
+    SELECT ceil($3::float8 / greatest(count(*), 1))::int - 1 AS n FROM heads WHERE key IS NOT NULL
+  ),
+  succ AS MATERIALIZED (
+    SELECT s.id, s.key, s.ok FROM heads h
+    CROSS JOIN LATERAL (
+      SELECT p.id, p.key, (${claimable("p", fenced)}) AS ok FROM ${t} p
+      WHERE p.status = 'pending' AND p.key = h.key AND p.id > h.id
+      ORDER BY p.id LIMIT (SELECT n FROM share)
+    ) s
+    WHERE h.key IS NOT NULL
+  ),
+  succ_locked AS MATERIALIZED (
+    SELECT o.id, o.key FROM ${t} o
+    WHERE o.id IN (SELECT id FROM succ WHERE ok) AND o.status = 'pending' AND ${claimable("o", fenced)}
+    FOR UPDATE OF o SKIP LOCKED
+  ),
+  stops AS (
+    SELECT s.key, min(s.id) AS stop FROM succ s LEFT JOIN succ_locked l ON l.id = s.id
+    WHERE l.id IS NULL GROUP BY s.key
+  ),
+  chosen AS (
+    SELECT id FROM heads
+    UNION ALL
+    SELECT l.id FROM succ_locked l LEFT JOIN stops st ON st.key = l.key WHERE st.stop IS NULL OR l.id < st.stop
+    ORDER BY id LIMIT $3
+  ),
   claimed AS (
-    UPDATE ${t} o SET attempts = o.attempts + 1, claimed_by = $4, lease_until = $2::timestamptz
-    FROM candidates c WHERE o.id = c.id
+    UPDATE ${t} o SET attempts = o.attempts + 1, claimed_by = $4, lease_until = $2::timestamptz,
+      lease_lock = ${fenced ? "$6" : "NULL"}, lease_token = ${fenced ? "$7::numeric" : "NULL"}
+    FROM chosen c WHERE o.id = c.id
     RETURNING o.*
   )
-  SELECT ${fenced ? `${fenceColumns(5)},` : ""} ${entryColumns("c")}
+  SELECT ${fenced ? `${fenceColumns(6)},` : ""} ${entryColumns("c")}
   FROM (SELECT 1) AS one LEFT JOIN claimed c ON true
   ORDER BY c.id`;
 
@@ -621,7 +714,7 @@ function buildStatements(n: SchemaNames) {
     ack: (fenced: boolean, asyncCommit: boolean) => `WITH ${fenced ? `${fenceCte(3)},` : ""}
     acked AS (
       UPDATE ${t} SET status = 'published', settled_at = $2::timestamptz, lease_until = NULL
-      WHERE id = ANY($1::bigint[]) AND status = 'pending' ${fenced ? fenceGuard : ""}
+      WHERE id = ANY($1::bigint[]) AND status = 'pending' ${fenced ? fenceGuard(3) : ""}
       RETURNING key
     )
     SELECT ${fenced ? `${fenceColumns(3)},` : ""}
@@ -631,7 +724,7 @@ function buildStatements(n: SchemaNames) {
     updated AS (
       UPDATE ${t} o SET last_error = v.error, available_at = v.available_at, lease_until = NULL, claimed_by = NULL
       FROM unnest($1::bigint[], $2::text[], $3::timestamptz[]) AS v(id, error, available_at)
-      WHERE o.id = v.id AND o.status = 'pending' AND o.claimed_by = $4 ${fenced ? fenceGuard : ""}
+      WHERE o.id = v.id AND o.status = 'pending' AND o.claimed_by = $4 ${fenced ? fenceGuard(5) : ""}
       RETURNING 1
     )
     SELECT ${fenced ? `${fenceColumns(5)},` : ""} (SELECT count(*) FROM updated)::int AS n`,
@@ -639,14 +732,14 @@ function buildStatements(n: SchemaNames) {
     updated AS (
       UPDATE ${t} o SET status = 'dead', last_error = v.error, settled_at = $4::timestamptz, lease_until = NULL
       FROM unnest($1::bigint[], $2::text[]) AS v(id, error)
-      WHERE o.id = v.id AND o.status = 'pending' AND o.claimed_by = $3 ${fenced ? fenceGuard : ""}
+      WHERE o.id = v.id AND o.status = 'pending' AND o.claimed_by = $3 ${fenced ? fenceGuard(5) : ""}
       RETURNING 1
     )
     SELECT ${fenced ? `${fenceColumns(5)},` : ""} (SELECT count(*) FROM updated)::int AS n`,
     release: (fenced: boolean) => `WITH ${fenced ? `${fenceCte(3)},` : ""}
     updated AS (
       UPDATE ${t} SET attempts = greatest(attempts - 1, 0), lease_until = NULL, claimed_by = NULL
-      WHERE id = ANY($1::bigint[]) AND status = 'pending' AND claimed_by = $2 ${fenced ? fenceGuard : ""}
+      WHERE id = ANY($1::bigint[]) AND status = 'pending' AND claimed_by = $2 ${fenced ? fenceGuard(3) : ""}
       RETURNING 1
     )
     SELECT ${fenced ? `${fenceColumns(3)},` : ""} (SELECT count(*) FROM updated)::int AS n`,

@@ -1,6 +1,8 @@
 import type { OutboxEntry } from "../entry.js";
 import { OutboxError, OutboxErrorCode } from "../errors.js";
 import {
+  heldBack,
+  KeyFailures,
   type OutboxPublisher,
   type PublishOptions,
   type PublishOutcome,
@@ -36,7 +38,12 @@ export class MemoryPublisher implements OutboxPublisher {
   async publish(entries: readonly OutboxEntry[], options: PublishOptions = {}): Promise<PublishOutcome[]> {
     if (this.#closed) throw new OutboxError(OutboxErrorCode.Closed, "the memory publisher is closed");
     const outcomes: PublishOutcome[] = [];
+    const failed = new KeyFailures();
     for (const entry of entries) {
+      if (failed.blocked(entry)) {
+        outcomes.push(heldBack(entry));
+        continue;
+      }
       if (options.signal?.aborted) {
         outcomes.push(
           transientFailure(new OutboxError(OutboxErrorCode.PublishFailed, "publish aborted before sending")),
@@ -53,6 +60,8 @@ export class MemoryPublisher implements OutboxPublisher {
           idempotencyKey: entry.idempotencyKey,
           entryId: entry.id,
         });
+      } else {
+        failed.fail(entry);
       }
       outcomes.push(outcome);
     }

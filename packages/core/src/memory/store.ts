@@ -30,6 +30,8 @@ interface Row {
   lastError: string | null;
   claimer: string | null;
   leaseUntil: number;
+  /** The fence the lease was taken under: a claim with a newer token of that lock takes it over. */
+  leaseFence: Fence | null;
   settledAt: number;
 }
 
@@ -109,6 +111,7 @@ export class MemoryStore implements OutboxStore<MemoryTransaction> {
         lastError: null,
         claimer: null,
         leaseUntil: 0,
+        leaseFence: null,
         settledAt: 0,
       });
       return String(seq);
@@ -119,21 +122,25 @@ export class MemoryStore implements OutboxStore<MemoryTransaction> {
     this.#assertOpen();
     this.#checkFence(request.fence);
     const now = this.#clock.now();
-    const blockedKeys = new Set<string>();
+    const claimable = (row: Row) =>
+      row.availableAt <= now && (row.leaseUntil <= now || takesOver(request.fence, row.leaseFence));
+    // A key's run starts at its head and goes on while its entries are claimable; the first one
+    // that is not ends the key for this claim.
+    const done = new Set<string>();
     const claimed: OutboxEntry[] = [];
     for (const row of this.#ordered()) {
       if (claimed.length >= request.limit) break;
       if (row.status !== "pending") continue;
       const key = row.message.key;
-      if (key !== null) {
-        // Only the oldest pending entry of a key may be claimed: per-key order.
-        if (blockedKeys.has(key)) continue;
-        blockedKeys.add(key);
+      if (key !== null && done.has(key)) continue;
+      if (!claimable(row)) {
+        if (key !== null) done.add(key);
+        continue;
       }
-      if (row.availableAt > now || row.leaseUntil > now) continue;
       row.attempts += 1;
       row.claimer = request.claimer;
       row.leaseUntil = now + request.leaseMs;
+      row.leaseFence = request.fence ?? null;
       claimed.push(this.#toEntry(row));
     }
     return claimed;
@@ -319,4 +326,9 @@ export class MemoryStore implements OutboxStore<MemoryTransaction> {
       lastError: row.lastError,
     };
   }
+}
+
+/** A claim under `fence` takes over a lease held under an older token of the same lock. */
+function takesOver(fence: Fence | undefined, leaseFence: Fence | null): boolean {
+  return fence !== undefined && leaseFence !== null && leaseFence.lock === fence.lock && leaseFence.token < fence.token;
 }
