@@ -71,18 +71,23 @@ export function heldBack(entry: OutboxEntry): PublishOutcome {
 }
 
 /**
- * Tracks the run contract inside one publish call: `fail(entry)` marks its key failed,
- * `blocked(entry)` says whether an earlier entry of its key already failed.
+ * Tracks the run contract inside one publish call. `fail(entry, index)` records that the entry
+ * at `index` failed; `blocked(entry, index)` says whether an entry of the same key failed at an
+ * earlier index. Publishers that judge entries strictly in input order may omit the indexes.
  */
 export class KeyFailures {
-  readonly #failed = new Set<string>();
+  readonly #firstFailure = new Map<string, number>();
 
-  fail(entry: OutboxEntry): void {
-    if (entry.key !== null) this.#failed.add(entry.key);
+  fail(entry: OutboxEntry, index = Number.NEGATIVE_INFINITY): void {
+    if (entry.key === null) return;
+    const known = this.#firstFailure.get(entry.key);
+    if (known === undefined || index < known) this.#firstFailure.set(entry.key, index);
   }
 
-  blocked(entry: OutboxEntry): boolean {
-    return entry.key !== null && this.#failed.has(entry.key);
+  blocked(entry: OutboxEntry, index = Number.POSITIVE_INFINITY): boolean {
+    if (entry.key === null) return false;
+    const failedAt = this.#firstFailure.get(entry.key);
+    return failedAt !== undefined && failedAt < index;
   }
 }
 

@@ -1,5 +1,7 @@
 import {
   headersWithMetadata,
+  heldBack,
+  KeyFailures,
   type OutboxEntry,
   OutboxError,
   OutboxErrorCode,
@@ -93,6 +95,11 @@ interface Item {
   readonly bytes: number;
 }
 
+function fail(run: PublishRun, item: Item, outcome: PublishOutcome): void {
+  run.outcomes[item.index] = outcome;
+  run.failedKeys.fail(item.entry, item.index);
+}
+
 interface PublishRun {
   readonly deadline: number;
   /** The relay's lease signal: once aborted, nothing more is sent and nothing more awaited. */
@@ -100,6 +107,8 @@ interface PublishRun {
   readonly outcomes: Array<PublishOutcome | undefined>;
   /** Topics refused as a whole during this publish (unknown, not authorised). */
   readonly refusedTopics: Map<string, { error: unknown; failure: KafkaFailure }>;
+  /** Keys with a failed entry in this publish: the rest of their run is held back (run contract). */
+  readonly failedKeys: KeyFailures;
 }
 
 function pin(item: Item, partition: number): Item {
@@ -229,14 +238,29 @@ export class KafkaPublisher implements OutboxPublisher {
 
   async #publish(entries: readonly OutboxEntry[], signal: AbortSignal | undefined): Promise<PublishOutcome[]> {
     const outcomes: Array<PublishOutcome | undefined> = new Array(entries.length);
+    const failedKeys = new KeyFailures();
     const items: Item[] = [];
     entries.forEach((entry, index) => {
+      if (failedKeys.blocked(entry, index)) {
+        outcomes[index] = heldBack(entry);
+        return;
+      }
       const item = this.#prepare(entry, index);
-      if ("status" in item) outcomes[index] = item;
-      else items.push(item);
+      if ("status" in item) {
+        outcomes[index] = item;
+        failedKeys.fail(entry, index);
+      } else {
+        items.push(item);
+      }
     });
 
-    const run: PublishRun = { deadline: Date.now() + this.#timeoutMs, signal, outcomes, refusedTopics: new Map() };
+    const run: PublishRun = {
+      deadline: Date.now() + this.#timeoutMs,
+      signal,
+      outcomes,
+      refusedTopics: new Map(),
+      failedKeys,
+    };
     for (const chunk of this.#chunks(items)) {
       await this.#sendGroup(chunk, run);
     }
@@ -325,8 +349,10 @@ export class KafkaPublisher implements OutboxPublisher {
     const items: Item[] = [];
     for (const item of group) {
       const refused = run.refusedTopics.get(item.topic);
-      // Every record of this topic is refused: do not pay kafkajs' retries again.
-      if (refused) run.outcomes[item.index] = permanentFailure(wrap(refused.error, refused.failure, item));
+      // Records of one key share a partition and travel in order; once one failed, the rest of
+      // its run stays unsent. Every record of a refused topic fails without kafkajs' retries.
+      if (run.failedKeys.blocked(item.entry, item.index)) fail(run, item, heldBack(item.entry));
+      else if (refused) fail(run, item, permanentFailure(wrap(refused.error, refused.failure, item)));
       else items.push(item);
     }
     if (items.length === 0) return;
@@ -335,7 +361,7 @@ export class KafkaPublisher implements OutboxPublisher {
       const error = new OutboxError(OutboxErrorCode.PublishFailed, `not sent: ${why}`, {
         details: { type: "TIMEOUT" },
       });
-      for (const item of items) run.outcomes[item.index] = transientFailure(error);
+      for (const item of items) fail(run, item, transientFailure(error));
       return;
     }
     let error: unknown;
@@ -366,7 +392,7 @@ export class KafkaPublisher implements OutboxPublisher {
       // idempotent producer gets a new producer id before its next send, so its sequence
       // numbers cannot be out of step with the broker's. (A connect that failed sent nothing.)
       if (sent && this.#kafka && this.#producerConfig.idempotent) this.#stale = true;
-      for (const item of items) run.outcomes[item.index] = transientFailure(wrap(error, failure, item));
+      for (const item of items) fail(run, item, transientFailure(wrap(error, failure, item)));
       return;
     }
     await this.#isolate(items, failure, error, run);
@@ -400,7 +426,7 @@ export class KafkaPublisher implements OutboxPublisher {
     }
     if (failure.scope === "topic" || items.length === 1) {
       if (failure.scope === "topic") run.refusedTopics.set((items[0] as Item).topic, { error, failure });
-      for (const item of items) run.outcomes[item.index] = permanentFailure(wrap(error, failure, item));
+      for (const item of items) fail(run, item, permanentFailure(wrap(error, failure, item)));
       return;
     }
     const half = Math.ceil(items.length / 2);

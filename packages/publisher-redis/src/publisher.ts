@@ -1,4 +1,6 @@
 import {
+  heldBack,
+  KeyFailures,
   type OutboxEntry,
   OutboxError,
   OutboxErrorCode,
@@ -72,6 +74,42 @@ function positive(value: number | undefined, name: string): number | undefined {
   return value;
 }
 
+const runErrorPrefix = "outbox-error:";
+
+/**
+ * XADDs a key's run in order and stops at the first error. KEYS: one stream per entry. ARGV: the
+ * trim argument count and arguments, then per entry its field count and fields. Replies one id
+ * per entry written, then the error it stopped at, prefixed.
+ */
+const addRunScript = `
+local pos = 1
+local ntrim = tonumber(ARGV[pos]); pos = pos + 1
+local trim = {}
+for i = 1, ntrim do trim[i] = ARGV[pos]; pos = pos + 1 end
+local out = {}
+for i = 1, #KEYS do
+  local n = tonumber(ARGV[pos]); pos = pos + 1
+  local args = {KEYS[i]}
+  for j = 1, #trim do args[#args + 1] = trim[j] end
+  args[#args + 1] = '*'
+  for j = 1, n do args[#args + 1] = ARGV[pos]; pos = pos + 1 end
+  local reply = redis.pcall('XADD', unpack(args))
+  if type(reply) == 'table' and reply.err then
+    out[i] = '${runErrorPrefix}' .. reply.err
+    return out
+  end
+  out[i] = reply
+end
+return out
+`;
+
+/** A Redis error reply as ioredis would have raised it, so one classifier serves both paths. */
+function replyError(message: string): Error {
+  const error = new Error(message);
+  error.name = "ReplyError";
+  return error;
+}
+
 class StreamPublisher implements RedisStreamPublisher {
   readonly capabilities: PublisherCapabilities;
   readonly #client: Redis;
@@ -106,49 +144,104 @@ class StreamPublisher implements RedisStreamPublisher {
       return entries.map(() => transientFailure(reason));
     }
     const outcomes: Array<PublishOutcome | undefined> = entries.map(() => undefined);
-    const sent: number[] = [];
-    const pipeline = this.#client.pipeline();
+    const failedKeys = new KeyFailures();
+    // A key's entries in this call form one run: written by one script that stops at the first
+    // error, so nothing after a failed entry of its key reaches the stream (the run contract).
+    const runs = new Map<string | null, Array<{ index: number; stream: string }>>();
+    const singles: Array<{ index: number; stream: string }> = [];
     entries.forEach((entry, index) => {
-      if (entry.payload.byteLength > this.#maxPayloadBytes) {
-        outcomes[index] = permanentFailure(
-          new OutboxError(
-            OutboxErrorCode.PublishFailed,
-            `payload is ${entry.payload.byteLength} bytes, over maxPayloadBytes (${this.#maxPayloadBytes})`,
-          ),
-        );
+      if (failedKeys.blocked(entry)) {
+        outcomes[index] = heldBack(entry);
         return;
       }
-      let stream: string;
-      try {
-        stream = this.#stream(entry);
-        if (typeof stream !== "string" || stream.length === 0) throw new Error(`got ${JSON.stringify(stream)}`);
-      } catch (error) {
-        outcomes[index] = permanentFailure(
-          new OutboxError(OutboxErrorCode.PublishFailed, `no stream name for entry ${entry.id}`, { cause: error }),
-        );
+      const stream = this.#prepare(entry);
+      if (typeof stream !== "string") {
+        outcomes[index] = stream;
+        failedKeys.fail(entry);
         return;
       }
-      pipeline.xadd(stream, ...this.#trim, "*", ...encodeStreamFields(entry));
-      sent.push(index);
+      if (entry.key === null) {
+        singles.push({ index, stream });
+        return;
+      }
+      const run = runs.get(entry.key);
+      if (run) run.push({ index, stream });
+      else runs.set(entry.key, [{ index, stream }]);
     });
-    if (sent.length > 0) {
-      const results = await this.#exec(pipeline, options.signal);
-      sent.forEach((entryIndex, commandIndex) => {
-        const result = Array.isArray(results) ? results[commandIndex] : undefined;
-        if (!result) {
-          outcomes[entryIndex] = transientFailure(
-            results instanceof Error
-              ? results
-              : new OutboxError(OutboxErrorCode.PublishFailed, "Redis returned no reply for this entry"),
-          );
-        } else if (result[0]) {
-          outcomes[entryIndex] = classifyRedisError(result[0]);
+    const pipeline = this.#client.pipeline();
+    const commands: Array<Array<{ index: number; stream: string }>> = [];
+    for (const single of singles) {
+      pipeline.xadd(single.stream, ...this.#trim, "*", ...encodeStreamFields(entries[single.index] as OutboxEntry));
+      commands.push([single]);
+    }
+    for (const run of runs.values()) {
+      if (run.length === 1) {
+        const [only] = run as [{ index: number; stream: string }];
+        pipeline.xadd(only.stream, ...this.#trim, "*", ...encodeStreamFields(entries[only.index] as OutboxEntry));
+      } else {
+        const args: Array<string | Buffer> = [String(this.#trim.length), ...this.#trim];
+        for (const { index } of run) {
+          const fields = encodeStreamFields(entries[index] as OutboxEntry);
+          args.push(String(fields.length), ...fields);
+        }
+        pipeline.eval(addRunScript, run.length, ...run.map((item) => item.stream), ...args);
+      }
+      commands.push(run);
+    }
+    if (commands.length === 0) return outcomes as PublishOutcome[];
+    const results = await this.#exec(pipeline, options.signal);
+    commands.forEach((command, commandIndex) => {
+      const result = Array.isArray(results) ? results[commandIndex] : undefined;
+      const [error, reply] = result ?? [
+        results instanceof Error
+          ? results
+          : new OutboxError(OutboxErrorCode.PublishFailed, "Redis returned no reply for this entry"),
+        null,
+      ];
+      if (command.length === 1 && !Array.isArray(reply)) {
+        const { index } = command[0] as { index: number };
+        outcomes[index] = error ? (result ? classifyRedisError(error) : transientFailure(error)) : published();
+        return;
+      }
+      // The run script answers one reply per entry it reached: an id, or the error it stopped at.
+      const replies = Array.isArray(reply) ? (reply as unknown[]) : [];
+      command.forEach(({ index }, position) => {
+        const entry = entries[index] as OutboxEntry;
+        const answer = replies[position];
+        if (error && replies.length === 0) {
+          // The script as a whole failed (connection, script error): nothing of the run was judged.
+          outcomes[index] = transientFailure(error);
+        } else if (typeof answer === "string" && answer.startsWith(runErrorPrefix)) {
+          outcomes[index] = classifyRedisError(replyError(answer.slice(runErrorPrefix.length)));
+        } else if (answer === undefined || answer === null || answer === false) {
+          outcomes[index] = heldBack(entry);
         } else {
-          outcomes[entryIndex] = published();
+          outcomes[index] = published();
         }
       });
-    }
+    });
     return outcomes as PublishOutcome[];
+  }
+
+  /** The stream an entry goes to, or its permanent failure. */
+  #prepare(entry: OutboxEntry): string | PublishOutcome {
+    if (entry.payload.byteLength > this.#maxPayloadBytes) {
+      return permanentFailure(
+        new OutboxError(
+          OutboxErrorCode.PublishFailed,
+          `payload is ${entry.payload.byteLength} bytes, over maxPayloadBytes (${this.#maxPayloadBytes})`,
+        ),
+      );
+    }
+    try {
+      const stream = this.#stream(entry);
+      if (typeof stream !== "string" || stream.length === 0) throw new Error(`got ${JSON.stringify(stream)}`);
+      return stream;
+    } catch (error) {
+      return permanentFailure(
+        new OutboxError(OutboxErrorCode.PublishFailed, `no stream name for entry ${entry.id}`, { cause: error }),
+      );
+    }
   }
 
   /** Marks the publisher closed. The ioredis client belongs to the caller and stays open. */

@@ -1,5 +1,5 @@
 // A relay in its own process, for the E2E test: the parent SIGKILLs it like a crashed pod.
-// Env: OUTBOX_PG_URL, OUTBOX_KAFKA_BROKERS, E2E_TABLE, E2E_BATCH, E2E_POLL_MS, E2E_LEASE_MS.
+// Env: OUTBOX_PG_URL, OUTBOX_KAFKA_BROKERS, E2E_TABLE, E2E_BATCH, E2E_IN_FLIGHT, E2E_POLL_MS, E2E_LEASE_MS.
 // Reports {published: n} / {error: text} over IPC; on "stop" stops gracefully and exits 0.
 import { describeError, OutboxRelay } from "@outbox/core";
 import { createPostgresStore } from "@outbox/store-postgres";
@@ -21,6 +21,7 @@ const relay = new OutboxRelay({
   store,
   publisher,
   batchSize: Number(process.env.E2E_BATCH ?? 100),
+  maxInFlightBatches: Number(process.env.E2E_IN_FLIGHT ?? 2),
   pollMs: Number(process.env.E2E_POLL_MS ?? 50),
   leaseMs: Number(process.env.E2E_LEASE_MS ?? 10_000),
   retry: { baseDelayMs: 200, maxDelayMs: 2_000, maxAttempts: 100 },
