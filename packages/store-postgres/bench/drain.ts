@@ -1,39 +1,34 @@
-// Drain-rate benchmark: a pre-filled outbox table drained through the store alone (claim + ack
-// loop) and through the relay with the in-memory publisher, for several batch sizes.
+// The claim contract's speed against the database's own ceiling, measured in one run:
+// - ceilings: a bare claim-by-UPDATE + ack drain, and a bare DELETE ... SKIP LOCKED drain;
+// - workloads: distinct keys, 1,000 keys, and one hot key with 1k / 10k / 100k entries behind it;
+// - commit -> publish latency at a steady 500 entries/s with NOTIFY wake-ups;
+// - PGlite, the embedded default.
 //
-//   pnpm --filter @outbox/store-postgres bench      (builds first; needs the local PostgreSQL)
+//   bash scripts/run bench      or      pnpm --filter @outbox/store-postgres bench
 //
 // Environment: OUTBOX_PG_URL, OUTBOX_BENCH_ROWS (default 20000), OUTBOX_BENCH_PAYLOAD (bytes,
-// default 1024), OUTBOX_BENCH_BATCHES (default "32,256,1024"), OUTBOX_BENCH_RUNS (default 3: the
-// table shows the median run), OUTBOX_BENCH_PGLITE=0 to skip PGlite.
+// default 1024), OUTBOX_BENCH_BATCH (default 256), OUTBOX_BENCH_RUNS (default 3, medians),
+// OUTBOX_BENCH_HOT (hot-key backlogs, default "1000,10000,100000"), OUTBOX_BENCH_IN_FLIGHT
+// (relay batches in flight to compare, default "1,2,4"), OUTBOX_BENCH_PGLITE=0 to skip PGlite.
 import { execFileSync } from "node:child_process";
 import { cpus, totalmem } from "node:os";
 import { PGlite } from "@electric-sql/pglite";
-import { MemoryPublisher, OutboxRelay } from "@outbox/core";
+import { MemoryPublisher, type OutboxMessage, OutboxRelay } from "@outbox/core";
 import { createPostgresStore, migrate, type PostgresStore, type Queryable } from "@outbox/store-postgres";
 import pg from "pg";
 
 const url = process.env.OUTBOX_PG_URL ?? "postgres://postgres:postgres@127.0.0.1:5432/outbox_test";
 const rows = Number(process.env.OUTBOX_BENCH_ROWS ?? 20_000);
 const payloadBytes = Number(process.env.OUTBOX_BENCH_PAYLOAD ?? 1024);
-const batches = (process.env.OUTBOX_BENCH_BATCHES ?? "32,256,1024").split(",").map(Number);
-const withPglite = process.env.OUTBOX_BENCH_PGLITE !== "0";
+const batch = Number(process.env.OUTBOX_BENCH_BATCH ?? 256);
 const runs = Number(process.env.OUTBOX_BENCH_RUNS ?? 3);
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)] as number;
-}
-
-interface Result {
-  target: string;
-  mode: string;
-  batch: number;
-  seconds: number;
-}
-
-const results: Result[] = [];
+const hotBacklogs = (process.env.OUTBOX_BENCH_HOT ?? "1000,10000,100000").split(",").map(Number);
+const inFlightChoices = (process.env.OUTBOX_BENCH_IN_FLIGHT ?? "1,2,4").split(",").map(Number);
+const withPglite = process.env.OUTBOX_BENCH_PGLITE !== "0";
 const payload = new Uint8Array(payloadBytes).map((_, i) => (i * 31 + 7) % 256);
+
+const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] as number;
+const perSecond = (count: number, seconds: number): number => Math.round(count / seconds);
 
 function cpuModel(): string {
   try {
@@ -44,152 +39,257 @@ function cpuModel(): string {
   }
 }
 
-async function prefill(
-  store: PostgresStore,
-  transaction: (work: (tx: Queryable) => Promise<unknown>) => Promise<unknown>,
-  keys: number,
-) {
-  for (let done = 0; done < rows; done += 1_000) {
-    const count = Math.min(1_000, rows - done);
-    await transaction((tx) =>
-      store.enqueue(
-        tx,
-        Array.from({ length: count }, (_, i) => ({
-          topic: "bench",
-          key: keys > 0 ? `key-${(done + i) % keys}` : null,
-          payload,
-        })),
-      ),
-    );
+type Keying = (i: number) => string | null;
+const distinctKeys: Keying = (i) => `key-${i}`;
+const thousandKeys: Keying = (i) => `key-${i % 1_000}`;
+const hotKey: Keying = () => "hot";
+
+const pool = new pg.Pool({ connectionString: url, max: 8 });
+pool.on("error", () => undefined);
+
+async function inTransaction(work: (tx: Queryable) => Promise<unknown>): Promise<void> {
+  const client = await pool.connect();
+  try {
+    await client.query("BEGIN");
+    await work(client);
+    await client.query("COMMIT");
+  } finally {
+    client.release();
   }
 }
 
-async function drainStore(store: PostgresStore, batch: number): Promise<number> {
+/** A fresh outbox schema filled with `count` entries keyed by `keying`. */
+async function freshOutbox(count: number, keying: Keying): Promise<{ schema: string; drop(): Promise<void> }> {
+  const schema = `bench_${globalThis.crypto.randomUUID().replaceAll("-", "").slice(0, 10)}`;
+  await migrate(pool, { schema });
+  const store = createPostgresStore({ pool, schema, listen: false });
+  for (let done = 0; done < count; done += 2_000) {
+    const messages: OutboxMessage[] = Array.from({ length: Math.min(2_000, count - done) }, (_, i) => ({
+      topic: "bench",
+      key: keying(done + i),
+      payload,
+    }));
+    await inTransaction((tx) => store.enqueue(tx, messages));
+  }
+  await store.close();
+  await pool.query(`VACUUM ANALYZE "${schema}".outbox`);
+  return { schema, drop: async () => void (await pool.query(`DROP SCHEMA "${schema}" CASCADE`)) };
+}
+
+/** Bare SQL, no key rules: the fastest a claim/ack (or delete) drain of this table can go. */
+async function bareDrain(schema: string, count: number, how: "update" | "delete"): Promise<number> {
+  const t = `"${schema}".outbox`;
+  const pick = `SELECT id FROM ${t} WHERE status = 'pending' ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED`;
+  const claim =
+    how === "update"
+      ? `WITH c AS (${pick}) UPDATE ${t} o SET lease_until = now() + interval '1 minute', claimed_by = 'bare',
+           attempts = o.attempts + 1 FROM c WHERE o.id = c.id RETURNING o.id, o.topic, o.key, o.payload, o.headers`
+      : `WITH c AS (${pick}) DELETE FROM ${t} o USING c WHERE o.id = c.id RETURNING o.id, o.topic, o.key, o.payload, o.headers`;
+  const ack = `UPDATE ${t} SET status = 'published', settled_at = now(), lease_until = NULL WHERE id = ANY($1::bigint[])`;
   const start = performance.now();
   let drained = 0;
   for (;;) {
+    const { rows: claimed } = await pool.query(claim, [batch]);
+    if (claimed.length === 0) break;
+    if (how === "update") await pool.query(ack, [claimed.map((row) => row.id)]);
+    drained += claimed.length;
+  }
+  if (drained !== count) throw new Error(`bare ${how} drained ${drained} of ${count}`);
+  return (performance.now() - start) / 1000;
+}
+
+/** The store alone: claim, ack, repeat. */
+async function storeDrain(store: PostgresStore, count: number): Promise<number> {
+  const start = performance.now();
+  let drained = 0;
+  while (drained < count) {
     const entries = await store.claim({ claimer: "bench", limit: batch, leaseMs: 60_000 });
-    if (entries.length === 0) break;
+    if (entries.length === 0) throw new Error(`store drain stalled at ${drained} of ${count}`);
     await store.ack(
       entries.map((entry) => entry.id),
       { claimer: "bench" },
     );
     drained += entries.length;
   }
-  if (drained !== rows) throw new Error(`drained ${drained} of ${rows}`);
   return (performance.now() - start) / 1000;
 }
 
-async function drainRelay(store: PostgresStore, batch: number): Promise<number> {
+/** The relay's background loop with the in-memory publisher, until everything is published. */
+async function relayDrain(store: PostgresStore, count: number, inFlight: number): Promise<number> {
   const publisher = new MemoryPublisher();
-  const relay = new OutboxRelay({ store, publisher, batchSize: batch });
+  const relay = new OutboxRelay({ store, publisher, batchSize: batch, maxInFlightBatches: inFlight, pollMs: 5 });
+  relay.on("error", ({ error }) => console.error(error));
+  const done = new Promise<void>((resolve) => {
+    let published = 0;
+    relay.on("published", ({ entries }) => {
+      published += entries.length;
+      if (published >= count) resolve();
+    });
+  });
   const start = performance.now();
-  while ((await relay.runOnce()) > 0) {
-    // keep going until a cycle claims nothing
-  }
+  relay.start();
+  await done;
   const seconds = (performance.now() - start) / 1000;
-  if (publisher.messages.length !== rows) throw new Error(`published ${publisher.messages.length} of ${rows}`);
+  await relay.stop();
   return seconds;
 }
 
-type Mode = { name: string; keys: number; asyncAcks: boolean; run: (s: PostgresStore, b: number) => Promise<number> };
-const modes: Mode[] = [
-  // Durable acks are the store's default; async acks are the opt-in `asyncAcks: true`.
-  { name: "store claim+ack", keys: 0, asyncAcks: false, run: drainStore },
-  { name: "store claim+ack, async acks", keys: 0, asyncAcks: true, run: drainStore },
-  { name: "relay + memory publisher", keys: 0, asyncAcks: false, run: drainRelay },
-  { name: "relay + memory publisher, 1000 keys", keys: 1_000, asyncAcks: false, run: drainRelay },
-];
+type Measure = "bare-update" | "bare-delete" | "store" | `relay-${number}`;
 
-async function benchPg(): Promise<void> {
-  const pool = new pg.Pool({ connectionString: url, max: 4 });
-  pool.on("error", () => undefined);
-  const settings = await pool.query(
-    "SELECT current_setting('fsync') AS fsync, current_setting('synchronous_commit') AS sc, version() AS version",
-  );
-  const { fsync, sc, version } = settings.rows[0] as { fsync: string; sc: string; version: string };
-  console.log(`PostgreSQL: ${version.split(" on ")[0]}, fsync=${fsync}, synchronous_commit=${sc}`);
-  if (fsync !== "on") console.log("WARNING: fsync is off: these figures are not from a durable setup");
-  for (const mode of modes) {
-    for (const batch of batches) {
-      const times: number[] = [];
-      for (let run = 0; run < runs; run++) times.push(await onePg(pool, mode, batch));
-      results.push({ target: "PostgreSQL 15 (pg Pool)", mode: mode.name, batch, seconds: median(times) });
-      report(results.at(-1) as Result);
+async function measure(count: number, keying: Keying, what: Measure): Promise<number> {
+  const times: number[] = [];
+  for (let run = 0; run < runs; run++) {
+    const outbox = await freshOutbox(count, keying);
+    try {
+      if (what === "bare-update") times.push(await bareDrain(outbox.schema, count, "update"));
+      else if (what === "bare-delete") times.push(await bareDrain(outbox.schema, count, "delete"));
+      else {
+        const store = createPostgresStore({ pool, schema: outbox.schema, listen: false });
+        times.push(
+          what === "store"
+            ? await storeDrain(store, count)
+            : await relayDrain(store, count, Number(what.slice("relay-".length))),
+        );
+        await store.close();
+      }
+    } finally {
+      await outbox.drop();
     }
   }
-  await pool.end();
+  return perSecond(count, median(times));
 }
 
-async function onePg(pool: pg.Pool, mode: Mode, batch: number): Promise<number> {
+/** Commit -> publish latency of single-entry transactions at a steady rate, woken by NOTIFY. */
+async function latency(rate: number, seconds: number): Promise<{ p50: number; p99: number; max: number }> {
   const schema = `bench_${globalThis.crypto.randomUUID().replaceAll("-", "").slice(0, 10)}`;
   await migrate(pool, { schema });
-  if (process.env.OUTBOX_BENCH_TOAST === "1") {
-    await pool.query(
-      `ALTER TABLE "${schema}".outbox SET (toast_tuple_target = 128), ALTER COLUMN payload SET STORAGE EXTERNAL`,
-    );
-  }
-  const store = createPostgresStore({ pool, schema, asyncAcks: mode.asyncAcks, listen: false });
-  await prefill(
-    store,
-    async (work) => {
-      const client = await pool.connect();
-      try {
-        await client.query("BEGIN");
-        await work(client);
-        await client.query("COMMIT");
-      } finally {
-        client.release();
-      }
-    },
-    mode.keys,
-  );
-  await pool.query(`VACUUM ANALYZE "${schema}".outbox`);
-  const seconds = await mode.run(store, batch);
-  await store.close();
-  await pool.query(`DROP SCHEMA "${schema}" CASCADE`);
-  return seconds;
-}
-
-async function benchPglite(): Promise<void> {
-  for (const mode of [modes[0], modes[2]] as Mode[]) {
-    for (const batch of batches) {
-      const times: number[] = [];
-      for (let run = 0; run < runs; run++) times.push(await onePglite(mode, batch));
-      results.push({ target: "PGlite 0.5 (in-memory)", mode: mode.name, batch, seconds: median(times) });
-      report(results.at(-1) as Result);
+  const store = createPostgresStore({ pool, schema });
+  const committedAt = new Map<string, number>();
+  const latencies: number[] = [];
+  const publisher = new MemoryPublisher();
+  const relay = new OutboxRelay({ store, publisher, batchSize: batch, pollMs: 60_000 });
+  relay.on("published", ({ entries }) => {
+    const now = performance.now();
+    for (const entry of entries) {
+      const at = committedAt.get(entry.id);
+      if (at !== undefined) latencies.push(now - at);
+    }
+  });
+  relay.start();
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  const total = rate * seconds;
+  const start = performance.now();
+  for (let i = 0; i < total; i++) {
+    const due = start + (i * 1000) / rate;
+    const wait = due - performance.now();
+    if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+    const client = await pool.connect();
+    try {
+      await client.query("BEGIN");
+      const [id] = await store.enqueue(client, { topic: "latency", key: `k${i % 50}`, payload });
+      await client.query("COMMIT");
+      committedAt.set(id as string, performance.now());
+    } finally {
+      client.release();
     }
   }
-}
-
-async function onePglite(mode: Mode, batch: number): Promise<number> {
-  const db = await PGlite.create();
-  await migrate(db);
-  const store = createPostgresStore({ db, asyncAcks: mode.asyncAcks, listen: false });
-  await prefill(store, (work) => db.transaction((tx) => work(tx)), mode.keys);
-  const seconds = await mode.run(store, batch);
+  const deadline = performance.now() + 10_000;
+  while (latencies.length < total && performance.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  await relay.stop();
   await store.close();
-  await db.close();
-  return seconds;
+  await pool.query(`DROP SCHEMA "${schema}" CASCADE`);
+  // A publish may land before the producer recorded its commit time; those count from the next read.
+  const sorted = latencies.filter((l) => l >= 0).sort((a, b) => a - b);
+  const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? Number.NaN;
+  return { p50: at(0.5), p99: at(0.99), max: sorted.at(-1) ?? Number.NaN };
 }
 
-function report(result: Result): void {
-  console.error(
-    `  ${result.target} | ${result.mode} | batch ${result.batch}: ${Math.round(rows / result.seconds)} entries/s`,
-  );
+async function pgliteRelay(count: number): Promise<number> {
+  const times: number[] = [];
+  for (let run = 0; run < runs; run++) {
+    const db = await PGlite.create();
+    await migrate(db);
+    const store = createPostgresStore({ db, listen: false });
+    for (let done = 0; done < count; done += 2_000) {
+      const messages = Array.from({ length: Math.min(2_000, count - done) }, (_, i) => ({
+        topic: "bench",
+        key: thousandKeys(done + i),
+        payload,
+      }));
+      await db.transaction((tx) => store.enqueue(tx, messages));
+    }
+    times.push(await relayDrain(store, count, 2));
+    await store.close();
+    await db.close();
+  }
+  return perSecond(count, median(times));
 }
 
+const table: string[] = [];
+const row = (...cells: Array<string | number>) => {
+  const line = `| ${cells.map((c) => (typeof c === "number" ? c.toLocaleString("en-US") : c)).join(" | ")} |`;
+  table.push(line);
+  console.error(line);
+};
+
+const settings = await pool.query(
+  "SELECT current_setting('fsync') AS fsync, current_setting('synchronous_commit') AS sc, version() AS version",
+);
+const { fsync, sc, version } = settings.rows[0] as { fsync: string; sc: string; version: string };
 console.log(
   `Machine: ${cpuModel()}, ${cpus().length} cores, ${Math.round(totalmem() / 2 ** 30)} GiB; Node ${process.version}`,
 );
-console.log(`Draining ${rows} pre-filled entries of ${payloadBytes} bytes, median of ${runs} runs\n`);
-await benchPg();
-if (withPglite) await benchPglite();
+console.log(`PostgreSQL: ${version.split(" on ")[0]}, fsync=${fsync}, synchronous_commit=${sc}`);
+if (fsync !== "on") console.log("WARNING: fsync is off: these figures are not from a durable setup");
+console.log(`${payloadBytes}-byte entries, batch ${batch}, median of ${runs} runs\n`);
 
-console.log("\n| target | mode | batch | entries/s | drain time |");
-console.log("|---|---|---:|---:|---:|");
-for (const r of results) {
-  console.log(
-    `| ${r.target} | ${r.mode} | ${r.batch} | ${Math.round(rows / r.seconds).toLocaleString("en-US")} | ${r.seconds.toFixed(2)} s |`,
-  );
+const ceilingUpdate = await measure(rows, distinctKeys, "bare-update");
+const ceilingDelete = await measure(rows, distinctKeys, "bare-delete");
+row("workload", "what", "entries/s", "vs claim-by-UPDATE ceiling", "vs DELETE ceiling");
+row("---", "---", "---:", "---:", "---:");
+row(`${rows} rows`, "ceiling: bare claim-by-UPDATE + ack", ceilingUpdate, "1.00x", "");
+row(`${rows} rows`, "ceiling: bare DELETE ... SKIP LOCKED", ceilingDelete, "", "1.00x");
+const ratio = (value: number, ceiling: number) => `${(value / ceiling).toFixed(2)}x`;
+
+for (const [name, keying] of [
+  ["distinct keys", distinctKeys],
+  ["1,000 keys", thousandKeys],
+] as const) {
+  const store = await measure(rows, keying, "store");
+  row(`${rows} rows, ${name}`, "store claim + ack", store, ratio(store, ceilingUpdate), ratio(store, ceilingDelete));
+  for (const inFlight of inFlightChoices) {
+    const relay = await measure(rows, keying, `relay-${inFlight}`);
+    row(
+      `${rows} rows, ${name}`,
+      `relay, ${inFlight} batch${inFlight === 1 ? "" : "es"} in flight`,
+      relay,
+      ratio(relay, ceilingUpdate),
+      ratio(relay, ceilingDelete),
+    );
+  }
 }
+for (const backlog of hotBacklogs) {
+  const store = await measure(backlog, hotKey, "store");
+  row(`one hot key, ${backlog} behind it`, "store claim + ack", store, ratio(store, ceilingUpdate), "");
+  for (const inFlight of inFlightChoices) {
+    const relay = await measure(backlog, hotKey, `relay-${inFlight}`);
+    row(
+      `one hot key, ${backlog} behind it`,
+      `relay, ${inFlight} batch${inFlight === 1 ? "" : "es"} in flight`,
+      relay,
+      ratio(relay, ceilingUpdate),
+      "",
+    );
+  }
+}
+
+const lat = await latency(500, 5);
+console.log(table.join("\n"));
+console.log(
+  `\ncommit -> publish latency at 500 entries/s with NOTIFY (pollMs 60 s): p50 ${lat.p50.toFixed(2)} ms, p99 ${lat.p99.toFixed(2)} ms, max ${lat.max.toFixed(2)} ms`,
+);
+if (withPglite)
+  console.log(
+    `PGlite (in-process), ${rows} rows over 1,000 keys, relay: ${(await pgliteRelay(rows)).toLocaleString("en-US")} entries/s`,
+  );
+await pool.end();

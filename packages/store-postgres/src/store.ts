@@ -40,6 +40,7 @@ export interface PgPoolLike extends Queryable {
     options: never,
   ) => ListenConnection & { connect(): Promise<unknown> };
   readonly options?: unknown;
+  connect?(): Promise<Queryable & { release(error?: Error): void }>;
 }
 
 export interface PostgresStoreOptions extends SchemaOptions {
@@ -221,6 +222,7 @@ export class PostgresStore implements OutboxStore<Queryable> {
   readonly #sql: ReturnType<typeof buildStatements>;
   readonly #prepared: boolean;
   readonly #statementNames = new Map<string, string>();
+  #jitActive: Promise<boolean> | undefined;
 
   constructor(options: PostgresStoreOptions) {
     if (!options || (options.pool && options.db) || !(options.pool ?? options.db)) {
@@ -491,11 +493,12 @@ export class PostgresStore implements OutboxStore<Queryable> {
    * hands out another): one killed backend then costs no lease-length delay.
    */
   async #run(operation: string, sql: string, params: unknown[], fence?: Fence, idempotent = false): Promise<Row[]> {
+    const send = operation === "claim" ? this.#claimQuery.bind(this) : this.#query.bind(this);
     if (fence) params.push(String(fence.lock), fence.token.toString());
     let rows: Row[] | undefined;
     for (let attempt = 1; rows === undefined; attempt++) {
       try {
-        rows = (await this.#query(sql, params)).rows as Row[];
+        rows = (await send(sql, params)).rows as Row[];
       } catch (error) {
         if (!idempotent || attempt >= connectionRetries || !isConnectionError(error) || this.#closed) {
           throw storeError(operation, error);
@@ -517,14 +520,44 @@ export class PostgresStore implements OutboxStore<Queryable> {
   }
 
   /** Relay-side statements on a pg Pool run as named prepared statements: parsed and planned once per connection. */
-  #query(text: string, params: unknown[]): Promise<{ rows: unknown[] }> {
-    if (!this.#prepared) return this.#db.query(text, params);
+  #query(text: string, params: unknown[], db: Queryable = this.#db): Promise<{ rows: unknown[] }> {
+    if (!this.#prepared) return db.query(text, params);
     let name = this.#statementNames.get(text);
     if (name === undefined) {
       name = `outbox_${fnv1a(text).toString(36)}_${text.length.toString(36)}`;
       this.#statementNames.set(text, name);
     }
-    return (this.#db as unknown as PgConfigQueryable).query({ name, text, values: params });
+    return (db as unknown as PgConfigQueryable).query({ name, text, values: params });
+  }
+
+  /**
+   * The claim's worst-case row estimates (a run per key) cross `jit_above_cost`, and compiling
+   * it costs far more than running it (60-800 ms against ~5 ms). Where the server would JIT,
+   * the claim runs with `SET LOCAL jit = off` on a pooled connection of its own.
+   */
+  async #claimQuery(text: string, params: unknown[]): Promise<{ rows: unknown[] }> {
+    const pool = this.#pool;
+    if (!pool?.connect) return this.#query(text, params);
+    this.#jitActive ??= this.#db
+      .query("SELECT (pg_jit_available() AND current_setting('jit')::boolean) AS jit", [])
+      .then(({ rows }) => (rows[0] as Row | undefined)?.jit === true)
+      .catch(() => true);
+    if (!(await this.#jitActive)) return this.#query(text, params);
+    const client = await pool.connect();
+    let failure: unknown;
+    try {
+      await client.query("BEGIN", []);
+      await client.query("SET LOCAL jit = off", []);
+      const result = await this.#query(text, params, client);
+      await client.query("COMMIT", []);
+      return result;
+    } catch (error) {
+      failure = error;
+      await client.query("ROLLBACK", []).catch(() => undefined);
+      throw error;
+    } finally {
+      client.release(isConnectionError(failure) ? (failure as Error) : undefined);
+    }
   }
 
   #wake(): void {
@@ -600,50 +633,58 @@ function buildStatements(n: SchemaNames) {
   /**
    * The claim, in one statement (params: $1 now, $2 lease end, $3 limit, $4 claimer, $5 window,
    * then the fence). Its cost does not grow with the backlog behind a key:
-   * 1. Key heads are looked for, and locked with SKIP LOCKED, among a window of the oldest
-   *    pending entries (`limit x 4`). A head another claim holds is skipped, and its key with it:
-   *    two claimers never share a key. Only when the window is full and yields fewer than
-   *    `limit` heads, a loose index scan over (key, id) visits each pending key once (and the
-   *    keyless index supplies keyless entries past the window).
+   * 1. Key heads are looked for among the oldest pending entries, ids below (oldest + limit x 4),
+   *    and locked with SKIP LOCKED as they are found: a head another claim holds is skipped, and
+   *    its key with it, so two claimers never share a key. Only when that window yields fewer than
+   *    `limit` heads and more entries lie past it, a loose index scan over (key, id) visits each
+   *    pending key once for heads past the window (and the keyless index supplies keyless ones).
    * 3. Each head's run follows from the (key, id) index, a fair share of `limit` per key; the run
    *    stops before its first successor that is not claimable or not lockable.
    * Claimable: available now and unleased, lease expired, or (with a fence) leased under an
    * older token of the same lock: a new leader takes a deposed leader's entries over at once.
    */
+  // Is there a pending entry of this key below `id`? Read downwards from `id`, never below the
+  // oldest pending id: acked entries not yet vacuumed sit at the bottom of a key's range.
+  const earlierPending = (key: string, id: string) => `SELECT 1 FROM ${t} p
+        WHERE p.key = ${key} AND p.status = 'pending' AND p.id < ${id} AND p.id >= (SELECT id FROM oldest)
+        ORDER BY p.key DESC, p.id DESC LIMIT 1`;
   const claimable = (a: string, fenced: boolean) => `${a}.available_at <= $1::timestamptz
     AND (${a}.lease_until IS NULL OR ${a}.lease_until <= $1::timestamptz${
       fenced ? ` OR (${a}.lease_lock = $6 AND ${a}.lease_token < $7::numeric)` : ""
     })`;
   const claim = (fenced: boolean) => `WITH RECURSIVE ${fenced ? `${fenceCte(6)},` : ""}
-  win AS MATERIALIZED (
-    SELECT count(*) AS n, max(id) AS edge
-    FROM (SELECT id FROM ${t} WHERE status = 'pending' ORDER BY id LIMIT $5) w
+  oldest AS MATERIALIZED (
+    SELECT min(id) AS id FROM ${t} WHERE status = 'pending'
   ),
+  edge AS MATERIALIZED (SELECT id + $5 AS id FROM oldest),
   near_heads AS MATERIALIZED (
     SELECT o.id, o.key FROM ${t} o
-    WHERE o.status = 'pending' AND o.id <= (SELECT edge FROM win) AND ${claimable("o", fenced)}
-      AND (o.key IS NULL OR NOT EXISTS (
-        SELECT 1 FROM ${t} p WHERE p.key = o.key AND p.status = 'pending' AND p.id < o.id))
+    WHERE o.status = 'pending' AND o.id < (SELECT id FROM edge) AND ${claimable("o", fenced)}
+      AND (o.key IS NULL OR NOT EXISTS (${earlierPending("o.key", "o.id")}))
       ${fenced ? fenceGuard(6) : ""}
     ORDER BY o.id
     LIMIT $3
     FOR UPDATE OF o SKIP LOCKED
   ),
   past AS MATERIALIZED (
-    SELECT (SELECT n FROM win) >= $5 AND (SELECT count(*) FROM near_heads) < $3 AS needed
+    SELECT (SELECT count(*) FROM near_heads) < $3
+      AND EXISTS (SELECT 1 FROM ${t} WHERE status = 'pending' AND id >= (SELECT id FROM edge)) AS needed
   ),
   far_keys AS (
-    (SELECT min(key) AS key FROM ${t} WHERE status = 'pending' AND key IS NOT NULL AND (SELECT needed FROM past))
+    (SELECT max(key) AS key FROM ${t} WHERE status = 'pending' AND key IS NOT NULL AND (SELECT needed FROM past))
     UNION ALL
-    SELECT (SELECT min(o.key) FROM ${t} o WHERE o.status = 'pending' AND o.key > f.key)
+    SELECT (SELECT max(o.key) FROM ${t} o WHERE o.status = 'pending' AND o.key < f.key)
     FROM far_keys f WHERE f.key IS NOT NULL
   ),
   far_candidates AS (
     SELECT h.id FROM far_keys f
     CROSS JOIN LATERAL (
-      SELECT p.id FROM ${t} p WHERE p.status = 'pending' AND p.key = f.key ORDER BY p.id LIMIT 1
+      SELECT p.id FROM ${t} p
+      WHERE p.status = 'pending' AND p.key = f.key AND p.id >= (SELECT id FROM edge)
+      ORDER BY p.key, p.id LIMIT 1
     ) h
-    WHERE f.key IS NOT NULL AND h.id > (SELECT edge FROM win)
+    WHERE f.key IS NOT NULL
+      AND NOT EXISTS (${earlierPending("f.key", "(SELECT id FROM edge)")})
   ),
   far_heads AS MATERIALIZED (
     SELECT o.id, o.key FROM ${t} o
@@ -656,7 +697,7 @@ function buildStatements(n: SchemaNames) {
   far_keyless AS MATERIALIZED (
     SELECT o.id, o.key FROM ${t} o
     WHERE (SELECT needed FROM past) AND o.status = 'pending' AND o.key IS NULL
-      AND o.id > (SELECT edge FROM win) AND ${claimable("o", fenced)}
+      AND o.id >= (SELECT id FROM edge) AND ${claimable("o", fenced)}
       ${fenced ? fenceGuard(6) : ""}
     ORDER BY o.id
     LIMIT greatest($3 - (SELECT count(*) FROM near_heads), 0)
