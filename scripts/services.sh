@@ -9,11 +9,11 @@
 #   bash scripts/services.sh status  [names...]   # exit 1 if any is down
 #   bash scripts/services.sh kafka-classpath       # java -cp value for Kafka's CLI classes
 #
-# names: postgres mariadb redis rabbitmq etcd kafka
+# names: postgres mariadb redis rabbitmq etcd kafka pubsub mongodb
 #
 # Environment:
 #   OUTBOX_STATE            pid files, logs, data dirs   (default /tmp/outbox-services)
-#   OUTBOX_CACHE            downloaded Kafka jars        (default ~/.cache/outbox)
+#   OUTBOX_CACHE            Kafka jars, Go-built servers (default ~/.cache/outbox)
 #   OUTBOX_SERVICE_TIMEOUT  readiness timeout in seconds (default 90)
 #   OUTBOX_KAFKA_TIMEOUT    same, for Kafka              (default 120)
 #   OUTBOX_PG_FAST=1        fsync/synchronous_commit off, applied when postgres (re)starts
@@ -32,15 +32,22 @@ KAFKA_TIMEOUT=${OUTBOX_KAFKA_TIMEOUT:-120}
 
 KAFKA_VERSION=3.9.1
 KAFKA_LIBS=$CACHE/kafka-$KAFKA_VERSION/libs
+# Google's Pub/Sub fake (cloud.google.com/go/pubsub/v2/pstest), pinned in scripts/pubsub/go.mod.
+PUBSUB_VERSION=2.9.0
+PUBSUB_BIN=$CACHE/pubsub-$PUBSUB_VERSION/pstest-server
+# FerretDB (MongoDB wire protocol on SQLite), embedded by scripts/ferretdb/main.go, pinned in its go.mod.
+FERRETDB_VERSION=1.24.2
+FERRETDB_BIN=$CACHE/ferretdb-$FERRETDB_VERSION/ferretdb-outbox
 PG_VERSION=15
 PG_CONF_DIR=/etc/postgresql/$PG_VERSION/main
 MARIADB_SOCKET=/run/mysqld/mysqld.sock
 
-ALL=(postgres mariadb redis rabbitmq etcd kafka)
+ALL=(postgres mariadb redis rabbitmq etcd kafka pubsub mongodb)
 
 declare -A ADDR=(
   [postgres]=127.0.0.1:5432 [mariadb]=127.0.0.1:3306 [redis]=127.0.0.1:6379
   [rabbitmq]=127.0.0.1:5672 [etcd]=127.0.0.1:2379 [kafka]=127.0.0.1:9092
+  [pubsub]=127.0.0.1:8085 [mongodb]=127.0.0.1:27017
 )
 # Debian packages each server (and its readiness check / test clients) needs.
 declare -A PKGS=(
@@ -50,6 +57,11 @@ declare -A PKGS=(
   [rabbitmq]="rabbitmq-server"
   [etcd]="etcd-server etcd-client curl"
   [kafka]="openjdk-17-jre-headless maven"
+  # Built with the machine's Go (/usr/local/go, >= 1.26 for pstest v2.9.0): Debian 12's golang-go
+  # is 1.19, too old, so there is no package to install; start_pubsub fails when Go is missing.
+  [pubsub]=""
+  # Same for FerretDB (go >= 1.24): start_mongodb fails when Go is missing.
+  [mongodb]=""
 )
 
 # ---------------------------------------------------------------- helpers
@@ -65,6 +77,8 @@ log_files() {
     rabbitmq) echo "$STATE/rabbitmq.out /var/log/rabbitmq/rabbit@localhost.log" ;;
     etcd) echo "$STATE/etcd.log" ;;
     kafka) echo "$STATE/kafka-mvn.log $STATE/kafka.log" ;;
+    pubsub) echo "$STATE/pubsub-build.log $STATE/pubsub.log" ;;
+    mongodb) echo "$STATE/mongodb-build.log $STATE/mongodb.log" ;;
   esac
 }
 
@@ -361,7 +375,9 @@ ready_etcd() { curl -fsS --max-time 2 http://127.0.0.1:2379/health 2>/dev/null |
 start_etcd() {
   require_port_free etcd 2379 2380
   # Fresh data per start: tests own all keys, and a stale member dir can refuse to boot.
-  rm -rf "$STATE/etcd-data"
+  # `restart etcd --keep-data` keeps it: a restart on its own data, where revisions and
+  # leases survive (etcd then ignores the --initial-cluster* flags).
+  [[ -n ${OUTBOX_KEEP_DATA:-} && -d $STATE/etcd-data/member ]] || rm -rf "$STATE/etcd-data"
   : >"$STATE/etcd.log"
   spawn etcd "$STATE/etcd.log" etcd --name default --data-dir "$STATE/etcd-data" \
     --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
@@ -432,6 +448,91 @@ start_kafka() {
 
 stop_kafka() { stop_pid kafka 30; }
 
+# ---------------------------------------------------------------- pubsub
+
+# Google's Pub/Sub fake server, built from the Go module proxy into the cache with the
+# machine's Go: scripts/pubsub/main.go serves pstest on a fixed address. Rebuilt only when
+# main.go/go.mod/go.sum change (`.complete` holds their hash). The build runs on a copy in
+# the cache: nothing is written into the repo. In memory: a restart forgets every topic.
+pubsub_build() {
+  local dir=$CACHE/pubsub-$PUBSUB_VERSION want go
+  want=$(cat "$SCRIPT_DIR/pubsub/main.go" "$SCRIPT_DIR/pubsub/go.mod" "$SCRIPT_DIR/pubsub/go.sum" | sha256sum | cut -d' ' -f1)
+  [[ -x $PUBSUB_BIN && $(cat "$dir/.complete" 2>/dev/null) == "$want" ]] && return 0
+  go=$(command -v go || command -v /usr/local/go/bin/go) ||
+    fail pubsub "no Go toolchain (go >= 1.26 on PATH or in /usr/local/go) to build the Pub/Sub fake"
+  log "pubsub: building pstest v$PUBSUB_VERSION from the Go module proxy into ${dir} (once, 1-3 min)"
+  local tmp=$dir.tmp.$$
+  rm -rf "$tmp"
+  mkdir -p "$tmp/src"
+  cp "$SCRIPT_DIR/pubsub/main.go" "$SCRIPT_DIR/pubsub/go.mod" "$SCRIPT_DIR/pubsub/go.sum" "$tmp/src/"
+  (cd "$tmp/src" && GOFLAGS="-mod=mod -buildvcs=false" "$go" build -trimpath -o "$tmp/pstest-server" .) \
+    >"$STATE/pubsub-build.log" 2>&1 || { rm -rf "$tmp"; fail pubsub "go build of scripts/pubsub failed"; }
+  rm -rf "$tmp/src"
+  echo "$want" >"$tmp/.complete"
+  rm -rf "$dir"
+  mv "$tmp" "$dir"
+}
+
+# A real RPC (Publisher.ListTopics) answered by the server, made by the same binary.
+ready_pubsub() { [[ -x $PUBSUB_BIN ]] && "$PUBSUB_BIN" -addr "${ADDR[pubsub]}" -probe >/dev/null 2>&1; }
+
+start_pubsub() {
+  rm -f "$STATE/pubsub-build.log" # only show it on failure if this start ran the build
+  pubsub_build
+  require_port_free pubsub 8085
+  : >"$STATE/pubsub.log"
+  spawn pubsub "$STATE/pubsub.log" "$PUBSUB_BIN" -addr "${ADDR[pubsub]}"
+  wait_ready pubsub "$TIMEOUT" "$(cat "$STATE/pubsub.pid")"
+}
+
+stop_pubsub() { stop_pid pubsub 10; }
+
+# ---------------------------------------------------------------- mongodb
+
+# No mongod is packaged in the reachable registries. FerretDB 1.24 (MongoDB wire protocol,
+# SQLite backend; no transactions, no change streams) is embedded by scripts/ferretdb/main.go
+# and built with the machine's Go into the cache, rebuilt only when main.go/go.mod/go.sum
+# change (`.complete` holds their hash). The build runs on a copy in the cache: nothing is
+# written into the repo. The first build compiles modernc.org/sqlite: 2-5 minutes.
+mongodb_build() {
+  local dir=$CACHE/ferretdb-$FERRETDB_VERSION want go
+  want=$(cat "$SCRIPT_DIR/ferretdb/main.go" "$SCRIPT_DIR/ferretdb/go.mod" "$SCRIPT_DIR/ferretdb/go.sum" | sha256sum | cut -d' ' -f1)
+  [[ -x $FERRETDB_BIN && $(cat "$dir/.complete" 2>/dev/null) == "$want" ]] && return 0
+  go=$(command -v go || command -v /usr/local/go/bin/go) ||
+    fail mongodb "no Go toolchain (go >= 1.24 on PATH or in /usr/local/go) to build FerretDB"
+  log "mongodb: building FerretDB v$FERRETDB_VERSION from the Go module proxy into ${dir} (once, 2-5 min)"
+  local tmp=$dir.tmp.$$
+  rm -rf "$tmp"
+  mkdir -p "$tmp/src"
+  cp "$SCRIPT_DIR/ferretdb/main.go" "$SCRIPT_DIR/ferretdb/go.mod" "$SCRIPT_DIR/ferretdb/go.sum" "$tmp/src/"
+  # ferretdb_no_postgresql: only the SQLite backend is linked in.
+  (cd "$tmp/src" && GOFLAGS="-mod=mod -buildvcs=false" "$go" build -trimpath -tags ferretdb_no_postgresql \
+    -o "$tmp/ferretdb-outbox" .) >"$STATE/mongodb-build.log" 2>&1 ||
+    { rm -rf "$tmp"; fail mongodb "go build of scripts/ferretdb failed"; }
+  rm -rf "$tmp/src"
+  echo "$want" >"$tmp/.complete"
+  rm -rf "$dir"
+  mv "$tmp" "$dir"
+}
+
+# A real command ({ping: 1} as an OP_MSG, reply must say ok: 1), sent by the same binary.
+ready_mongodb() { [[ -x $FERRETDB_BIN ]] && "$FERRETDB_BIN" -listen "${ADDR[mongodb]}" -probe >/dev/null 2>&1; }
+
+start_mongodb() {
+  rm -f "$STATE/mongodb-build.log" # only show it on failure if this start ran the build
+  mongodb_build
+  require_port_free mongodb 27017
+  # Fresh data per start (tests own every collection); `restart mongodb --keep-data` keeps the
+  # SQLite files, so a test can restart the server without losing what it wrote.
+  [[ -n ${OUTBOX_KEEP_DATA:-} && -d $STATE/mongodb-data ]] || rm -rf "$STATE/mongodb-data"
+  mkdir -p "$STATE/mongodb-data"
+  : >"$STATE/mongodb.log"
+  spawn mongodb "$STATE/mongodb.log" "$FERRETDB_BIN" -listen "${ADDR[mongodb]}" -data "$STATE/mongodb-data"
+  wait_ready mongodb "$TIMEOUT" "$(cat "$STATE/mongodb.pid")"
+}
+
+stop_mongodb() { stop_pid mongodb 10; }
+
 # ---------------------------------------------------------------- commands
 
 # Run "ACTION_name" for each name concurrently; returns the names that failed in FAILED.
@@ -462,7 +563,7 @@ cmd_start() {
   if ((${#todo[@]})); then
     # Longest first (Kafka: mvn + JVM; RabbitMQ: Erlang boot) so they overlap the rest.
     # Servers whose packages are present start right away, in parallel with apt-get.
-    for name in kafka rabbitmq postgres mariadb redis etcd; do
+    for name in kafka pubsub mongodb rabbitmq postgres mariadb redis etcd; do
       [[ " ${todo[*]} " == *" $name "* ]] || continue
       local missing=()
       # shellcheck disable=SC2086 # PKGS values are space-separated lists on purpose

@@ -1,0 +1,1 @@
+export { createEtcdLockBackend, type EtcdLockBackend, type EtcdLockBackendOptions } from "./backend.js";

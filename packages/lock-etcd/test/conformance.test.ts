@@ -1,0 +1,102 @@
+import {
+  describeLockConformance,
+  describeRelayConformance,
+  memoryStoreHarness,
+  type RealTimeLockBackend,
+  type StoreHarness,
+  wrapLockBackend,
+} from "@outbox/conformance";
+import type { ManualClock } from "@outbox/core";
+import { createPostgresStore, migrate, type Queryable } from "@outbox/store-postgres";
+import { freshIdentifier, inTransaction, pgUrl } from "@outbox/test-support/postgres";
+import { sleep } from "@outbox/test-support/wait";
+import type { Etcd3 } from "etcd3";
+import pg from "pg";
+import { afterAll } from "vitest";
+import { createEtcdLockBackend } from "../src/index.js";
+import { closeClient, closeClients, newClient, restartEtcd } from "./support.js";
+
+const pool = new pg.Pool({ connectionString: pgUrl, max: 8 });
+pool.on("error", () => undefined);
+afterAll(async () => {
+  closeClients();
+  await pool.end();
+});
+
+/**
+ * etcd's lessor revokes expired leases on a 500 ms tick, then through raft: a lease outlives its
+ * TTL by up to about half a second. Lock time on etcd therefore runs that much behind the wall
+ * clock, and `elapse` waits it out on top of the time asked for. (TTLs are whole seconds, so the
+ * checks use 2 s, etcd's minimum lease TTL with its default election timeout.)
+ */
+const expiryLagMs = 600;
+
+describeLockConformance({
+  name: "lock-etcd (etcd3, real etcd 3.4)",
+  ttlMs: 2_000,
+  async create() {
+    const owned: Etcd3[] = [];
+    const connect = async () => {
+      const client = newClient();
+      owned.push(client);
+      return createEtcdLockBackend({ client });
+    };
+    const backend = await connect();
+    return {
+      backend,
+      elapse: (ms) => sleep(ms + expiryLagMs),
+      // On its own data, as a production etcd restarts: revisions (the tokens) survive.
+      restart: () => restartEtcd({ keepData: true }),
+      peer: connect,
+      async teardown() {
+        for (const client of owned) closeClient(client);
+      },
+    };
+  },
+});
+
+/** The PostgreSQL store on a fresh schema, driven by the kit's manual clock. */
+async function postgresStore(clock: ManualClock): Promise<StoreHarness<Queryable>> {
+  const schema = freshIdentifier("etcdrelay");
+  await migrate(pool, { schema });
+  const store = createPostgresStore({ pool, schema, clock, listen: false, onError: () => undefined });
+  return {
+    store,
+    clock,
+    transaction: (work) => inTransaction(pool, work),
+    async teardown() {
+      await store.close();
+      await pool.query(`DROP SCHEMA "${schema}" CASCADE`);
+    },
+  };
+}
+
+/** The etcd lock for the relay suite: the kit lets TTLs pass on its manual clock, etcd on real time. */
+async function etcdLeaderLock(): Promise<RealTimeLockBackend> {
+  const client = newClient();
+  const backend = createEtcdLockBackend({ client });
+  return {
+    backend: wrapLockBackend(backend, {
+      async close() {
+        await backend.close();
+        closeClient(client);
+      },
+    }),
+    // End the holding now, as the lease's expiry would: delete the key.
+    async expire(name: string) {
+      await client.delete().key(backend.lockKey(name));
+    },
+  };
+}
+
+describeRelayConformance({
+  name: "store-postgres + lock-etcd (real PostgreSQL, real etcd)",
+  createStore: postgresStore,
+  createLockBackend: etcdLeaderLock,
+});
+
+describeRelayConformance({
+  name: "MemoryStore + lock-etcd (real etcd)",
+  createStore: memoryStoreHarness,
+  createLockBackend: etcdLeaderLock,
+});

@@ -1,0 +1,114 @@
+import { uniqueName, wrapLockBackend, wrapStore } from "@outbox/conformance";
+import { type LockGrant, MemoryPublisher, MemoryStore, OutboxRelay, type OutboxStore } from "@outbox/core";
+import { waitFor } from "@outbox/test-support/wait";
+import type { Etcd3 } from "etcd3";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createEtcdLockBackend } from "../src/index.js";
+import { closeClient, closeClients, freezeEtcd, newClient, TcpProxy } from "./support.js";
+
+let admin: Etcd3;
+beforeAll(() => {
+  admin = newClient();
+});
+afterAll(closeClients);
+
+const ttlMs = 2_000; // etcd's minimum lease TTL with its default election timeout
+const marginMs = Math.floor(ttlMs / 5); // DistributedLock's default safety margin
+
+describe("an unreachable etcd means 'not held'", () => {
+  for (const mode of ["refuse", "blackhole", "etcd frozen (SIGSTOP)"] as const) {
+    it(`the relay stops draining before the server-side lease ends, and resumes when etcd is back (${mode})`, async () => {
+      const proxy = mode === "etcd frozen (SIGSTOP)" ? null : await TcpProxy.start();
+      const client = proxy ? newClient({}, [proxy.host]) : newClient();
+      const etcdBackend = createEtcdLockBackend({ client });
+      // When each grant or renewal that etcd confirmed was sent: the server-side lease runs at
+      // least ttl from then, so the relay must stop claiming at that instant + ttl - margin.
+      const confirmedSentAt: number[] = [];
+      const backend = wrapLockBackend(etcdBackend, {
+        async tryAcquire(n, holder, ttl) {
+          const sentAt = Date.now();
+          const token = await etcdBackend.tryAcquire(n, holder, ttl);
+          if (token !== null) confirmedSentAt.push(sentAt);
+          return token;
+        },
+        async renew(n, holder, ttl) {
+          const sentAt = Date.now();
+          const renewed = await etcdBackend.renew(n, holder, ttl);
+          if (renewed) confirmedSentAt.push(sentAt);
+          return renewed;
+        },
+      });
+      const name = uniqueName("leader");
+      const memory = new MemoryStore();
+      const claims: number[] = [];
+      const store = wrapStore(memory as OutboxStore<never>, {
+        claim: (request) => {
+          claims.push(Date.now());
+          return memory.claim(request);
+        },
+      });
+      const broker = new MemoryPublisher();
+      const relay = new OutboxRelay({ store, publisher: broker, pollMs: 50, leader: { backend, name, ttlMs } });
+      const gained: LockGrant[] = [];
+      const lost: number[] = [];
+      relay.on("leadershipGained", ({ grant }) => gained.push(grant));
+      relay.on("leadershipLost", () => lost.push(Date.now()));
+      relay.on("error", () => {}); // unreachable-lock errors are expected here
+      const enqueue = (count: number) =>
+        memory.transaction((tx) =>
+          memory.enqueue(
+            tx,
+            Array.from({ length: count }, (_, i) => ({ topic: "t", payload: `p${i}` })),
+          ),
+        );
+      let resume = () => {};
+      try {
+        relay.start();
+        await waitFor(() => gained.length === 1, 10_000, "leadership");
+        await enqueue(5);
+        await waitFor(() => broker.messages.length === 5, 10_000, "first entries published");
+
+        const cutAt = Date.now();
+        if (proxy) proxy.cut(mode as "refuse" | "blackhole");
+        else resume = freezeEtcd();
+        await waitFor(() => lost.length === 1, 10_000, "leadershipLost");
+        const lostAt = lost[0] as number;
+        const stopClaimingAt = (confirmedSentAt.at(-1) as number) + ttlMs - marginMs;
+        // The relay gave up before anyone else could get the lock: its last claim started before
+        // the validity it computed, which ends `margin` before the server-side lease.
+        expect(Math.max(...claims)).toBeLessThan(stopClaimingAt);
+        // The loss was reported promptly: about one validity period after the cut, with room for
+        // a loaded machine's late timers (the bound above is the one that keeps data safe).
+        expect(lostAt - cutAt).toBeLessThanOrEqual(ttlMs - marginMs + 1_000);
+
+        await enqueue(3);
+        if (proxy) {
+          // Until the server-side lease has run out, and beyond, the cut-off relay claims nothing.
+          await waitFor(
+            async () => (await admin.get(etcdBackend.lockKey(name)).string()) === null,
+            10_000,
+            "server-side expiry",
+          );
+        } else {
+          // A frozen etcd's leases run out on its clock while it is stopped (nobody else could
+          // be granted the lock meanwhile); it revokes them when it runs again.
+          await waitFor(() => Date.now() - cutAt > ttlMs + 500, 10_000, "the freeze to outlast the TTL");
+        }
+        expect(claims.filter((at) => at > lostAt)).toEqual([]);
+        expect(broker.messages).toHaveLength(5);
+
+        if (proxy) proxy.restore();
+        else resume();
+        // etcd3's default circuit breaker keeps the host closed for 5 s after 3 failures.
+        await waitFor(() => gained.length === 2, 20_000, "leadership regained");
+        expect((gained[1] as LockGrant).token > (gained[0] as LockGrant).token).toBe(true);
+        await waitFor(() => broker.messages.length === 8, 10_000, "entries published after recovery");
+      } finally {
+        resume();
+        await relay.stop();
+        closeClient(client);
+        await proxy?.close();
+      }
+    });
+  }
+});

@@ -1,0 +1,87 @@
+import {
+  describePublisherConformance,
+  describeRelayConformance,
+  type PublisherHarness,
+  type StoreHarness,
+} from "@outbox/conformance";
+import type { ManualClock } from "@outbox/core";
+import { createPostgresStore, migrate, type Queryable } from "@outbox/store-postgres";
+import { freshIdentifier, inTransaction, pgUrl } from "@outbox/test-support/postgres";
+import pg from "pg";
+import { afterAll } from "vitest";
+import { createPubSubPublisher, PubSubLimits } from "../src/index.js";
+import { newPubSub, TcpProxy, TopicReader } from "./support/pubsub.js";
+
+/**
+ * The publisher talks to the fake server through a TCP proxy (so `dropConnection` can cut it
+ * off without restarting the in-memory server); the readers talk to the server directly.
+ */
+async function harness(): Promise<PublisherHarness> {
+  const proxy = await TcpProxy.start();
+  const pubsub = newPubSub(proxy.endpoint);
+  const admin = newPubSub();
+  const readers = new Map<string, TopicReader>();
+  const publisher = createPubSubPublisher({ pubsub, timeoutMs: 10_000 });
+  return {
+    publisher,
+    async topic() {
+      const reader = await TopicReader.create(admin);
+      readers.set(reader.topic, reader);
+      return reader.topic;
+    },
+    receive: async (topic, count, timeoutMs) => {
+      const reader = readers.get(topic);
+      if (!reader) throw new Error(`no reader for ${topic}`);
+      return reader.receive(count, timeoutMs);
+    },
+    // Over the size limit: refused before it is sent.
+    permanentFailure: async (topic) => ({
+      topic,
+      key: "oversize",
+      payload: new Uint8Array(PubSubLimits.maxMessageBytes + 1).fill(7),
+    }),
+    dropConnection: async () => {
+      if (proxy.cut() === 0) throw new Error("no connection to drop");
+      proxy.restore();
+    },
+    async teardown() {
+      await publisher.close();
+      for (const reader of readers.values()) await reader.close();
+      await pubsub.close();
+      await admin.close();
+      await proxy.close();
+    },
+  };
+}
+
+describePublisherConformance({
+  name: "publisher-pubsub (@google-cloud/pubsub 6.3.0, pstest fake server)",
+  create: harness,
+  timeoutMs: 90_000,
+});
+
+const pool = new pg.Pool({ connectionString: pgUrl, max: 4 });
+pool.on("error", () => undefined);
+afterAll(() => pool.end());
+
+async function postgresStore(clock: ManualClock): Promise<StoreHarness<Queryable>> {
+  const schema = freshIdentifier("relay");
+  await migrate(pool, { schema });
+  const store = createPostgresStore({ pool, schema, clock, listen: false });
+  return {
+    store,
+    clock,
+    transaction: (work) => inTransaction(pool, work),
+    async teardown() {
+      await store.close();
+      await pool.query(`DROP SCHEMA "${schema}" CASCADE`);
+    },
+  };
+}
+
+describeRelayConformance({
+  name: "store-postgres + publisher-pubsub (real PostgreSQL, pstest fake server)",
+  createStore: postgresStore,
+  createPublisher: harness,
+  timeoutMs: 180_000,
+});

@@ -1,0 +1,203 @@
+// End to end on real servers: PostgreSQL store -> OutboxRelay (in a child process) -> this
+// publisher -> Google's Pub/Sub fake server -> a subscription with message ordering on.
+// Mid-way the relay process is SIGKILLed and replaced, and the fake server is SIGKILLed and
+// restarted. The fake keeps nothing in memory, so around its restart the relay is cut off by a
+// TCP proxy (it sees reset and refused connections) until the subscriber has received what the
+// server held and the topic and subscription are created again; the real service keeps them.
+import { type ChildProcess, fork } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { createPostgresStore, migrate } from "@outbox/store-postgres";
+import { freshIdentifier, pgUrl } from "@outbox/test-support/postgres";
+import { sleep, waitFor } from "@outbox/test-support/wait";
+import pg from "pg";
+import { afterAll, describe, expect, it } from "vitest";
+import { killServer, newPubSub, startServer, TcpProxy, TopicReader } from "./support/pubsub.js";
+
+const ENTRIES = 10_000;
+const KEYS = 100;
+const BATCH = 100;
+
+interface RelayChild {
+  readonly process: ChildProcess;
+  published: number;
+  retried: number;
+  readonly errors: string[];
+  readonly dead: string[];
+  exited: Promise<number | null>;
+}
+
+function startRelay(table: string, endpoint: string): Promise<RelayChild> {
+  const child = fork(fileURLToPath(new URL("./support/relay-child.ts", import.meta.url)), {
+    execArgv: [
+      "--conditions=@outbox/source",
+      "--experimental-strip-types",
+      "--no-warnings",
+      "--import",
+      fileURLToPath(new URL("../../../scripts/register-ts.mjs", import.meta.url)),
+    ],
+    env: {
+      ...process.env,
+      OUTBOX_PG_URL: pgUrl,
+      E2E_PUBSUB_ENDPOINT: endpoint,
+      E2E_TABLE: table,
+      E2E_BATCH: String(BATCH),
+      E2E_POLL_MS: "50",
+      E2E_LEASE_MS: "10000",
+      E2E_PUBLISH_TIMEOUT_MS: "5000",
+    },
+    stdio: ["ignore", "inherit", "inherit", "ipc"],
+  });
+  const relay: RelayChild = {
+    process: child,
+    published: 0,
+    retried: 0,
+    errors: [],
+    dead: [],
+    exited: new Promise((resolve) => child.once("exit", (code) => resolve(code))),
+  };
+  return new Promise((resolve, reject) => {
+    child.once("error", reject);
+    child.once("exit", (code) => reject(new Error(`relay child exited early (${code})`)));
+    child.on("message", (message: Record<string, unknown>) => {
+      if (typeof message.published === "number") relay.published += message.published;
+      if (typeof message.retried === "number") relay.retried += message.retried;
+      if (typeof message.error === "string" && message.dead === undefined) relay.errors.push(message.error);
+      if (message.dead !== undefined) relay.dead.push(`${message.dead}: ${message.error}`);
+      if (message.started) resolve(relay);
+    });
+  });
+}
+
+const children: ChildProcess[] = [];
+afterAll(() => {
+  for (const child of children) if (child.exitCode === null) child.kill("SIGKILL");
+});
+
+const distinct = (reader: TopicReader) => new Set(reader.delivered.map((m) => m.idempotencyKey)).size;
+
+describe("e2e: PostgreSQL -> relay -> Pub/Sub", () => {
+  it(`delivers ${ENTRIES} entries over ${KEYS} keys in key order through a relay kill and a server kill`, async () => {
+    const table = freshIdentifier("outbox_e2e");
+    const pool = new pg.Pool({ connectionString: pgUrl, max: 4 });
+    const admin = newPubSub();
+    const proxy = await TcpProxy.start();
+    const store = createPostgresStore({ pool, table, listen: false, notifyChannel: false });
+    const reader = await TopicReader.create(admin);
+    try {
+      await migrate(pool, { table });
+      const topic = reader.topic;
+      await reader.receive(0, 0); // listening from now on
+
+      // Enqueue in the application's transactions: per key, seq 0..99 in commit order.
+      const seqOf = new Map<string, number>();
+      for (let start = 0; start < ENTRIES; start += 1_000) {
+        const client = await pool.connect();
+        try {
+          await client.query("BEGIN");
+          const messages = Array.from({ length: 1_000 }, (_, i) => {
+            const n = start + i;
+            const key = `key-${n % KEYS}`;
+            const seq = Math.floor(n / KEYS);
+            return {
+              topic,
+              key,
+              payload: JSON.stringify({ n, key, seq }),
+              headers: { "x-seq": String(seq) },
+              idempotencyKey: `e2e-${n}`,
+            };
+          });
+          await store.enqueue(client, messages);
+          await client.query("COMMIT");
+          for (const m of messages) seqOf.set(m.idempotencyKey, Number(m.headers["x-seq"]));
+        } finally {
+          client.release();
+        }
+      }
+
+      // Fault (a): the relay process dies mid-way, without stop(); a new one takes over.
+      const first = await startRelay(table, proxy.endpoint);
+      children.push(first.process);
+      await waitFor(() => first.published >= 2_500, 120_000, "the first relay to publish 2,500");
+      first.process.kill("SIGKILL");
+      await first.exited;
+      const second = await startRelay(table, proxy.endpoint);
+      children.push(second.process);
+
+      // Fault (b): the server is SIGKILLed and restarted while the relay runs.
+      await waitFor(() => first.published + second.published >= 5_500, 120_000, "5,500 published");
+      const cutAt = Date.now();
+      proxy.cut();
+      // Everything the server confirmed reaches the subscriber before the in-memory server dies.
+      let last = -1;
+      await waitFor(
+        async () => {
+          const now = distinct(reader);
+          const settled = now === last && now >= first.published + second.published;
+          last = now;
+          if (!settled) await sleep(1_000);
+          return settled;
+        },
+        60_000,
+        "the subscriber to catch up before the kill",
+      );
+      await killServer();
+      await startServer();
+      await reader.recreate();
+      await reader.receive(0, 0);
+      proxy.restore();
+      const outageMs = Date.now() - cutAt;
+
+      await waitFor(
+        async () => {
+          const stats = await store.stats();
+          return stats.pending === 0 && stats.inFlight === 0;
+        },
+        240_000,
+        "the outbox to drain",
+      );
+      const stats = await store.stats();
+      second.process.send("stop");
+      expect(await second.exited).toBe(0);
+
+      const received = await reader.until(
+        (delivered) => new Set(delivered.map((m) => m.idempotencyKey)).size >= ENTRIES,
+        120_000,
+      );
+      const firstSeen = new Set<string>();
+      const lastSeq = new Map<string, number>();
+      const orderViolations: string[] = [];
+      for (const m of received) {
+        if (firstSeen.has(m.idempotencyKey)) continue;
+        firstSeen.add(m.idempotencyKey);
+        const seq = Number(m.headers["x-seq"]);
+        expect(seq).toBe(seqOf.get(m.idempotencyKey));
+        expect(m.key).toBe(`key-${Number(m.idempotencyKey.slice(4)) % KEYS}`);
+        const previous = lastSeq.get(m.key as string) ?? -1;
+        if (seq !== previous + 1) orderViolations.push(`${m.key}: seq ${seq} after ${previous}`);
+        lastSeq.set(m.key as string, seq);
+      }
+      const duplicates = received.length - firstSeen.size;
+      console.log(
+        `[e2e] received ${received.length} messages, ${firstSeen.size} distinct, ${duplicates} duplicates; ` +
+          `relay 1 published ${first.published}, relay 2 ${second.published}; relay cut off ${outageMs} ms ` +
+          `(server killed and restarted within); relay 2 retried ${second.retried} times, errors ${second.errors.length}; ` +
+          `store ${JSON.stringify(stats)}`,
+      );
+      expect(first.dead).toEqual([]);
+      expect(second.dead).toEqual([]);
+      expect(stats.dead).toBe(0);
+      expect(second.retried + second.errors.length).toBeGreaterThan(0);
+      expect(firstSeen.size).toBe(ENTRIES);
+      expect(orderViolations).toEqual([]);
+      // Duplicates only from the batches in flight at the two faults.
+      expect(duplicates).toBeLessThanOrEqual(2 * BATCH);
+    } finally {
+      await reader.close();
+      await store.close().catch(() => undefined);
+      await pool.query(`DROP TABLE IF EXISTS "${table}", "${table}_fence"`).catch(() => undefined);
+      await pool.end();
+      await admin.close();
+      await proxy.close();
+    }
+  }, 420_000);
+});

@@ -1,0 +1,37 @@
+export { ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT, isConnectionError, isLockConflict, mysqlErrno } from "./errors.js";
+export {
+  type DrizzleLike,
+  type DrizzleSqlTag,
+  fromDrizzle,
+  fromKnex,
+  fromKysely,
+  fromPrisma,
+  fromSequelize,
+  fromTypeORM,
+  type KnexLike,
+  type KyselyCompiledQueryFactory,
+  type KyselyLike,
+  type MySqlQueryable,
+  normalizeResult,
+  type PrismaLike,
+  type SequelizeLike,
+  type StatementResult,
+  type TypeOrmLike,
+} from "./queryable.js";
+export {
+  type ConnectionSource,
+  migrate,
+  resolveNames,
+  type SchemaNames,
+  type SchemaOptions,
+  schemaSql,
+  schemaStatements,
+} from "./schema.js";
+export {
+  createMySqlStore,
+  keyHash,
+  type MySqlPoolConnectionLike,
+  type MySqlPoolLike,
+  MySqlStore,
+  type MySqlStoreOptions,
+} from "./store.js";
