@@ -1,14 +1,14 @@
 // End to end on real servers: PostgreSQL store -> OutboxRelay (in a child process) -> this
 // publisher -> Apache Kafka -> a kafkajs consumer. Mid-way the relay process is SIGKILLed and
 // replaced, and the broker is killed and restarted on its data.
-import { type ChildProcess, fork } from "node:child_process";
-import { fileURLToPath } from "node:url";
+import type { ChildProcess } from "node:child_process";
 import { createPostgresStore, migrate } from "@outbox/store-postgres";
 import { freshIdentifier, pgUrl } from "@outbox/test-support/postgres";
 import { waitFor } from "@outbox/test-support/wait";
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
 import { createTopic, newKafka, readTopic, restartBrokerKeepingData } from "./support/kafka.js";
+import { type RelayChild, startRelayChild } from "./support/relay-process.js";
 
 const ENTRIES = 10_000;
 const KEYS = 100;
@@ -16,54 +16,14 @@ const BATCH = 100;
 /** Batches the relay keeps in flight: each fault may replay all of them. */
 const IN_FLIGHT = 2;
 
-interface RelayChild {
-  readonly process: ChildProcess;
-  published: number;
-  retried: number;
-  readonly errors: string[];
-  readonly dead: string[];
-  exited: Promise<number | null>;
-}
-
 function startRelay(table: string): Promise<RelayChild> {
-  const child = fork(fileURLToPath(new URL("./support/relay-child.ts", import.meta.url)), {
-    execArgv: [
-      "--conditions=@outbox/source",
-      "--experimental-strip-types",
-      "--no-warnings",
-      "--import",
-      fileURLToPath(new URL("../../../scripts/register-ts.mjs", import.meta.url)),
-    ],
-    env: {
-      ...process.env,
-      OUTBOX_PG_URL: pgUrl,
-      E2E_TABLE: table,
-      E2E_BATCH: String(BATCH),
-      E2E_IN_FLIGHT: String(IN_FLIGHT),
-      E2E_POLL_MS: "50",
-      E2E_LEASE_MS: "10000",
-      E2E_PUBLISH_TIMEOUT_MS: "8000",
-    },
-    stdio: ["ignore", "inherit", "inherit", "ipc"],
-  });
-  const relay: RelayChild = {
-    process: child,
-    published: 0,
-    retried: 0,
-    errors: [],
-    dead: [],
-    exited: new Promise((resolve) => child.once("exit", (code) => resolve(code))),
-  };
-  return new Promise((resolve, reject) => {
-    child.once("error", reject);
-    child.once("exit", (code) => reject(new Error(`relay child exited early (${code})`)));
-    child.on("message", (message: Record<string, unknown>) => {
-      if (typeof message.published === "number") relay.published += message.published;
-      if (typeof message.retried === "number") relay.retried += message.retried;
-      if (typeof message.error === "string" && message.dead === undefined) relay.errors.push(message.error);
-      if (message.dead !== undefined) relay.dead.push(`${message.dead}: ${message.error}`);
-      if (message.started) resolve(relay);
-    });
+  return startRelayChild({
+    E2E_TABLE: table,
+    E2E_BATCH: String(BATCH),
+    E2E_IN_FLIGHT: String(IN_FLIGHT),
+    E2E_POLL_MS: "50",
+    E2E_LEASE_MS: "10000",
+    E2E_PUBLISH_TIMEOUT_MS: "8000",
   });
 }
 
