@@ -1,4 +1,4 @@
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import {
   ManualClock,
   MemoryLockBackend,
@@ -397,5 +397,73 @@ describe("OutboxRelay hot keys", () => {
     await enqueue(msgs(4, () => "hot"));
     expect(await relay.drain()).toBe(4);
     expect(publisher.messages).toHaveLength(4);
+  });
+});
+
+describe("OutboxRelay key runs", () => {
+  it("acks a run's published prefix, retries its failure and releases the rest without counting an attempt", async () => {
+    const publisher = new MemoryPublisher({
+      outcome: (entry: OutboxEntry) =>
+        new TextDecoder().decode(entry.payload) === "m1" && entry.attempts === 1
+          ? transientFailure("broker hiccup")
+          : published(),
+    });
+    const { clock, store, relay, enqueue } = setup({ publisher, retry: { baseDelayMs: 1_000, jitter: 0 } });
+    await enqueue(msgs(4, () => "k"));
+    expect(await relay.runOnce()).toBe(4);
+    expect(publisher.messages.map((m) => new TextDecoder().decode(m.payload))).toEqual(["m0"]);
+    expect(await store.claim({ claimer: "probe", limit: 10, leaseMs: 1 })).toEqual([]);
+    clock.advance(1_000);
+    const again = await store.claim({ claimer: "probe", limit: 10, leaseMs: 1 });
+    expect(again.map((e) => new TextDecoder().decode(e.payload))).toEqual(["m1", "m2", "m3"]);
+    // m1 was attempted once and claimed again now; m2 and m3 were never attempted before.
+    expect(again.map((e) => e.attempts)).toEqual([2, 1, 1]);
+  });
+
+  it("reports a publisher that publishes past a failure of its key, and acks what reached the broker", async () => {
+    const publisher: OutboxPublisher = {
+      publish: async (entries) => entries.map((_, i) => (i === 0 ? transientFailure("x") : published())),
+    };
+    const { store, relay, enqueue, events } = setup({ publisher });
+    await enqueue(msgs(2, () => "k"));
+    await relay.runOnce();
+    const errors = events.filter((e) => e.type === "error").map((e) => (e.payload as RelayEvents["error"]).error);
+    expect(errors.some((error) => OutboxError.is(error, OutboxErrorCode.PublisherContract))).toBe(true);
+    expect((await store.stats()).pending).toBe(1);
+  });
+});
+
+describe("OutboxRelay pipelining", () => {
+  it("keeps at most maxInFlightBatches batches with the publisher, claiming the next while one publishes", async () => {
+    let active = 0;
+    let most = 0;
+    const gates: Array<() => void> = [];
+    const publisher: OutboxPublisher = {
+      publish: async (entries) => {
+        active += 1;
+        most = Math.max(most, active);
+        await new Promise<void>((resolve) => gates.push(resolve));
+        active -= 1;
+        return entries.map(() => published());
+      },
+    };
+    const { relay, enqueue } = setup({ publisher, batchSize: 2, maxInFlightBatches: 2, pollMs: 60_000 });
+    await enqueue(msgs(8));
+    const done = publishedCount(relay, 8);
+    relay.start();
+    for (let released = 0; released < 4; released++) {
+      await vi.waitFor(() => expect(gates.length).toBeGreaterThan(0));
+      expect(active).toBeLessThanOrEqual(2);
+      gates.shift()?.();
+    }
+    await done;
+    expect(most).toBe(2);
+    await relay.stop();
+  });
+
+  it("rejects a maxInFlightBatches that is not positive", () => {
+    expect(() => setup({ maxInFlightBatches: 0 })).toThrowError(
+      expect.objectContaining({ code: "OUTBOX_INVALID_OPTIONS" }),
+    );
   });
 });
