@@ -373,7 +373,9 @@ export class OutboxRelay {
     const outcomes = new Map<OutboxEntry, PublishOutcome>();
     if (toPublish.length > 0) {
       const results = await this.#publish(toPublish);
-      toPublish.forEach((entry, index) => outcomes.set(entry, results[index] as PublishOutcome));
+      toPublish.forEach((entry, index) => {
+        outcomes.set(entry, results[index] as PublishOutcome);
+      });
     }
 
     // Settle each key's run in order: ack the published prefix, settle the first failure, and
