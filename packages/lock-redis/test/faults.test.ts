@@ -349,9 +349,11 @@ describe("faults with the PostgreSQL store (real Redis, real time)", () => {
         10_000,
         "B's first fenced claim",
       );
+      // (A's other in-flight batch may have been acked before the restart, legitimately.)
+      const releasedAt = Date.now();
       letAckGo();
       const lateAck = await waitFor(
-        () => ops.find((op) => op.relay === "A" && op.op === "ack" && op.ok !== null),
+        () => ops.find((op) => op.relay === "A" && op.op === "ack" && op.ok !== null && op.start >= releasedAt),
         10_000,
         "A's late ack",
       );
@@ -359,13 +361,14 @@ describe("faults with the PostgreSQL store (real Redis, real time)", () => {
       expect(lateAck.ok).toBe(false);
       expect(lateAck.code).toBe(OutboxErrorCode.Fenced);
 
-      // Nothing lost: B republishes A's unacked batch after its lease.
+      // Nothing lost: B took A's unacked batch over with its newer token and republished it.
       await waitFor(
         async () => new Set(deliveries.map((d) => d.seq)).size === 30 && (await store.stats()).pending === 0,
         20_000,
         "every entry published and acked",
       );
-      expect(deliveries.length - 30).toBeLessThanOrEqual(batchSize);
+      // At most A's batches in flight (the relay's default maxInFlightBatches, 2) are published twice.
+      expect(deliveries.length - 30).toBeLessThanOrEqual(2 * batchSize);
       expect(keyOrderViolations(firstOccurrences(deliveries))).toEqual([]);
       expect(fenceOrderViolations(ops)).toEqual([]);
       // A never acked anything once B led.
@@ -476,10 +479,10 @@ describe("faults with the PostgreSQL store (real Redis, real time)", () => {
           expect(lateByA.filter((m) => !inFlightAtStop.has(m.id))).toEqual([]);
           if (pause === "after-claim") expect(messagesByA).toEqual([]);
 
-          // No entry lost; duplicates bounded by the batch A had in flight.
+          // No entry lost; duplicates bounded by the batches A had in flight (default 2).
           const received = await readStream(stream);
           expect(new Set(received.map((m) => seqOf(m))).size).toBe(60);
-          expect(received.length - 60).toBeLessThanOrEqual(batchSize);
+          expect(received.length - 60).toBeLessThanOrEqual(2 * batchSize);
           // Had A acked after resuming, the store would have refused its token.
           if (claimedByA.length > 0) {
             const error = await store
