@@ -1,0 +1,55 @@
+import type { StoreHarness } from "@outbox/conformance";
+import type { ManualClock } from "@outbox/core";
+import { MongoClient, type MongoClientOptions } from "mongodb";
+import { createMongoStore, type MongoStore, type MongoStoreOptions, type MongoTransaction } from "../src/index.js";
+
+/** scripts/services.sh's MongoDB-wire server (FerretDB 1.24 on SQLite). */
+export const mongoUrl = process.env.OUTBOX_MONGODB_URL ?? "mongodb://127.0.0.1:27017";
+export const testDb = "outbox_test";
+
+export function createClient(options: MongoClientOptions = {}): MongoClient {
+  return new MongoClient(mongoUrl, { serverSelectionTimeoutMS: 5_000, appName: "outbox-store-mongodb-test", ...options });
+}
+
+/** A fresh collection name per test (collections are the store's namespace). */
+export function freshCollection(prefix = "t"): string {
+  return `${prefix}_${globalThis.crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
+}
+
+export async function dropStore(client: MongoClient, store: MongoStore): Promise<void> {
+  const db = client.db(store.names.db);
+  for (const name of [store.names.entries, store.names.sequence, store.names.fences, store.names.claims]) {
+    await db.dropCollection(name).catch(() => undefined);
+  }
+}
+
+/**
+ * A store on a fresh collection of the real server, for the conformance kit. FerretDB has no
+ * transactions: the store runs with transactions: false and the harness's "transaction" is
+ * a plain session (the kit skips the rollback check on the declared capability).
+ */
+export async function mongoHarness(
+  clock: ManualClock,
+  client: MongoClient,
+  options: Partial<MongoStoreOptions> = {},
+): Promise<StoreHarness<MongoTransaction>> {
+  const store = createMongoStore({
+    client,
+    db: testDb,
+    collection: freshCollection(),
+    transactions: false,
+    clock,
+    onError: () => undefined,
+    ...options,
+  });
+  await store.init();
+  return {
+    store,
+    clock,
+    transaction: (work) => client.withSession((session) => work(session)),
+    async teardown() {
+      await store.close();
+      await dropStore(client, store);
+    },
+  };
+}

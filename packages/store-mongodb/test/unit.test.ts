@@ -1,0 +1,167 @@
+import { EventEmitter } from "node:events";
+import { OutboxError, OutboxErrorCode } from "@outbox/core";
+import type { MongoClient } from "mongodb";
+import { describe, expect, it } from "vitest";
+import { createMongoStore } from "../src/index.js";
+import { type Candidate, Selection } from "../src/select.js";
+import { ChangeStreamWakeSource } from "../src/wake.js";
+
+const entry = (seq: number, key: string | null, extra: Partial<Candidate> = {}): Candidate => ({
+  seq,
+  gen: 0,
+  key,
+  availableAt: 0,
+  leaseUntil: null,
+  leaseLock: null,
+  leaseToken: null,
+  ...extra,
+});
+
+describe("Selection (the claim's rule)", () => {
+  it("takes heads, runs while claimable, null-key entries, up to the limit, in id order", () => {
+    const s = new Selection(5, 100, undefined);
+    s.walk([
+      entry(1, "a"),
+      entry(2, "b", { leaseUntil: 200 }), // b's head leased: b yields nothing
+      entry(3, "a"),
+      entry(4, null),
+      entry(5, "b"),
+      entry(6, "a", { availableAt: 150 }), // not available: a's run ends here
+      entry(7, "a"),
+      entry(8, null, { leaseUntil: 200 }),
+      entry(9, "c"),
+      entry(10, null),
+    ]);
+    expect(s.heads.map((e) => e.seq)).toEqual([1, 4, 9, 10]);
+    expect(s.successors.map((e) => e.seq)).toEqual([3]);
+    expect(s.closedKeys().sort()).toEqual(["a", "b"]);
+    expect(s.full).toBe(true);
+  });
+
+  it("takeover only for an older token of the same lock; never an entry a newer token leased", () => {
+    const fence = { lock: "L", token: 6n };
+    const s = new Selection(10, 100, fence);
+    s.walk([
+      entry(1, null, { leaseUntil: 200, leaseLock: "L", leaseToken: 5n }),
+      entry(2, null, { leaseUntil: 200, leaseLock: "L", leaseToken: 6n }),
+      entry(3, null, { leaseUntil: 200, leaseLock: "M", leaseToken: 1n }),
+      entry(4, null, { leaseUntil: 50, leaseLock: "L", leaseToken: 7n }),
+      entry(5, null, { leaseUntil: 50 }),
+    ]);
+    expect(s.heads.map((e) => e.seq)).toEqual([1, 5]);
+  });
+
+  it("entries lost to another claimer close their key", () => {
+    const s = new Selection(10, 100, undefined, new Set([1, 4]));
+    s.walk([entry(1, "a"), entry(2, "a"), entry(3, "b"), entry(4, "b"), entry(5, "b")]);
+    expect(s.heads.map((e) => e.seq)).toEqual([3]);
+    expect(s.successors).toEqual([]);
+  });
+});
+
+class FakeStream extends EventEmitter {
+  closed = false;
+  async close(): Promise<void> {
+    this.closed = true;
+  }
+}
+
+describe("ChangeStreamWakeSource", () => {
+  it("wakes on changes, reopens after an error and wakes once to catch up", async () => {
+    const streams: FakeStream[] = [];
+    const errors: OutboxError[] = [];
+    let wakes = 0;
+    const source = new ChangeStreamWakeSource(
+      {
+        open: () => {
+          const stream = new FakeStream();
+          streams.push(stream);
+          return stream;
+        },
+        minBackoffMs: 1,
+      },
+      { onWake: () => wakes++, onError: (error) => errors.push(error) },
+    );
+    await source.start();
+    streams[0]?.emit("change", { operationType: "insert" });
+    expect(wakes).toBe(1);
+    streams[0]?.emit("error", Object.assign(new Error("lost"), { name: "MongoNetworkError" }));
+    expect(errors[0]?.code).toBe(OutboxErrorCode.StoreUnavailable);
+    expect(streams[0]?.closed).toBe(true);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(streams).toHaveLength(2);
+    expect(wakes).toBe(2); // the catch-up wake-up
+    await source.stop();
+    expect(streams[1]?.closed).toBe(true);
+  });
+});
+
+/** A MongoClient stand-in for a replica set: records the calls the store makes. */
+function fakeReplicaSet(headToken: number) {
+  const calls: Array<{ op: string; session: unknown }> = [];
+  const session = {
+    inTransaction: () => true,
+    endSession: async () => undefined,
+    withTransaction: async (work: () => Promise<unknown>) => {
+      calls.push({ op: "withTransaction", session });
+      await work();
+    },
+  };
+  const collection = (name: string) => ({
+    listIndexes: () => ({ toArray: async () => [] }),
+    createIndexes: async () => [],
+    updateOne: async (_f: unknown, _u: unknown, o: { session?: unknown }) => {
+      calls.push({ op: `${name}.updateOne`, session: o?.session });
+      return { modifiedCount: 1 };
+    },
+    findOne: async (_f: unknown, o: { session?: unknown }) => {
+      calls.push({ op: `${name}.findOne`, session: o?.session });
+      return { _id: "head:L", token: headToken };
+    },
+    updateMany: async (_f: unknown, _u: unknown, o: { session?: unknown }) => {
+      calls.push({ op: `${name}.updateMany`, session: o?.session });
+      return { modifiedCount: 1 };
+    },
+  });
+  const client = {
+    db: (name: string) =>
+      name === "admin"
+        ? { command: async () => ({ setName: "rs0", ok: 1 }) }
+        : { collection: (c: string) => collection(c) },
+    startSession: () => session,
+  };
+  return { client: client as unknown as MongoClient, calls, session };
+}
+
+describe("replica-set code paths (driver API, no server)", () => {
+  it("a fenced settle runs the fence check and its effect in one transaction", async () => {
+    const { client, calls, session } = fakeReplicaSet(7);
+    const store = createMongoStore({ client, db: "app", collection: "outbox" });
+    await store.init();
+    expect(store.capabilities).toEqual({ wakeUps: true, transactions: true });
+    await store.ack(["1"], { claimer: "c", fence: { lock: "L", token: 7n } });
+    expect(calls.map((c) => c.op)).toEqual([
+      "withTransaction",
+      "outbox_fences.updateOne",
+      "outbox_fences.findOne",
+      "outbox.updateMany",
+    ]);
+    for (const call of calls.slice(1)) expect(call.session).toBe(session);
+  });
+
+  it("an older token is refused inside the transaction, before any effect", async () => {
+    const { client, calls } = fakeReplicaSet(9);
+    const store = createMongoStore({ client, db: "app", collection: "outbox" });
+    const error = await store.ack(["1"], { claimer: "c", fence: { lock: "L", token: 7n } }).catch((e: unknown) => e);
+    expect(OutboxError.is(error, OutboxErrorCode.Fenced)).toBe(true);
+    expect((error as OutboxError).details).toEqual({ lock: "L", token: "7", newest: "9" });
+    expect(calls.map((c) => c.op)).not.toContain("outbox.updateMany");
+  });
+
+  it("transactions mode: enqueue needs a session inside a transaction", async () => {
+    const { client } = fakeReplicaSet(0);
+    const store = createMongoStore({ client, db: "app" });
+    const error = await store.enqueue(null, { topic: "t", payload: "x" }).catch((e: unknown) => e);
+    expect(OutboxError.is(error, OutboxErrorCode.InvalidOptions)).toBe(true);
+  });
+});
