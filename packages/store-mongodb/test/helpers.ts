@@ -8,7 +8,11 @@ export const mongoUrl = process.env.OUTBOX_MONGODB_URL ?? "mongodb://127.0.0.1:2
 export const testDb = "outbox_test";
 
 export function createClient(options: MongoClientOptions = {}): MongoClient {
-  return new MongoClient(mongoUrl, { serverSelectionTimeoutMS: 5_000, appName: "outbox-store-mongodb-test", ...options });
+  return new MongoClient(mongoUrl, {
+    serverSelectionTimeoutMS: 5_000,
+    appName: "outbox-store-mongodb-test",
+    ...options,
+  });
 }
 
 /** A fresh collection name per test (collections are the store's namespace). */
