@@ -1,0 +1,269 @@
+import { readFileSync } from "node:fs";
+import { Command, CommanderError, Option } from "commander";
+import { type DeadFilter, deadDrop, deadList, deadRequeue, deadShow } from "./commands/dead.js";
+import { migrateCommand } from "./commands/migrate.js";
+import { purge } from "./commands/purge.js";
+import { runRelay } from "./commands/relay.js";
+import { status } from "./commands/status.js";
+import { parseDuration, parseMoment, parsePositiveInt } from "./duration.js";
+import { codeOf, ExitCode, exitCodeOf, usageError } from "./errors.js";
+import { type CliIO, processIO } from "./io.js";
+import { createLogger, type Logger, type LogLevel, logLevels } from "./log.js";
+import { redactText, serializeError } from "./redact.js";
+import { Runtime } from "./runtime.js";
+
+function packageVersion(): string {
+  try {
+    const text = readFileSync(new URL("../package.json", import.meta.url), "utf8");
+    return (JSON.parse(text) as { version?: string }).version ?? "0.0.0";
+  } catch {
+    return "0.0.0";
+  }
+}
+
+interface GlobalOptions {
+  config?: string;
+  json?: boolean;
+}
+
+interface FilterFlags {
+  topic?: string;
+  key?: string;
+  error?: string;
+  since?: string;
+  until?: string;
+  scan: string;
+}
+
+function filterOf(flags: FilterFlags, now: number): DeadFilter & { scan: number } {
+  return {
+    topic: flags.topic,
+    key: flags.key,
+    error: flags.error,
+    since: flags.since === undefined ? undefined : parseMoment(flags.since, now, "--since"),
+    until: flags.until === undefined ? undefined : parseMoment(flags.until, now, "--until"),
+    scan: parsePositiveInt(flags.scan, "--scan"),
+  };
+}
+
+function withFilters(command: Command): Command {
+  return command
+    .option("--topic <topic>", "only entries of this topic")
+    .option("--key <key>", "only entries of this key")
+    .option("--error <text>", "only entries whose last error contains this text (case-insensitive)")
+    .option("--since <when>", "only entries created at or after (ISO date, or a duration ago: 7d)")
+    .option("--until <when>", "only entries created before (ISO date, or a duration ago)")
+    .option("--scan <n>", "dead entries read from the store, oldest first; filters apply to these", "10000");
+}
+
+function optionalDuration(text: string | undefined, option: string): number | undefined {
+  return text === undefined ? undefined : parseDuration(text, option);
+}
+
+function optionalInt(text: string | undefined, option: string): number | undefined {
+  return text === undefined ? undefined : parsePositiveInt(text, option);
+}
+
+/**
+ * Runs the `outbox` command line and resolves to the exit code (it never calls process.exit:
+ * the bin does). `io` defaults to the real process; tests pass their own.
+ */
+export async function main(argv: readonly string[], ioOverrides: Partial<CliIO> = {}): Promise<number> {
+  const io: CliIO = { ...processIO(), ...ioOverrides };
+  let exitCode: number = ExitCode.Ok;
+  let json = false;
+  let runtime: Runtime | undefined;
+
+  const stderrLogger = (level: LogLevel = "warn"): Logger =>
+    createLogger({ level, write: (line) => io.stderr.write(line), now: io.now });
+  const load = async (globals: GlobalOptions, logger: Logger) => {
+    runtime = await Runtime.load({ config: globals.config, env: io.env, cwd: io.cwd }, logger);
+    return runtime;
+  };
+  const globalsOf = (command: Command): GlobalOptions => {
+    const globals = command.optsWithGlobals() as GlobalOptions;
+    json = globals.json === true;
+    return globals;
+  };
+
+  const program = new Command("outbox")
+    .description("Run the outbox relay as a service, and inspect and repair the outbox.")
+    .version(packageVersion(), "-v, --version")
+    .option(
+      "-c, --config <file>",
+      "config file (default: $OUTBOX_CONFIG, then ./outbox.config.{ts,mts,js,mjs}, then the OUTBOX_DATABASE_URL stack)",
+    )
+    .option("--json", "machine-readable output: one JSON document on stdout; errors as one JSON line on stderr")
+    .exitOverride()
+    .showHelpAfterError()
+    .configureOutput({
+      writeOut: (text) => io.stdout.write(text),
+      writeErr: (text) => io.stderr.write(text),
+    });
+
+  program
+    .command("relay")
+    .description("run the relay until SIGTERM/SIGINT (drains, then exits 0), with /healthz, /readyz and /metrics")
+    .option("--port <n>", "HTTP port for /healthz, /readyz, /metrics (0: any free port)", "9464")
+    .option("--host <address>", "address the HTTP server binds", "0.0.0.0")
+    .addOption(new Option("--log-level <level>", "least severe log level written").choices(logLevels).default("info"))
+    .option("--stats-interval <duration>", "how often the backlog is read from the store for /readyz and gauges", "5s")
+    .option("--ready-max-lag <duration>", "/readyz answers 503 while the oldest pending entry is older than this")
+    .option("--batch-size <n>", "entries claimed per cycle (overrides the config)")
+    .option("--max-in-flight <n>", "batches published at once (maxInFlightBatches)")
+    .option("--poll <duration>", "wait between polls when idle (pollMs)")
+    .option("--lease <duration>", "claim lease (leaseMs)")
+    .option("--drain-timeout <duration>", "how long SIGTERM waits for in-flight batches (drainTimeoutMs)")
+    .option("--relay-id <id>", "this relay's claimer id (default: a random UUID)")
+    .option("--no-default-metrics", "leave out prom-client's process_* and nodejs_* metrics")
+    .action(async (flags, command: Command) => {
+      const globals = globalsOf(command);
+      const port = Number(flags.port);
+      if (!Number.isInteger(port) || port < 0 || port > 65_535)
+        throw usageError(`--port: expected 0-65535, got ${flags.port}`);
+      const options = {
+        port,
+        host: String(flags.host),
+        statsIntervalMs: parseDuration(flags.statsInterval, "--stats-interval"),
+        readyMaxLagMs: optionalDuration(flags.readyMaxLag, "--ready-max-lag"),
+        defaultMetrics: flags.defaultMetrics !== false,
+        overrides: {
+          batchSize: optionalInt(flags.batchSize, "--batch-size"),
+          maxInFlightBatches: optionalInt(flags.maxInFlight, "--max-in-flight"),
+          pollMs: optionalDuration(flags.poll, "--poll"),
+          leaseMs: optionalDuration(flags.lease, "--lease"),
+          drainTimeoutMs: optionalDuration(flags.drainTimeout, "--drain-timeout"),
+          id: flags.relayId as string | undefined,
+        },
+      };
+      const logger = createLogger({
+        level: flags.logLevel as LogLevel,
+        write: (line) => io.stdout.write(line),
+        now: io.now,
+      });
+      try {
+        exitCode = await runRelay(await load(globals, logger), options, io, logger);
+      } catch (error) {
+        logger.error("relay failed to start", { error });
+        throw error;
+      }
+    });
+
+  program
+    .command("status")
+    .description("pending, in flight, dead, oldest lag; with --relay, the current leader and its fence")
+    .option(
+      "--relay <url>",
+      "a running relay's base URL (http://host:9464) to ask for leader and fence; repeatable",
+      (value: string, previous: string[]) => [...previous, value],
+      [] as string[],
+    )
+    .option("--timeout <duration>", "per-relay request timeout", "2s")
+    .action(async (flags, command: Command) => {
+      const globals = globalsOf(command);
+      const timeoutMs = parseDuration(flags.timeout, "--timeout");
+      const rt = await load(globals, stderrLogger());
+      await status(await rt.store(), { relays: flags.relay as string[], timeoutMs, json }, io);
+    });
+
+  const dead = program.command("dead").description("inspect and repair dead letters");
+  withFilters(dead.command("list").description("list dead entries, oldest first"))
+    .option("--limit <n>", "entries shown at most", "50")
+    .action(async (flags, command: Command) => {
+      const globals = globalsOf(command);
+      const filter = filterOf(flags as FilterFlags, io.now());
+      const limit = parsePositiveInt(flags.limit, "--limit");
+      const rt = await load(globals, stderrLogger());
+      await deadList(await rt.store(), { ...filter, limit, json }, io);
+    });
+  dead
+    .command("show")
+    .description("one dead entry in full: headers, last error, payload (text, or base64)")
+    .argument("<id>", "entry id")
+    .option("--scan <n>", "dead entries searched, oldest first", "10000")
+    .action(async (id: string, flags, command: Command) => {
+      const globals = globalsOf(command);
+      const scan = parsePositiveInt(flags.scan, "--scan");
+      const rt = await load(globals, stderrLogger());
+      await deadShow(await rt.store(), id, { scan, json }, io);
+    });
+  for (const [name, run, help] of [
+    ["requeue", deadRequeue, "make dead entries pending again (fresh attempt count): the relay republishes them"],
+    ["drop", deadDrop, "delete dead entries for good (needs a store with dropDead(); see README)"],
+  ] as const) {
+    withFilters(dead.command(name).description(help))
+      .argument("[ids...]", "entry ids; or use --all (narrowed by the filters)")
+      .option("--all", "every dead entry matching the filters")
+      .option("--dry-run", "show what would be selected, change nothing")
+      .action(async (ids: string[], flags, command: Command) => {
+        const globals = globalsOf(command);
+        const filter = filterOf(flags as FilterFlags, io.now());
+        const rt = await load(globals, stderrLogger());
+        await run(
+          await rt.store(),
+          ids,
+          { ...filter, all: flags.all === true, dryRun: flags.dryRun === true, json },
+          io,
+        );
+      });
+  }
+
+  program
+    .command("purge")
+    .description("delete published and dead entries settled longer ago than --older-than (never pending ones)")
+    .requiredOption("--older-than <duration>", "retention: 7d, 12h, 2w, ...")
+    .option("--batch-size <n>", "rows per DELETE statement", "1000")
+    .option("--steps <n>", "time slices of the purge (progress resolution)", "100")
+    .option("--no-progress", "no progress bar (it shows only on a terminal, and never with --json)")
+    .action(async (flags, command: Command) => {
+      const globals = globalsOf(command);
+      const olderThanMs = parseDuration(flags.olderThan, "--older-than");
+      const batchSize = parsePositiveInt(flags.batchSize, "--batch-size");
+      const steps = parsePositiveInt(flags.steps, "--steps");
+      const rt = await load(globals, stderrLogger());
+      await purge(
+        await rt.store(),
+        { olderThanMs, batchSize, steps, progress: flags.progress !== false, json, estimate: rt.config.purgeEstimate },
+        io,
+      );
+    });
+
+  program
+    .command("migrate")
+    .description("create or upgrade the outbox schema (runs the config's migrate())")
+    .action(async (_flags, command: Command) => {
+      const globals = globalsOf(command);
+      const rt = await load(globals, stderrLogger());
+      await migrateCommand(rt, { json }, io);
+    });
+
+  try {
+    await program.parseAsync([...argv], { from: "user" });
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      // Help and version exit 0; every parse error (unknown command or flag, missing value) is usage.
+      return error.exitCode === 0 ? ExitCode.Ok : ExitCode.Usage;
+    }
+    exitCode = exitCodeOf(error);
+    reportError(error, json, io);
+  } finally {
+    await runtime?.close();
+  }
+  return exitCode;
+}
+
+function reportError(error: unknown, json: boolean, io: CliIO): void {
+  if (json) {
+    io.stderr.write(`${JSON.stringify({ error: serializeError(error) })}\n`);
+    return;
+  }
+  const code = codeOf(error);
+  let message = error instanceof Error ? error.message : String(error);
+  if (!message.includes(code)) message = `[${code}] ${message}`;
+  io.stderr.write(`outbox: ${redactText(message)}\n`);
+  let cause = (error as { cause?: unknown } | null)?.cause;
+  for (let depth = 0; cause !== undefined && depth < 4; depth++) {
+    io.stderr.write(`  caused by: ${redactText(cause instanceof Error ? cause.message : String(cause))}\n`);
+    cause = (cause as { cause?: unknown } | null)?.cause;
+  }
+}

@@ -1,0 +1,109 @@
+import type { OutboxStore } from "@outbox/core";
+import cliProgress from "cli-progress";
+import type { PurgeEstimate } from "../config.js";
+import { type CliIO, writeJson } from "../io.js";
+
+export interface PurgeOptions {
+  olderThanMs: number;
+  batchSize: number;
+  /** Time slices the range is purged in (the progress bar's resolution). */
+  steps: number;
+  progress: boolean;
+  json: boolean;
+  estimate?: (olderThan: Date) => Promise<PurgeEstimate>;
+}
+
+export interface PurgeReport {
+  readonly deleted: number;
+  readonly olderThan: Date;
+  readonly from: Date;
+  readonly steps: number;
+  readonly estimatedRows: number | null;
+  readonly durationMs: number;
+}
+
+/**
+ * `outbox purge`: deletes published and dead entries settled before now - olderThan (pending
+ * entries never go). The store's `purge` already works in bounded batches; the CLI walks the time
+ * range from the oldest settled entry to the cutoff in `steps` slices, one `purge` per slice, so
+ * it can report progress: in rows when the config gives a `purgeEstimate`, else in time.
+ */
+export async function purge(
+  // biome-ignore lint/suspicious/noExplicitAny: any store
+  store: OutboxStore<any>,
+  options: PurgeOptions,
+  io: CliIO,
+): Promise<PurgeReport> {
+  const started = io.now();
+  const cutoff = new Date(started - options.olderThanMs);
+  let estimate: PurgeEstimate | null = null;
+  if (options.estimate) {
+    try {
+      estimate = await options.estimate(cutoff);
+    } catch (error) {
+      io.stderr.write(
+        `purge: the estimate failed, showing progress in time only (${error instanceof Error ? error.message : String(error)})\n`,
+      );
+    }
+  }
+  let from: number;
+  if (estimate) {
+    from = estimate.oldest ? Math.min(estimate.oldest.getTime(), cutoff.getTime()) : cutoff.getTime();
+  } else {
+    // Without an estimate the oldest settle time is unknown: start one retention period before
+    // the cutoff (or at the oldest dead entry, when older). The first slice takes all older rows.
+    const [oldestDead] = await store.listDead({ limit: 1 });
+    from = Math.min(
+      cutoff.getTime() - Math.max(options.olderThanMs, 3_600_000),
+      oldestDead?.createdAt.getTime() ?? Infinity,
+    );
+  }
+  const span = cutoff.getTime() - from;
+  const steps = span <= 0 || estimate?.rows === 0 ? 1 : options.steps;
+  const rowsMode = estimate !== null;
+
+  const bar =
+    options.progress && !options.json && io.stderr.isTTY
+      ? new cliProgress.SingleBar(
+          {
+            stream: io.stderr as NodeJS.WritableStream,
+            format: rowsMode
+              ? "purge |{bar}| {percentage}% | {value}/{total} rows | ETA {eta_formatted} | settled before {slice}"
+              : "purge |{bar}| {percentage}% of the time range | {deleted} rows | settled before {slice}",
+            hideCursor: true,
+            clearOnComplete: false,
+            etaBuffer: 20,
+          },
+          cliProgress.Presets.shades_classic,
+        )
+      : null;
+  const total = rowsMode ? Math.max(estimate?.rows ?? 0, 1) : steps;
+  bar?.start(total, 0, { deleted: 0, slice: new Date(from).toISOString() });
+
+  let deleted = 0;
+  let barTotal = total;
+  for (let step = 1; step <= steps; step++) {
+    const sliceEnd = step === steps ? cutoff : new Date(from + Math.round((span * step) / steps));
+    deleted += await store.purge({ olderThan: sliceEnd, batchSize: options.batchSize });
+    if (bar) {
+      if (rowsMode && deleted > barTotal) {
+        barTotal = deleted;
+        bar.setTotal(barTotal);
+      }
+      bar.update(rowsMode ? (step === steps ? barTotal : deleted) : step, { deleted, slice: sliceEnd.toISOString() });
+    }
+  }
+  bar?.stop();
+
+  const report: PurgeReport = {
+    deleted,
+    olderThan: cutoff,
+    from: new Date(from),
+    steps,
+    estimatedRows: estimate?.rows ?? null,
+    durationMs: io.now() - started,
+  };
+  if (options.json) writeJson(io.stdout, report);
+  else io.stdout.write(`purged ${deleted} entries settled before ${cutoff.toISOString()} in ${report.durationMs} ms\n`);
+  return report;
+}

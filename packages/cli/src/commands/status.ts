@@ -1,0 +1,101 @@
+import type { OutboxStore, StoreStats } from "@outbox/core";
+import { type CliIO, formatAge, writeJson, writeTable } from "../io.js";
+
+export interface RelayProbe {
+  readonly url: string;
+  readonly reachable: boolean;
+  readonly ready?: boolean;
+  readonly relayId?: string;
+  readonly leader?: boolean;
+  readonly leaderElection?: boolean;
+  readonly fence?: { lock: string; token: string } | null;
+  readonly error?: string;
+}
+
+/** Asks a running relay's /readyz who it is and whether it leads. */
+export async function probeRelay(url: string, timeoutMs: number): Promise<RelayProbe> {
+  const base = url.replace(/\/+$/, "");
+  try {
+    const response = await fetch(`${base}/readyz`, { signal: AbortSignal.timeout(timeoutMs) });
+    const body = (await response.json()) as Record<string, unknown>;
+    return {
+      url,
+      reachable: true,
+      ready: body.ready === true,
+      relayId: typeof body.relayId === "string" ? body.relayId : undefined,
+      leader: body.leader === true,
+      leaderElection: body.leaderElection === true,
+      fence: (body.fence as RelayProbe["fence"]) ?? null,
+    };
+  } catch (error) {
+    return { url, reachable: false, error: error instanceof Error ? error.message : String(error) };
+  }
+}
+
+export interface StatusReport {
+  readonly pending: number;
+  readonly inFlight: number;
+  readonly dead: number;
+  readonly oldestPendingAt: Date | null;
+  readonly lagSeconds: number;
+  readonly relays: RelayProbe[];
+  /** The relay that says it leads (with its fence), when relays were probed. */
+  readonly leader: { relayId: string | undefined; url: string; fence: RelayProbe["fence"] } | null;
+}
+
+export async function status(
+  // biome-ignore lint/suspicious/noExplicitAny: any store
+  store: OutboxStore<any>,
+  options: { relays: string[]; timeoutMs: number; json: boolean },
+  io: CliIO,
+): Promise<StatusReport> {
+  const [stats, relays] = await Promise.all([
+    store.stats() as Promise<StoreStats>,
+    Promise.all(options.relays.map((url) => probeRelay(url, options.timeoutMs))),
+  ]);
+  const lagMs = stats.oldestPendingAt ? Math.max(0, io.now() - stats.oldestPendingAt.getTime()) : 0;
+  const leading = relays.find((relay) => relay.reachable && relay.leader && relay.leaderElection);
+  const report: StatusReport = {
+    pending: stats.pending,
+    inFlight: stats.inFlight,
+    dead: stats.dead,
+    oldestPendingAt: stats.oldestPendingAt,
+    lagSeconds: lagMs / 1000,
+    relays,
+    leader: leading ? { relayId: leading.relayId, url: leading.url, fence: leading.fence ?? null } : null,
+  };
+  if (options.json) {
+    writeJson(io.stdout, report);
+    return report;
+  }
+  const out = io.stdout;
+  out.write(`pending      ${stats.pending}\n`);
+  out.write(`in flight    ${stats.inFlight}\n`);
+  out.write(`dead         ${stats.dead}\n`);
+  out.write(
+    `oldest lag   ${stats.oldestPendingAt ? `${formatAge(lagMs)} (since ${stats.oldestPendingAt.toISOString()})` : "- (nothing pending)"}\n`,
+  );
+  if (relays.length > 0) {
+    out.write(
+      `leader       ${leading ? `${leading.relayId ?? "?"} at ${leading.url}, fence ${leading.fence ? `${leading.fence.lock}#${leading.fence.token}` : "-"}` : "none of the probed relays leads"}\n\n`,
+    );
+    writeTable(
+      out,
+      ["RELAY URL", "ID", "READY", "LEADER", "FENCE"],
+      relays.map((relay) =>
+        relay.reachable
+          ? [
+              relay.url,
+              relay.relayId ?? "-",
+              relay.ready ? "yes" : "no",
+              relay.leaderElection ? (relay.leader ? "yes" : "no") : "n/a (no election)",
+              relay.fence ? `${relay.fence.lock}#${relay.fence.token}` : "-",
+            ]
+          : [relay.url, "-", "unreachable", "-", relay.error ?? "-"],
+      ),
+    );
+  } else {
+    out.write("leader       (pass --relay <url> to ask running relays who leads)\n");
+  }
+  return report;
+}

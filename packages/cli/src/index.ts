@@ -1,0 +1,15 @@
+export { main } from "./cli.js";
+export type { DropDeadCapable } from "./commands/dead.js";
+export {
+  configFileNames,
+  defineConfig,
+  type Factory,
+  type OutboxCliConfig,
+  type PurgeEstimate,
+  type RelaySettings,
+  validateConfig,
+} from "./config.js";
+export { CliError, CliErrorCode, ExitCode } from "./errors.js";
+export { metricNames } from "./metrics.js";
+export { redact, redactText, redactUrl } from "./redact.js";
+export { postgresPurgeEstimate, stackEnv } from "./stack.js";

@@ -1,0 +1,90 @@
+import type { LockBackend, OutboxPublisher, OutboxStore } from "@outbox/core";
+import { findConfigFile, loadConfigFile, type OutboxCliConfig, resolveAdapter } from "./config.js";
+import { configError } from "./errors.js";
+import type { Logger } from "./log.js";
+import { configFromEnv } from "./stack.js";
+
+export interface RuntimeSource {
+  /** "file" (with its path) or "env" (the built-in PostgreSQL + Kafka stack). */
+  readonly kind: "file" | "env";
+  readonly path?: string;
+}
+
+/**
+ * The configured adapters, made on first use and closed in reverse order of dependence:
+ * publisher, store, lock backend, then the config's own `close()` (your pools and clients).
+ */
+export class Runtime {
+  readonly config: OutboxCliConfig;
+  readonly source: RuntimeSource;
+  readonly #logger: Logger;
+  // biome-ignore lint/suspicious/noExplicitAny: any store
+  #store: Promise<OutboxStore<any>> | undefined;
+  #publisher: Promise<OutboxPublisher | undefined> | undefined;
+  #lock: Promise<LockBackend | undefined> | undefined;
+  #closed = false;
+
+  constructor(config: OutboxCliConfig, source: RuntimeSource, logger: Logger) {
+    this.config = config;
+    this.source = source;
+    this.#logger = logger;
+  }
+
+  static async load(
+    options: { config?: string; env: Record<string, string | undefined>; cwd: string },
+    logger: Logger,
+  ): Promise<Runtime> {
+    const path = findConfigFile(options.config, options.env, options.cwd);
+    if (path) return new Runtime(await loadConfigFile(path), { kind: "file", path }, logger);
+    const fromEnv = configFromEnv(options.env, logger);
+    if (fromEnv) return new Runtime(fromEnv, { kind: "env" }, logger);
+    throw configError(
+      "--config",
+      "no configuration: pass --config <file>, set OUTBOX_CONFIG, add outbox.config.ts here, or set OUTBOX_DATABASE_URL",
+    );
+  }
+
+  // biome-ignore lint/suspicious/noExplicitAny: any store
+  store(): Promise<OutboxStore<any>> {
+    this.#store ??= resolveAdapter(this.config.store, "store").then((store) => {
+      if (!store) throw configError("store", "is required");
+      return store;
+    });
+    return this.#store;
+  }
+
+  async publisher(): Promise<OutboxPublisher> {
+    this.#publisher ??= resolveAdapter(this.config.publisher, "publisher");
+    const publisher = await this.#publisher;
+    if (!publisher) throw configError("publisher", "is required to run the relay");
+    return publisher;
+  }
+
+  lock(): Promise<LockBackend | undefined> {
+    this.#lock ??= resolveAdapter(this.config.lock, "lock");
+    return this.#lock;
+  }
+
+  /** Closes what was made. Never throws: failures are logged. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const settle = async (what: string, made: Promise<{ close?: () => Promise<void> } | undefined> | undefined) => {
+      if (!made) return;
+      try {
+        const adapter = await made.catch(() => undefined);
+        await adapter?.close?.();
+      } catch (error) {
+        this.#logger.warn(`closing the ${what} failed`, { error });
+      }
+    };
+    await settle("publisher", this.#publisher);
+    await settle("store", this.#store);
+    await settle("lock backend", this.#lock);
+    try {
+      await this.config.close?.();
+    } catch (error) {
+      this.#logger.warn("the config's close() failed", { error });
+    }
+  }
+}
