@@ -7,8 +7,16 @@ export interface LockHarness {
   readonly backend: LockBackend;
   /** Lets `ms` of lock time pass: a manual clock advances, a real backend really waits. */
   elapse(ms: number): Promise<void>;
-  /** Restarts the backend server (locks may be lost; tokens must survive if promised). */
+  /**
+   * Restarts the backend server (locks may be lost; tokens must survive if promised). Called
+   * only when the options say `allowServerRestarts: true`.
+   */
   restart?(): Promise<void>;
+  /**
+   * Ends a holding at once from outside, as the backend itself would lose it: delete the key,
+   * revoke the lease, terminate the session of a session-bound lock.
+   */
+  expire?(name: string): Promise<void>;
   /** A second, independent backend instance on the same server (another relay's client). */
   peer?(): Promise<LockBackend>;
   teardown(): Promise<void>;
@@ -18,18 +26,33 @@ export interface LockConformanceOptions {
   name: string;
   create(): Promise<LockHarness>;
   skip?: SkipReasons<LockCheckId>;
+  /** Time per check, harness setup included. Default 60 s; a check past it fails, named. */
   timeoutMs?: number;
   /** TTL used by the checks. Default 1000 ms; real backends may need more headroom. */
   ttlMs?: number;
+  /**
+   * Lets `tokens-survive-restart` call the harness's `restart()`. Off by default: restarting a
+   * server other tests use at the same time breaks them. Opt in only where this suite owns the server.
+   */
+  allowServerRestarts?: boolean;
 }
 
-type Context = LockHarness & { ttlMs: number };
+type Context = LockHarness & { ttlMs: number; allowServerRestarts: boolean };
 
-async function strictlyIncreasing(tokens: bigint[]): Promise<void> {
+/** A TTL well under the suite's: backends that round TTLs to whole seconds lose these. */
+const shortTtlMs = 500;
+
+async function strictlyIncreasing(tokens: bigint[], rule: string): Promise<void> {
   for (let i = 1; i < tokens.length; i++) {
-    expect((tokens[i] as bigint) > (tokens[i - 1] as bigint), `token ${tokens[i]} after ${tokens[i - 1]}`).toBe(true);
+    expect(
+      (tokens[i] as bigint) > (tokens[i - 1] as bigint),
+      `${rule} (token ${tokens[i]} after ${tokens[i - 1]})`,
+    ).toBe(true);
   }
 }
+
+const ttlBound = (h: Context) =>
+  h.backend.capabilities.sessionBound ? "session-bound lock: no TTL expiry while the session lives" : null;
 
 export const lockChecks = {
   "mutual-exclusion": {
@@ -41,39 +64,60 @@ export const lockChecks = {
         (backends[i % backends.length] as LockBackend).tryAcquire(name, `holder-${i}`, h.ttlMs),
       );
       const tokens = await Promise.all(attempts);
-      expect(tokens.filter((token) => token !== null)).toHaveLength(1);
+      expect(
+        tokens.filter((token) => token !== null),
+        "of concurrent tryAcquire calls for one free lock exactly one may succeed",
+      ).toHaveLength(1);
     },
   },
   "holder-only": {
     title: "renew and release succeed only for the holder",
     async run(h) {
       const name = uniqueName("lock");
-      expect(await h.backend.tryAcquire(name, "a", h.ttlMs)).not.toBeNull();
-      expect(await h.backend.renew(name, "b", h.ttlMs)).toBe(false);
-      expect(await h.backend.release(name, "b")).toBe(false);
-      expect(await h.backend.tryAcquire(name, "c", h.ttlMs)).toBeNull();
-      expect(await h.backend.renew(name, "a", h.ttlMs)).toBe(true);
-      expect(await h.backend.release(name, "a")).toBe(true);
-      expect(await h.backend.release(name, "a")).toBe(false);
-      expect(await h.backend.renew(name, "a", h.ttlMs)).toBe(false);
-      expect(await h.backend.tryAcquire(name, "c", h.ttlMs)).not.toBeNull();
+      expect(await h.backend.tryAcquire(name, "a", h.ttlMs), "a free lock must be acquirable").not.toBeNull();
+      expect(await h.backend.renew(name, "b", h.ttlMs), "only the current holder may renew").toBe(false);
+      expect(await h.backend.release(name, "b"), "only the current holder may release").toBe(false);
+      expect(
+        await h.backend.tryAcquire(name, "c", h.ttlMs),
+        "a held lock must not be acquirable by another holder (also after a refused release)",
+      ).toBeNull();
+      expect(await h.backend.renew(name, "a", h.ttlMs), "the holder must be able to renew").toBe(true);
+      expect(await h.backend.release(name, "a"), "the holder must be able to release").toBe(true);
+      expect(
+        await h.backend.release(name, "a"),
+        "a released lock is no longer held: a second release returns false",
+      ).toBe(false);
+      expect(await h.backend.renew(name, "a", h.ttlMs), "a released lock is no longer held: renew returns false").toBe(
+        false,
+      );
+      expect(
+        await h.backend.tryAcquire(name, "c", h.ttlMs),
+        "a released lock must be acquirable at once",
+      ).not.toBeNull();
     },
   },
   expiry: {
     title: "an unrenewed lock expires after its TTL and another holder gets it",
-    requires: (h) =>
-      h.backend.capabilities.sessionBound ? "session-bound lock: no TTL expiry while the session lives" : null,
+    requires: ttlBound,
     async run(h) {
       const name = uniqueName("lock");
-      expect(await h.backend.tryAcquire(name, "a", h.ttlMs)).not.toBeNull();
+      expect(await h.backend.tryAcquire(name, "a", h.ttlMs), "a free lock must be acquirable").not.toBeNull();
       // A quarter, not a half: on real time a loaded machine may oversleep, and only the
       // "still held" side of this check can be broken by oversleeping.
       const early = Math.floor(h.ttlMs / 4);
       await h.elapse(early);
-      expect(await h.backend.tryAcquire(name, "b", h.ttlMs)).toBeNull();
+      expect(
+        await h.backend.tryAcquire(name, "b", h.ttlMs),
+        "no other holder may acquire while the holder's TTL runs",
+      ).toBeNull();
       await h.elapse(h.ttlMs - early + 50);
-      expect(await h.backend.tryAcquire(name, "b", h.ttlMs)).not.toBeNull();
-      expect(await h.backend.renew(name, "a", h.ttlMs)).toBe(false);
+      expect(
+        await h.backend.tryAcquire(name, "b", h.ttlMs),
+        "an unrenewed lock must expire after its TTL and be acquirable by another holder",
+      ).not.toBeNull();
+      expect(await h.backend.renew(name, "a", h.ttlMs), "the former holder of an expired lock must not renew it").toBe(
+        false,
+      );
     },
   },
   "renew-extends": {
@@ -81,13 +125,16 @@ export const lockChecks = {
     requires: (h) => (h.backend.capabilities.sessionBound ? "session-bound lock: no TTL to extend" : null),
     async run(h) {
       const name = uniqueName("lock");
-      expect(await h.backend.tryAcquire(name, "a", h.ttlMs)).not.toBeNull();
+      expect(await h.backend.tryAcquire(name, "a", h.ttlMs), "a free lock must be acquirable").not.toBeNull();
       // Five renewals a quarter TTL apart outlast the original TTL, with room for oversleeping.
       for (let i = 0; i < 5; i++) {
         await h.elapse(Math.floor(h.ttlMs / 4));
-        expect(await h.backend.renew(name, "a", h.ttlMs)).toBe(true);
+        expect(await h.backend.renew(name, "a", h.ttlMs), "the holder's renew within its TTL must succeed").toBe(true);
       }
-      expect(await h.backend.tryAcquire(name, "b", h.ttlMs)).toBeNull();
+      expect(
+        await h.backend.tryAcquire(name, "b", h.ttlMs),
+        "a renewed lock must stay held past its original TTL",
+      ).toBeNull();
     },
   },
   "fencing-tokens": {
@@ -98,11 +145,11 @@ export const lockChecks = {
       for (let i = 0; i < 5; i++) {
         const holder = `holder-${i}`;
         const token = await h.backend.tryAcquire(name, holder, h.ttlMs);
-        expect(token).not.toBeNull();
+        expect(token, "a released lock must be acquirable at once").not.toBeNull();
         tokens.push(token as bigint);
-        expect(await h.backend.release(name, holder)).toBe(true);
+        expect(await h.backend.release(name, holder), "the holder must be able to release").toBe(true);
       }
-      await strictlyIncreasing(tokens);
+      await strictlyIncreasing(tokens, "every acquire must return a fencing token greater than all earlier ones");
     },
   },
   "tokens-survive-restart": {
@@ -110,13 +157,15 @@ export const lockChecks = {
     requires: (h) =>
       !h.backend.capabilities.tokensSurviveRestart
         ? "backend does not promise tokens across restarts"
-        : h.restart
-          ? null
-          : "harness provides no restart()",
+        : !h.restart
+          ? "harness provides no restart()"
+          : h.allowServerRestarts
+            ? null
+            : "restarts the server: opt in with allowServerRestarts: true where no other test uses it",
     async run(h) {
       const name = uniqueName("lock");
       const before = await h.backend.tryAcquire(name, "a", h.ttlMs);
-      expect(before).not.toBeNull();
+      expect(before, "a free lock must be acquirable").not.toBeNull();
       await (h.restart as NonNullable<LockHarness["restart"]>)();
       let after: bigint | null = null;
       // After a restart the old holding may or may not survive; wait it out if it did.
@@ -124,8 +173,93 @@ export const lockChecks = {
         after = await h.backend.tryAcquire(name, "b", h.ttlMs).catch(() => null);
         if (after === null) await h.elapse(Math.ceil(h.ttlMs / 4));
       }
-      expect(after).not.toBeNull();
-      await strictlyIncreasing([before as bigint, after as bigint]);
+      expect(
+        after,
+        "the lock must be acquirable again after a restart (once any surviving holding expired)",
+      ).not.toBeNull();
+      await strictlyIncreasing(
+        [before as bigint, after as bigint],
+        "fencing tokens must keep increasing across a restart (capabilities.tokensSurviveRestart)",
+      );
+    },
+  },
+  "former-holder-cannot-renew": {
+    title: "the former holder of an expired lock cannot renew or release it, before or after another holder took it",
+    requires: ttlBound,
+    async run(h) {
+      const name = uniqueName("lock");
+      expect(await h.backend.tryAcquire(name, "a", h.ttlMs), "a free lock must be acquirable").not.toBeNull();
+      await h.elapse(h.ttlMs + 50);
+      expect(
+        await h.backend.renew(name, "a", h.ttlMs),
+        "renew after the TTL ran out must return false, even with no new holder yet: the former holder must " +
+          "acquire again (and get a new token)",
+      ).toBe(false);
+      expect(await h.backend.tryAcquire(name, "b", h.ttlMs), "an expired lock must be acquirable").not.toBeNull();
+      expect(await h.backend.renew(name, "a", h.ttlMs), "only the current holder may renew, not the former one").toBe(
+        false,
+      );
+      expect(await h.backend.release(name, "a"), "only the current holder may release, not the former one").toBe(false);
+      expect(
+        await h.backend.tryAcquire(name, "c", h.ttlMs),
+        "the former holder's renew or release must not have touched the new holder's lock",
+      ).toBeNull();
+    },
+  },
+  "short-ttl": {
+    title: `no other holder acquires while a short TTL (${shortTtlMs} ms) runs`,
+    async run(h) {
+      const name = uniqueName("lock");
+      const first = await h.backend.tryAcquire(name, "a", shortTtlMs);
+      expect(first, `a free lock must be acquirable with a ${shortTtlMs} ms TTL`).not.toBeNull();
+      expect(
+        await h.backend.tryAcquire(name, "b", shortTtlMs),
+        `no other holder may acquire while a ${shortTtlMs} ms TTL runs (do not round TTLs down to whole seconds)`,
+      ).toBeNull();
+      expect(await h.backend.renew(name, "a", shortTtlMs), `the holder must renew a ${shortTtlMs} ms lock`).toBe(true);
+      expect(
+        await h.backend.tryAcquire(name, "b", shortTtlMs),
+        `no other holder may acquire while a renewed ${shortTtlMs} ms TTL runs`,
+      ).toBeNull();
+    },
+  },
+  "renewal-expires": {
+    title: "a renewed lock still expires one TTL after its last renewal",
+    requires: ttlBound,
+    async run(h) {
+      const name = uniqueName("lock");
+      expect(await h.backend.tryAcquire(name, "a", h.ttlMs), "a free lock must be acquirable").not.toBeNull();
+      const quarter = Math.floor(h.ttlMs / 4);
+      await h.elapse(quarter);
+      expect(await h.backend.renew(name, "a", h.ttlMs), "the holder's renew within its TTL must succeed").toBe(true);
+      await h.elapse(quarter);
+      expect(await h.backend.tryAcquire(name, "b", h.ttlMs), "a renewed lock must stay held").toBeNull();
+      await h.elapse(h.ttlMs - quarter + 50);
+      expect(
+        await h.backend.tryAcquire(name, "b", h.ttlMs),
+        "a renewed lock must expire one TTL after its last renewal (renew sets the TTL again, it does not remove it)",
+      ).not.toBeNull();
+    },
+  },
+  "lost-holding": {
+    title: "a lock whose key, lease or session is gone is reported not held, and another holder gets it",
+    requires: (h) => (h.expire ? null : "harness provides no expire(name)"),
+    async run(h) {
+      const name = uniqueName("lock");
+      const first = await h.backend.tryAcquire(name, "a", h.ttlMs);
+      expect(first, "a free lock must be acquirable").not.toBeNull();
+      await (h.expire as NonNullable<LockHarness["expire"]>)(name);
+      expect(
+        await h.backend.renew(name, "a", h.ttlMs),
+        "a lock whose key, lease or session is gone must be reported not held: renew must return false, not what " +
+          "the client remembers",
+      ).toBe(false);
+      const next = await (h.peer ? await h.peer() : h.backend).tryAcquire(name, "b", h.ttlMs);
+      expect(next, "a lock whose holding is gone must be acquirable by another holder").not.toBeNull();
+      await strictlyIncreasing(
+        [first as bigint, next as bigint],
+        "the next holder's fencing token must be greater than the lost holder's",
+      );
     },
   },
 } satisfies Record<string, Check<Context>>;
@@ -135,7 +269,11 @@ export type LockCheckId = keyof typeof lockChecks;
 export function describeLockConformance(options: LockConformanceOptions): void {
   registerSuite<Context, LockCheckId>("lock conformance", lockChecks, {
     name: options.name,
-    create: async () => Object.assign(await options.create(), { ttlMs: options.ttlMs ?? 1_000 }),
+    create: async () =>
+      Object.assign(await options.create(), {
+        ttlMs: options.ttlMs ?? 1_000,
+        allowServerRestarts: options.allowServerRestarts ?? false,
+      }),
     dispose: (h) => h.teardown(),
     skip: options.skip,
     timeoutMs: options.timeoutMs ?? 60_000,

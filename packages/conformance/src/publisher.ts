@@ -2,6 +2,7 @@ import {
   type OutboxEntry,
   OutboxError,
   OutboxErrorCode,
+  OutboxHeader,
   type OutboxPublisher,
   type PublishOutcome,
 } from "@outbox/core";
@@ -14,24 +15,40 @@ export interface ReceivedMessage {
   readonly topic: string;
   readonly key: string | null;
   readonly payload: Uint8Array;
-  /** The entry's own headers (adapter metadata headers may be included too). */
+  /**
+   * Every header the consumer sees: the entry's own headers plus the outbox metadata headers
+   * `outbox-id` and `outbox-idempotency-key` (`OutboxHeader`, what `headersWithMetadata()` adds).
+   */
   readonly headers: Readonly<Record<string, string>>;
+  /** The idempotency key as the consumer reads it (from `outbox-idempotency-key`, or the broker's field for it). */
   readonly idempotencyKey: string;
+  /**
+   * The outbox entry id, for brokers that carry the metadata in dedicated fields instead of
+   * headers (e.g. Redis Streams fields named `outbox-id`): read when `headers["outbox-id"]` is absent.
+   */
+  readonly id?: string;
 }
 
 export interface PublisherHarness {
+  /** The publisher under test, connected to the real broker. */
   readonly publisher: OutboxPublisher;
-  /** A fresh destination on the broker (created when the broker needs that). */
+  /** A fresh destination on the broker (created when the broker needs that), used by one check only. */
   topic(): Promise<string>;
   /**
-   * Reads `topic` from the beginning with a real consumer until `count` messages arrived, or
-   * returns what arrived when `timeoutMs` passes (the checks also use it to prove "no more").
+   * Reads `topic` from the beginning with a real consumer and returns everything on it, in
+   * delivery order: as soon as at least `count` messages arrived, or what arrived when
+   * `timeoutMs` passes (the checks also use it to prove "no more"). Called several times per
+   * topic: every call returns everything from the beginning again, duplicates included.
    */
   receive(topic: string, count: number, timeoutMs: number): Promise<ReceivedMessage[]>;
   /** Makes an entry for `topic` that the broker will refuse for good (oversize, unroutable, wrong type...). */
   permanentFailure?(topic: string): Promise<Pick<OutboxEntry, "topic" | "payload" | "key">>;
-  /** Cuts the publisher's broker connection (kill it server-side or restart the broker). */
+  /**
+   * Cuts this publisher's own broker connection (kill it server-side, cut a proxy). Must not
+   * restart a server that other tests use: the kit never asks a harness to restart one.
+   */
   dropConnection?(): Promise<void>;
+  /** Closes the publisher and everything the harness opened (consumers, admin clients, topics). */
   teardown(): Promise<void>;
 }
 
@@ -39,6 +56,7 @@ export interface PublisherConformanceOptions {
   name: string;
   create(): Promise<PublisherHarness>;
   skip?: SkipReasons<PublisherCheckId>;
+  /** Time per check, harness setup included. Default 60 s; a check past it fails, named. */
   timeoutMs?: number;
   /** Largest payload in the round-trip check. Default 512 KiB. */
   largePayloadBytes?: number;
@@ -78,17 +96,24 @@ export const publisherChecks = {
       );
       const keyless = makeEntry({ topic, key: null });
       const outcomes = await h.publisher.publish([...entries, keyless]);
-      expect(statuses(outcomes)).toEqual([...entries, keyless].map(() => "published"));
+      expect(statuses(outcomes), "every entry the broker accepts must be reported published").toEqual(
+        [...entries, keyless].map(() => "published"),
+      );
       const received = await h.receive(topic, entries.length + 1, 30_000);
-      expect(received).toHaveLength(entries.length + 1);
+      expect(received, "the consumer must receive every published entry exactly once").toHaveLength(entries.length + 1);
       for (const entry of [...entries, keyless]) {
         const match = received.find((m) => m.idempotencyKey === entry.idempotencyKey);
-        expect(match, `entry ${entry.id} not received`).toBeDefined();
+        expect(match, `the consumer must receive entry ${entry.id} under its idempotency key`).toBeDefined();
         const message = match as ReceivedMessage;
-        expect(message.topic).toBe(topic);
-        expect(message.key).toBe(entry.key);
-        expect(bytesEqual(message.payload, entry.payload), `payload of ${entry.id} altered`).toBe(true);
-        for (const [name, value] of Object.entries(entry.headers)) expect(message.headers[name]).toBe(value);
+        expect(message.topic, "the message must arrive on the entry's topic").toBe(topic);
+        expect(message.key, "the message must carry the entry's key (null for none)").toBe(entry.key);
+        expect(
+          bytesEqual(message.payload, entry.payload),
+          `the payload bytes must arrive unchanged (entry ${entry.id})`,
+        ).toBe(true);
+        for (const [name, value] of Object.entries(entry.headers)) {
+          expect(message.headers[name], `header "${name}" must arrive unchanged`).toBe(value);
+        }
       }
     },
   },
@@ -102,12 +127,14 @@ export const publisherChecks = {
         // The relay never puts two entries of one key into a batch; mirror that.
         const entries = keys.map((key) => makeEntry({ topic, key, headers: { "x-seq": String(seq++) } }));
         const outcomes = await h.publisher.publish(entries);
-        expect(statuses(outcomes).every((status) => status === "published")).toBe(true);
+        expect(statuses(outcomes), "every entry the broker accepts must be reported published").toEqual(
+          entries.map(() => "published"),
+        );
       }
       const received = await h.receive(topic, seq, 30_000);
-      expect(received).toHaveLength(seq);
+      expect(received, "the consumer must receive every published entry").toHaveLength(seq);
       const order = received.map((m) => ({ key: m.key, seq: Number(m.headers["x-seq"]) }));
-      expect(keyOrderViolations(order)).toEqual([]);
+      expect(keyOrderViolations(order), "entries of one key must arrive in publish order across batches").toEqual([]);
     },
   },
   "per-entry-failure": {
@@ -120,11 +147,15 @@ export const publisherChecks = {
       const bad = makeEntry({ ...badFields });
       const after = makeEntry({ topic, key: "b" });
       const outcomes = await h.publisher.publish([before, bad, after]);
-      expect(statuses(outcomes)).toEqual(["published", "permanent", "published"]);
+      expect(
+        statuses(outcomes),
+        "a permanently refused entry must be reported permanent, alone: its neighbours must be published",
+      ).toEqual(["published", "permanent", "published"]);
       const received = await h.receive(topic, 2, 30_000);
-      expect(received.map((m) => m.idempotencyKey).sort()).toEqual(
-        [before.idempotencyKey, after.idempotencyKey].sort(),
-      );
+      expect(
+        received.map((m) => m.idempotencyKey).sort(),
+        "the neighbours of a refused entry must reach the consumer",
+      ).toEqual([before.idempotencyKey, after.idempotencyKey].sort());
     },
   },
   "key-runs": {
@@ -157,11 +188,95 @@ export const publisherChecks = {
       const received = await h.receive(topic, run.length + 3, 30_000);
       const ids = received.map((m) => m.idempotencyKey);
       expect(ids, "a held-back entry must never reach the broker").not.toContain(a3.idempotencyKey);
-      expect(ids.filter((id) => run.some((e) => e.idempotencyKey === id))).toEqual(run.map((e) => e.idempotencyKey));
-      expect(ids.filter((id) => id === b1.idempotencyKey || id === b2.idempotencyKey)).toEqual([
-        b1.idempotencyKey,
-        b2.idempotencyKey,
+      expect(
+        ids.filter((id) => run.some((e) => e.idempotencyKey === id)),
+        "a run of one key must arrive whole and in order",
+      ).toEqual(run.map((e) => e.idempotencyKey));
+      expect(
+        ids.filter((id) => id === b1.idempotencyKey || id === b2.idempotencyKey),
+        "another key's run in the same call must arrive whole and in order",
+      ).toEqual([b1.idempotencyKey, b2.idempotencyKey]);
+    },
+  },
+  "outcome-order": {
+    title: "outcomes come back one per entry, in input order, for a batch with an asymmetric mix of outcomes",
+    requires: (h) => (h.permanentFailure ? null : "harness provides no permanentFailure()"),
+    async run(h) {
+      const topic = await h.topic();
+      const badFields = await (h.permanentFailure as NonNullable<PublisherHarness["permanentFailure"]>)(topic);
+      // Refused at positions 0 and 3 of 7: reversing or sorting the outcomes changes the pattern.
+      const pattern = ["permanent", "published", "published", "permanent", "published", "published", "published"];
+      const entries = pattern.map((expected, i) =>
+        expected === "permanent" ? makeEntry({ ...badFields, key: `bad-${i}` }) : makeEntry({ topic, key: `ok-${i}` }),
+      );
+      const outcomes = await h.publisher.publish(entries);
+      expect(outcomes, "publish must return exactly one outcome per entry").toHaveLength(entries.length);
+      expect(statuses(outcomes), "outcomes must be in input order: outcome i belongs to entry i").toEqual(pattern);
+      const good = entries.filter((_, i) => pattern[i] === "published");
+      const received = await h.receive(topic, good.length, 30_000);
+      expect(
+        received.map((m) => m.idempotencyKey).sort(),
+        "the entries reported published must be the ones the consumer receives",
+      ).toEqual(good.map((e) => e.idempotencyKey).sort());
+    },
+  },
+  "metadata-headers": {
+    title: "the consumer sees the outbox metadata: outbox-id and outbox-idempotency-key",
+    async run(h) {
+      const topic = await h.topic();
+      const entries = [
+        makeEntry({ topic, key: "meta", headers: { "x-own": "kept" } }),
+        makeEntry({ topic, key: null, idempotencyKey: `custom-${globalThis.crypto.randomUUID()}` }),
+      ];
+      expect(statuses(await h.publisher.publish(entries)), "both entries must be published").toEqual([
+        "published",
+        "published",
       ]);
+      const received = await h.receive(topic, entries.length, 30_000);
+      for (const entry of entries) {
+        const message = received.find(
+          (m) => (m.headers[OutboxHeader.IdempotencyKey] ?? m.idempotencyKey) === entry.idempotencyKey,
+        );
+        expect(
+          message,
+          `the consumer must find the idempotency key under "${OutboxHeader.IdempotencyKey}" (use headersWithMetadata())`,
+        ).toBeDefined();
+        const { headers, id } = message as ReceivedMessage;
+        expect(
+          headers[OutboxHeader.Id] ?? id,
+          `the consumer must find the entry id under "${OutboxHeader.Id}" (use headersWithMetadata())`,
+        ).toBe(entry.id);
+        for (const [name, value] of Object.entries(entry.headers)) {
+          expect(headers[name], `the entry's own header "${name}" must arrive next to the metadata`).toBe(value);
+        }
+      }
+    },
+  },
+  "abort-mid-publish": {
+    title: "a signal aborted while publishing: each entry is published (and received) or transient, never permanent",
+    async run(h) {
+      const topic = await h.topic();
+      const entries = Array.from({ length: 20 }, (_, i) => makeEntry({ topic, key: `abort-${i}` }));
+      const controller = new AbortController();
+      const publishing = h.publisher.publish(entries, { signal: controller.signal });
+      // The lease is about to end while the batch is with the broker: a timeout, not the entries' fault.
+      controller.abort(new Error("the lease is about to end"));
+      const outcomes = await publishing;
+      expect(outcomes, "publish must return exactly one outcome per entry").toHaveLength(entries.length);
+      for (const outcome of outcomes) {
+        expect(
+          outcome.status,
+          "a publish cut short by its signal (a timeout, a lost connection) must report transient, never permanent: " +
+            "classify only the broker's final refusals as permanent",
+        ).not.toBe("permanent");
+      }
+      const confirmed = entries.filter((_, i) => outcomes[i]?.status === "published");
+      if (confirmed.length > 0) {
+        const received = (await h.receive(topic, confirmed.length, 30_000)).map((m) => m.idempotencyKey);
+        for (const entry of confirmed) {
+          expect(received, "an entry reported published must have reached the broker").toContain(entry.idempotencyKey);
+        }
+      }
     },
   },
   reconnect: {
@@ -169,7 +284,10 @@ export const publisherChecks = {
     requires: (h) => (h.dropConnection ? null : "harness provides no dropConnection()"),
     async run(h) {
       const topic = await h.topic();
-      expect(statuses(await h.publisher.publish([makeEntry({ topic })]))).toEqual(["published"]);
+      expect(
+        statuses(await h.publisher.publish([makeEntry({ topic })])),
+        "publishing must work before the drop",
+      ).toEqual(["published"]);
       await (h.dropConnection as NonNullable<PublisherHarness["dropConnection"]>)();
       const entry = makeEntry({ topic, key: "after-drop" });
       let outcome: PublishOutcome | undefined;
@@ -177,12 +295,17 @@ export const publisherChecks = {
       for (let attempt = 0; attempt < 30; attempt++) {
         outcome = (await h.publisher.publish([entry]))[0];
         if (outcome?.status === "published") break;
-        expect(outcome?.status).toBe("transient");
+        expect(outcome?.status, "a lost connection is a transient failure, never a permanent one").toBe("transient");
         await new Promise((resolve) => setTimeout(resolve, 500));
       }
-      expect(outcome?.status).toBe("published");
+      expect(outcome?.status, "after a dropped connection the publisher must reconnect by itself within 15 s").toBe(
+        "published",
+      );
       const received = await h.receive(topic, 2, 30_000);
-      expect(received.map((m) => m.idempotencyKey)).toContain(entry.idempotencyKey);
+      expect(
+        received.map((m) => m.idempotencyKey),
+        "an entry published after the reconnect must reach the consumer",
+      ).toContain(entry.idempotencyKey);
     },
   },
   "aborted-signal": {
@@ -194,14 +317,17 @@ export const publisherChecks = {
       const outcomes = await h.publisher.publish([makeEntry({ topic }), makeEntry({ topic, key: "k" })], {
         signal: controller.signal,
       });
-      expect(statuses(outcomes)).toEqual(["transient", "transient"]);
-      expect(await h.receive(topic, 1, 3_000)).toEqual([]);
+      expect(
+        statuses(outcomes),
+        "with an already-aborted signal every entry must be reported transient (the lease is ending, not the entry's fault)",
+      ).toEqual(["transient", "transient"]);
+      expect(await h.receive(topic, 1, 3_000), "with an already-aborted signal nothing may be sent").toEqual([]);
     },
   },
   "empty-batch": {
     title: "publishing an empty batch returns no outcomes",
     async run(h) {
-      expect(await h.publisher.publish([])).toEqual([]);
+      expect(await h.publisher.publish([]), "an empty batch must return an empty outcome list").toEqual([]);
     },
   },
   closed: {
@@ -214,7 +340,9 @@ export const publisherChecks = {
         () => null,
         (caught: unknown) => caught,
       );
-      expect(OutboxError.is(error, OutboxErrorCode.Closed)).toBe(true);
+      expect(OutboxError.is(error, OutboxErrorCode.Closed), "publish after close must fail with OUTBOX_CLOSED").toBe(
+        true,
+      );
     },
   },
 } satisfies Record<string, Check<Context>>;

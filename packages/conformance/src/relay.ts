@@ -26,7 +26,12 @@ import { deferred, keyOrderViolations, seededRandom, uniqueName, wrapStore } fro
 
 /** What the relay checks drive: any relay-shaped object (the real one, or a deliberately broken one). */
 export interface RelayUnderTest {
+  /** One claim -> publish -> settle cycle; resolves with how many entries it claimed. */
   runOnce(): Promise<number>;
+  /** Starts the background loop (`stop-drains` needs it, with `stop`). */
+  start?(): void;
+  /** Stops claiming and resolves once the in-flight batches are published and settled. */
+  stop?(): Promise<void>;
 }
 
 export type RelayFactory = (options: OutboxRelayOptions) => RelayUnderTest;
@@ -51,9 +56,10 @@ export interface RelayConformanceOptions<Tx> {
    * in-memory reference publisher. Failures are injected in front of it by the checks.
    */
   createPublisher?(): Promise<PublisherHarness>;
-  /** Default: `new OutboxRelay(options)`. */
+  /** Builds every relay the checks run. Default: `new OutboxRelay(options)` with its errors silenced. */
   createRelay?: RelayFactory;
   skip?: SkipReasons<RelayCheckId>;
+  /** Time per check, harness setup included. Default 120 s; a check past it fails, named. */
   timeoutMs?: number;
 }
 
@@ -201,7 +207,9 @@ async function drainAll(
     await Promise.all(relays.map((relay) => relay.runOnce()));
     c.clock.advance(stepMs);
   }
-  expect((await c.harness.store.stats()).pending).toBe(0);
+  expect((await c.harness.store.stats()).pending, `the relays must drain the outbox within ${maxRounds} cycles`).toBe(
+    0,
+  );
 }
 
 const base = (c: RelayCheckContext, publisher: OutboxPublisher, store = c.harness.store as OutboxStore<never>) => ({
@@ -224,8 +232,11 @@ export const relayChecks = {
       );
       await drainAll(c, [c.createRelay({ ...base(c, flaky), random })], 250);
       const delivered = await c.broker.received(150);
-      expect(distinctSeqs(delivered).size).toBe(150);
-      expect(keyOrderViolations(firstOccurrences(delivered))).toEqual([]);
+      expect(distinctSeqs(delivered).size, "every entry must reach the broker despite transient failures").toBe(150);
+      expect(
+        keyOrderViolations(firstOccurrences(delivered)),
+        "an entry must never reach the broker before an earlier entry of its key",
+      ).toEqual([]);
     },
   },
   "crash-during-publish": {
@@ -238,12 +249,18 @@ export const relayChecks = {
         base(c, killablePublisher(c.broker.publisher, life, { beforePublish: () => life.kill() }), store),
       );
       await relayA.runOnce().catch(() => 0);
-      expect(life.dead).toBe(true);
+      expect(life.dead, "the relay must claim and publish in runOnce()").toBe(true);
       c.clock.advance(30_001);
       await drainAll(c, [c.createRelay(base(c, c.broker.publisher))], 100);
       const delivered = await c.broker.received(30);
-      expect(distinctSeqs(delivered).size).toBe(30);
-      expect(keyOrderViolations(firstOccurrences(delivered))).toEqual([]);
+      expect(
+        distinctSeqs(delivered).size,
+        "a relay killed while publishing must lose nothing: ack only after the broker confirmed",
+      ).toBe(30);
+      expect(
+        keyOrderViolations(firstOccurrences(delivered)),
+        "an entry must never reach the broker before an earlier entry of its key",
+      ).toEqual([]);
     },
   },
   "crash-between-publish-and-ack": {
@@ -262,14 +279,20 @@ export const relayChecks = {
       };
       const relayA = c.createRelay(base(c, killablePublisher(counting, life), store));
       await relayA.runOnce().catch(() => 0);
-      expect(life.dead).toBe(true);
-      expect(publishedByA).toBeGreaterThan(0);
+      expect(life.dead, "the relay must ack what it published in runOnce()").toBe(true);
+      expect(publishedByA, "the relay must publish before acking").toBeGreaterThan(0);
       c.clock.advance(30_001);
       await drainAll(c, [c.createRelay(base(c, c.broker.publisher))], 100);
       const delivered = await c.broker.received(30 + publishedByA);
-      expect(distinctSeqs(delivered).size).toBe(30);
-      expect(delivered.length - 30).toBeLessThanOrEqual(publishedByA);
-      expect(keyOrderViolations(firstOccurrences(delivered))).toEqual([]);
+      expect(distinctSeqs(delivered).size, "a relay killed before acking must lose nothing").toBe(30);
+      expect(
+        delivered.length - 30,
+        "duplicates after a crash before ack must be bounded by the killed relay's in-flight batch",
+      ).toBeLessThanOrEqual(publishedByA);
+      expect(
+        keyOrderViolations(firstOccurrences(delivered)),
+        "an entry must never reach the broker before an earlier entry of its key",
+      ).toEqual([]);
     },
   },
   "key-order-concurrent-relays": {
@@ -281,8 +304,11 @@ export const relayChecks = {
       const relays = [1, 2, 3].map(() => c.createRelay({ ...base(c, flaky), batchSize: 4, random }));
       await drainAll(c, relays, 500);
       const delivered = await c.broker.received(120);
-      expect(distinctSeqs(delivered).size).toBe(120);
-      expect(keyOrderViolations(firstOccurrences(delivered))).toEqual([]);
+      expect(distinctSeqs(delivered).size, "concurrent relays together must publish every entry").toBe(120);
+      expect(
+        keyOrderViolations(firstOccurrences(delivered)),
+        "with concurrent relays an entry must never reach the broker before an earlier entry of its key",
+      ).toEqual([]);
     },
   },
   "permanent-failure-isolated": {
@@ -294,11 +320,15 @@ export const relayChecks = {
       );
       await drainAll(c, [c.createRelay(base(c, refusing))], 100);
       const delivered = await c.broker.received(19);
-      expect([...distinctSeqs(delivered)].sort((a, b) => a - b)).toEqual(
-        Array.from({ length: 20 }, (_, i) => i).filter((i) => i !== 5),
-      );
+      expect(
+        [...distinctSeqs(delivered)].sort((a, b) => a - b),
+        "a permanent failure must not block other entries, nor later entries of other keys",
+      ).toEqual(Array.from({ length: 20 }, (_, i) => i).filter((i) => i !== 5));
       const dead = await c.harness.store.listDead();
-      expect(dead.map((e) => seqOf(e))).toEqual([5]);
+      expect(
+        dead.map((e) => seqOf(e)),
+        "a permanently failing entry must be dead-lettered, alone",
+      ).toEqual([5]);
     },
   },
   "deposed-leader-cannot-ack": {
@@ -358,16 +388,19 @@ export const relayChecks = {
         await relayB.runOnce(),
         "a new leader must take over the deposed leader's leased entries at once, not after their lease",
       ).toBe(5);
-      expect((await c.harness.store.stats()).pending).toBe(0);
+      expect((await c.harness.store.stats()).pending, "the new leader must publish and ack what it took over").toBe(0);
       stall();
       await runA.catch(() => 0);
-      expect(claimedByA).toHaveLength(5);
+      expect(claimedByA, "the first leader must claim and publish in runOnce()").toHaveLength(5);
       expect(unfencedByA, "a leader must send its fencing token with every claim and settle").toEqual([]);
       // A may have published after waking (a bounded duplicate), but nothing of A's is acked
       // or lost, and the store itself refuses A's old token.
       const delivered = await c.broker.received(5);
-      expect(distinctSeqs(delivered).size).toBe(5);
-      expect(delivered.length).toBeLessThanOrEqual(10);
+      expect(distinctSeqs(delivered).size, "nothing may be lost across a leader change").toBe(5);
+      expect(
+        delivered.length,
+        "duplicates across a leader change are bounded by the deposed leader's batch",
+      ).toBeLessThanOrEqual(10);
       const error = await c.harness.store
         .ack(
           claimedByA.map((e) => e.id),
@@ -377,34 +410,106 @@ export const relayChecks = {
           () => null,
           (caught: unknown) => caught,
         );
-      expect(OutboxError.is(error, OutboxErrorCode.Fenced)).toBe(true);
+      expect(OutboxError.is(error, OutboxErrorCode.Fenced), "the store must refuse the deposed leader's token").toBe(
+        true,
+      );
+
+      // Phase 2: A is deposed between its own leadership check and its ack reaching the store.
+      // Re-checking leadership before acking cannot close that window; only the fence on the ack can.
+      await fill(
+        c,
+        messages(3, 0, c.broker.topic).map((m, i) => ({ ...m, headers: { [seqHeader]: String(100 + i) } })),
+      );
+      const name2 = uniqueName("leader");
+      const leader2 = { backend: c.lockBackend, name: name2, ttlMs: 3_000 };
+      let forwardedAck: "accepted" | "fenced" | "other error" | null = null;
+      let deposed = false;
+      const deposingStore = wrapStore(store, {
+        ack: async (ids, context) => {
+          if (!deposed) {
+            deposed = true;
+            c.clock.advance(3_001);
+            await c.expireLock(name2);
+            const relayD = c.createRelay({ ...base(c, c.broker.publisher), leader: leader2 });
+            await relayD.runOnce();
+            try {
+              await store.ack(ids, context);
+              forwardedAck = "accepted";
+            } catch (caught) {
+              forwardedAck = OutboxError.is(caught, OutboxErrorCode.Fenced) ? "fenced" : "other error";
+              throw caught;
+            }
+            return;
+          }
+          return store.ack(ids, context);
+        },
+      });
+      const relayC = c.createRelay({ ...base(c, c.broker.publisher, deposingStore), leader: leader2 });
+      await relayC.runOnce().catch(() => 0);
+      expect(deposed, "a leader that published must ack (phase 2: the leader was deposed during its ack)").toBe(true);
+      expect(
+        forwardedAck,
+        "an ack that reaches the store after its leader was deposed must be refused (OUTBOX_FENCED): send the " +
+          "fencing token with every ack; re-checking leadership before acking leaves a window",
+      ).toBe("fenced");
+      expect((await c.harness.store.stats()).pending, "the new leader must have published and acked everything").toBe(
+        0,
+      );
     },
   },
   "stop-drains": {
-    title: "stop() finishes the in-flight batch, then claims nothing more",
+    title: "stop() waits for the in-flight batches to be published and settled, then claims nothing more",
+    requires: (c) => {
+      const probe = c.createRelay(base(c, c.broker.publisher));
+      return typeof probe.start === "function" && typeof probe.stop === "function"
+        ? null
+        : "the relay factory's relays have no start()/stop()";
+    },
     async run(c) {
       await fill(c, messages(25, 0, c.broker.topic));
       const { promise: publishing, resolve: inPublish } = deferred();
       const { promise: mayFinish, resolve: finish } = deferred();
+      let handedOver = 0;
       let calls = 0;
       const gated: OutboxPublisher = {
         async publish(entries, options) {
           calls += 1;
+          handedOver += entries.length;
           inPublish();
           await mayFinish;
           return c.broker.publisher.publish(entries, options);
         },
       };
-      const relay = new OutboxRelay({ ...base(c, gated), pollMs: 1_000 });
-      relay.start();
+      const relay = c.createRelay({ ...base(c, gated), pollMs: 1_000 });
+      const start = relay.start as () => void;
+      const stop = relay.stop as () => Promise<void>;
+      start.call(relay);
       await publishing;
-      const stopping = relay.stop();
+      let stopped = false;
+      const stopping = stop.call(relay).then(() => {
+        stopped = true;
+      });
+      // Let everything that is ready run: stop() must still be waiting for the gated batch.
+      for (let i = 0; i < 20; i++) await new Promise((resolve) => setImmediate(resolve));
+      expect(stopped, "stop() must wait for the batch being published; it returned while it was in flight").toBe(false);
       finish();
       await stopping;
-      expect(calls).toBe(1);
-      expect(await c.broker.received(10)).toHaveLength(10);
-      expect((await c.harness.store.stats()).pending).toBe(15);
-      expect((await c.harness.store.stats()).inFlight).toBe(0);
+      const callsAtStop = calls;
+      const stats = await c.harness.store.stats();
+      expect(stats.inFlight, "after stop() no entry may stay leased: the in-flight batches are settled").toBe(0);
+      expect(handedOver, "the relay must have claimed at least one batch").toBeGreaterThanOrEqual(10);
+      expect(stats.pending, "stop() must ack what the in-flight batches published, and claim nothing more").toBe(
+        25 - handedOver,
+      );
+      expect(await c.broker.received(handedOver), "the in-flight batches must reach the broker").toHaveLength(
+        handedOver,
+      );
+      c.clock.advance(10_000);
+      for (let i = 0; i < 20; i++) await new Promise((resolve) => setImmediate(resolve));
+      expect(calls, "after stop() the relay must not publish again").toBe(callsAtStop);
+      expect((await c.harness.store.stats()).pending, "after stop() the relay must not claim again").toBe(
+        25 - handedOver,
+      );
     },
   },
 } satisfies Record<string, Check<RelayCheckContext>>;

@@ -29,6 +29,7 @@ export interface StoreConformanceOptions<Tx> {
   /** Builds a store on a fresh namespace, driven by the given manual clock. */
   create(clock: ManualClock): Promise<StoreHarness<Tx>>;
   skip?: SkipReasons<StoreCheckId>;
+  /** Time per check, harness setup included. Default 60 s; a check past it fails, named. */
   timeoutMs?: number;
 }
 
@@ -46,14 +47,32 @@ async function enqueue(h: Harness, messages: OutboxMessage | OutboxMessage[]): P
   return h.transaction((tx) => h.store.enqueue(tx, messages));
 }
 
-async function expectCode(promise: Promise<unknown>, code: OutboxErrorCode): Promise<void> {
+/** Asserts that `promise` rejects with an OutboxError of `code`; `rule` says why, in the author's words. */
+async function expectCode(promise: Promise<unknown>, code: OutboxErrorCode, rule: string): Promise<void> {
   const error = await promise.then(
     () => null,
     (caught: unknown) => caught,
   );
-  expect(error, `expected an OutboxError with code ${code}`).not.toBeNull();
-  expect(OutboxError.is(error) ? error.code : error).toBe(code);
+  expect(error, `${rule} (expected an OutboxError ${code}, but the call succeeded)`).not.toBeNull();
+  expect(OutboxError.is(error) ? error.code : error, `${rule} (expected an OutboxError ${code})`).toBe(code);
 }
+
+/** Resolves like `work`, or rejects with `message` when it takes longer than `ms`. */
+async function within<T>(work: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      work,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(message)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+const idsOf = (entries: readonly OutboxEntry[]): string[] => entries.map((e) => e.id);
 
 const ctx = (claimer: string, fence?: SettleContext["fence"]): SettleContext => ({ claimer, fence });
 
@@ -69,25 +88,33 @@ export const storeChecks = {
         payloads.map((p, i) => ({ topic, key: `k${i}`, payload: p.payload, headers, idempotencyKey: `idem-${i}` })),
       );
       const [defaultId] = await enqueue(h, { topic, payload: "no explicit idempotency key" });
-      expect(ids).toHaveLength(payloads.length);
-      expect(new Set([...ids, defaultId]).size).toBe(payloads.length + 1);
+      expect(ids, "enqueue must return one id per message, in order").toHaveLength(payloads.length);
+      expect(new Set([...ids, defaultId]).size, "enqueue must return a distinct id for every entry").toBe(
+        payloads.length + 1,
+      );
       const claimed = await h.store.claim({ claimer: "c", limit: 100, leaseMs: 1000 });
-      expect(claimed.map((e) => e.id)).toEqual([...ids, defaultId]);
+      expect(
+        claimed.map((e) => e.id),
+        "claim must return the entries under the ids enqueue returned, in enqueue order",
+      ).toEqual([...ids, defaultId]);
       payloads.forEach((p, i) => {
         const entry = claimed[i] as OutboxEntry;
-        expect(entry.payload).toBeInstanceOf(Uint8Array);
-        expect(bytesEqual(entry.payload, p.bytes), `payload "${p.name}" altered`).toBe(true);
-        expect(entry.headers).toEqual(headers);
-        expect(entry.key).toBe(`k${i}`);
-        expect(entry.topic).toBe(topic);
-        expect(entry.idempotencyKey).toBe(`idem-${i}`);
-        expect(entry.attempts).toBe(1);
-        expect(entry.lastError).toBeNull();
-        expect(entry.createdAt.getTime()).toBe(h.clock.now());
+        expect(entry.payload, "a claimed entry's payload must be a Uint8Array").toBeInstanceOf(Uint8Array);
+        expect(
+          bytesEqual(entry.payload, p.bytes),
+          `the store must keep payload bytes exactly ("${p.name}" altered)`,
+        ).toBe(true);
+        expect(entry.headers, "the store must keep headers exactly (unicode, empty values)").toEqual(headers);
+        expect(entry.key, "the store must keep the entry's key").toBe(`k${i}`);
+        expect(entry.topic, "the store must keep the entry's topic").toBe(topic);
+        expect(entry.idempotencyKey, "the store must keep an explicit idempotency key").toBe(`idem-${i}`);
+        expect(entry.attempts, "a first claim must count attempt 1").toBe(1);
+        expect(entry.lastError, "a new entry has no lastError").toBeNull();
+        expect(entry.createdAt.getTime(), "createdAt must come from the injected clock").toBe(h.clock.now());
       });
       const last = claimed.at(-1) as OutboxEntry;
-      expect(last.idempotencyKey).toBe(defaultId);
-      expect(last.key).toBeNull();
+      expect(last.idempotencyKey, "without an explicit idempotency key it defaults to the entry id").toBe(defaultId);
+      expect(last.key, "a message without a key must come back with key null").toBeNull();
     },
   },
   "invalid-entry": {
@@ -104,9 +131,13 @@ export const storeChecks = {
         await expectCode(
           enqueue(h, [{ topic: "t", payload: "valid neighbour" }, input as OutboxMessage]),
           OutboxErrorCode.InvalidEntry,
+          `enqueue must reject an invalid entry (${JSON.stringify(input).slice(0, 60)}) at once`,
         );
       }
-      expect(await h.store.claim({ claimer: "c", limit: 10, leaseMs: 1000 })).toEqual([]);
+      expect(
+        await h.store.claim({ claimer: "c", limit: 10, leaseMs: 1000 }),
+        "a rejected enqueue must write nothing, not even its valid neighbours",
+      ).toEqual([]);
     },
   },
   "rollback-leaves-nothing": {
@@ -120,8 +151,11 @@ export const storeChecks = {
           throw failure;
         }),
       ).rejects.toBe(failure);
-      expect(await h.store.claim({ claimer: "c", limit: 10, leaseMs: 1000 })).toEqual([]);
-      expect((await h.store.stats()).pending).toBe(0);
+      expect(
+        await h.store.claim({ claimer: "c", limit: 10, leaseMs: 1000 }),
+        "an entry enqueued in a rolled-back transaction must not be claimable",
+      ).toEqual([]);
+      expect((await h.store.stats()).pending, "a rolled-back enqueue must not count as pending").toBe(0);
     },
   },
   "claim-order-and-limit": {
@@ -134,9 +168,16 @@ export const storeChecks = {
       );
       const first = await h.store.claim({ claimer: "c", limit: 4, leaseMs: 1000 });
       const second = await h.store.claim({ claimer: "c", limit: 100, leaseMs: 1000 });
-      expect(first.map(seqOf)).toEqual([0, 1, 2, 3]);
-      expect(second.map(seqOf)).toEqual(Array.from({ length: 21 }, (_, i) => i + 4));
-      expect([...first, ...second].map((e) => e.id)).toEqual(ids);
+      expect(first.map(seqOf), "a claim must return the oldest entries first, no more than its limit").toEqual([
+        0, 1, 2, 3,
+      ]);
+      expect(second.map(seqOf), "claims must continue in id order (numeric, not text: 10 comes after 9)").toEqual(
+        Array.from({ length: 21 }, (_, i) => i + 4),
+      );
+      expect(
+        [...first, ...second].map((e) => e.id),
+        "claimed ids must be the ids enqueue returned",
+      ).toEqual(ids);
     },
   },
   "claim-exclusive": {
@@ -154,12 +195,15 @@ export const storeChecks = {
         );
         batches.forEach((batch, i) => {
           for (const entry of batch) {
-            expect(seen.get(entry.id), `entry ${entry.id} claimed twice`).toBeUndefined();
+            expect(
+              seen.get(entry.id),
+              `concurrent claims must never hand out one entry twice within its lease (entry ${entry.id})`,
+            ).toBeUndefined();
             seen.set(entry.id, claimers[i] as string);
           }
         });
       }
-      expect(seen.size).toBe(200);
+      expect(seen.size, "concurrent claimers together must get every entry").toBe(200);
     },
   },
   "lease-expiry": {
@@ -167,13 +211,18 @@ export const storeChecks = {
     async run(h) {
       await enqueue(h, message("lease", 1));
       const [first] = await h.store.claim({ claimer: "a", limit: 1, leaseMs: 5_000 });
-      expect(first?.attempts).toBe(1);
+      expect(first?.attempts, "a first claim must count attempt 1").toBe(1);
       h.clock.advance(4_999);
-      expect(await h.store.claim({ claimer: "b", limit: 1, leaseMs: 5_000 })).toEqual([]);
+      expect(
+        await h.store.claim({ claimer: "b", limit: 1, leaseMs: 5_000 }),
+        "a leased entry must stay invisible to other claimers until its lease ends (claim must use the injected clock)",
+      ).toEqual([]);
       h.clock.advance(1);
       const [again] = await h.store.claim({ claimer: "b", limit: 1, leaseMs: 5_000 });
-      expect(again?.id).toBe(first?.id);
-      expect(again?.attempts).toBe(2);
+      expect(again?.id, "an entry whose lease ended must be claimable again (claim must use the injected clock)").toBe(
+        first?.id,
+      );
+      expect(again?.attempts, "every claim must count an attempt").toBe(2);
     },
   },
   "ack-idempotent": {
@@ -181,13 +230,16 @@ export const storeChecks = {
     async run(h) {
       const ids = await enqueue(h, [message("ack", 1), message("ack", 2)]);
       const claimed = await h.store.claim({ claimer: "a", limit: 10, leaseMs: 1_000 });
-      expect(claimed).toHaveLength(2);
+      expect(claimed, "both entries must be claimable").toHaveLength(2);
       await h.store.ack(ids, ctx("a"));
       await h.store.ack(ids, ctx("a"));
       await h.store.ack(["999999999"], ctx("a"));
       h.clock.advance(10_000);
-      expect(await h.store.claim({ claimer: "b", limit: 10, leaseMs: 1_000 })).toEqual([]);
-      expect((await h.store.stats()).pending).toBe(0);
+      expect(
+        await h.store.claim({ claimer: "b", limit: 10, leaseMs: 1_000 }),
+        "an acked entry must never be claimed again, also after its lease would have ended",
+      ).toEqual([]);
+      expect((await h.store.stats()).pending, "acked entries must not count as pending").toBe(0);
     },
   },
   fencing: {
@@ -197,24 +249,35 @@ export const storeChecks = {
       await enqueue(h, [message("fence", 1), message("fence", 2)]);
       const old = { lock, token: 5n };
       const [entry] = await h.store.claim({ claimer: "old", limit: 1, leaseMs: 1_000, fence: old });
-      expect(entry).toBeDefined();
+      expect(entry, "a fenced claim with the first token must succeed").toBeDefined();
       // A newer leader shows up with a higher token.
       await h.store.claim({ claimer: "new", limit: 1, leaseMs: 1_000, fence: { lock, token: 6n } });
-      await expectCode(h.store.ack([(entry as OutboxEntry).id], ctx("old", old)), OutboxErrorCode.Fenced);
-      await expectCode(h.store.claim({ claimer: "old", limit: 1, leaseMs: 1_000, fence: old }), OutboxErrorCode.Fenced);
+      await expectCode(
+        h.store.ack([(entry as OutboxEntry).id], ctx("old", old)),
+        OutboxErrorCode.Fenced,
+        "an ack with a token older than the newest seen must be rejected",
+      );
+      await expectCode(
+        h.store.claim({ claimer: "old", limit: 1, leaseMs: 1_000, fence: old }),
+        OutboxErrorCode.Fenced,
+        "a claim with a token older than the newest seen must be rejected",
+      );
       await expectCode(
         h.store.retry(
           [{ id: (entry as OutboxEntry).id, error: "x", availableAt: new Date(h.clock.now()) }],
           ctx("old", old),
         ),
         OutboxErrorCode.Fenced,
+        "a retry with a token older than the newest seen must be rejected",
       );
-      // The rejected ack changed nothing: the entry is still pending.
-      expect((await h.store.stats()).pending).toBe(2);
+      expect((await h.store.stats()).pending, "a rejected (fenced) ack must change nothing").toBe(2);
       // Equal or higher tokens pass; other lock names are independent.
       await h.store.ack([(entry as OutboxEntry).id], ctx("new", { lock, token: 6n }));
       await h.store.claim({ claimer: "x", limit: 1, leaseMs: 1, fence: { lock: `${lock}-other`, token: 1n } });
-      expect((await h.store.stats()).pending).toBe(1);
+      expect(
+        (await h.store.stats()).pending,
+        "the newest token must pass, and a token of another lock name is independent",
+      ).toBe(1);
     },
   },
   "retry-schedule": {
@@ -225,13 +288,16 @@ export const storeChecks = {
       const availableAt = new Date(h.clock.now() + 5_000);
       await h.store.retry([{ id: (entry as OutboxEntry).id, error: "broker down", availableAt }], ctx("a"));
       h.clock.advance(4_999);
-      expect(await h.store.claim({ claimer: "a", limit: 1, leaseMs: 60_000 })).toEqual([]);
+      expect(
+        await h.store.claim({ claimer: "a", limit: 1, leaseMs: 60_000 }),
+        "a retried entry must stay hidden until its availableAt (claim must use the injected clock)",
+      ).toEqual([]);
       h.clock.advance(1);
       const [again] = await h.store.claim({ claimer: "a", limit: 1, leaseMs: 60_000 });
-      expect(again?.id).toBe(entry?.id);
-      expect(again?.attempts).toBe(2);
-      expect(again?.lastError).toBe("broker down");
-      expect(again?.availableAt.getTime()).toBe(availableAt.getTime());
+      expect(again?.id, "a retried entry must be claimable at its availableAt").toBe(entry?.id);
+      expect(again?.attempts, "the claim after a retry must count the next attempt").toBe(2);
+      expect(again?.lastError, "retry must record the error as lastError").toBe("broker down");
+      expect(again?.availableAt.getTime(), "retry must store availableAt exactly").toBe(availableAt.getTime());
     },
   },
   "settle-only-own": {
@@ -243,12 +309,18 @@ export const storeChecks = {
       await h.store.retry([{ id, error: "x", availableAt: new Date(h.clock.now()) }], ctx("b"));
       await h.store.deadLetter([{ id, error: "x" }], ctx("b"));
       await h.store.release([id], ctx("b"));
-      expect(await h.store.claim({ claimer: "b", limit: 1, leaseMs: 60_000 })).toEqual([]);
-      expect((await h.store.stats()).dead).toBe(0);
+      expect(
+        await h.store.claim({ claimer: "b", limit: 1, leaseMs: 60_000 }),
+        "retry and release by another claimer must not touch an entry it does not hold",
+      ).toEqual([]);
+      expect(
+        (await h.store.stats()).dead,
+        "deadLetter by another claimer must not touch an entry it does not hold",
+      ).toBe(0);
       await h.store.release([id], ctx("a"));
       const [again] = await h.store.claim({ claimer: "b", limit: 1, leaseMs: 60_000 });
-      expect(again?.id).toBe(id);
-      expect(again?.attempts).toBe(1);
+      expect(again?.id, "release by the holder must make the entry claimable at once").toBe(id);
+      expect(again?.attempts, "release must not count an attempt").toBe(1);
     },
   },
   "dead-letters": {
@@ -260,21 +332,23 @@ export const storeChecks = {
       expect(entry?.id, "a claim with limit 1 returns the key's head").toBe(id);
       await h.store.deadLetter([{ id: id as string, error: "unroutable" }], ctx("a"));
       const dead = await h.store.listDead();
-      expect(dead.map((e) => e.id)).toEqual([id]);
-      expect(dead[0]?.lastError).toBe("unroutable");
-      expect((await h.store.stats()).dead).toBe(1);
-      // A dead entry no longer holds back its key.
+      expect(
+        dead.map((e) => e.id),
+        "listDead must list the dead-lettered entry",
+      ).toEqual([id]);
+      expect(dead[0]?.lastError, "deadLetter must record the error as lastError").toBe("unroutable");
+      expect((await h.store.stats()).dead, "stats().dead must count dead entries").toBe(1);
       const next = await h.store.claim({ claimer: "a", limit: 10, leaseMs: 60_000 });
-      expect(next.map(seqOf)).toEqual([2]);
+      expect(next.map(seqOf), "a dead entry must no longer hold back its key's later entries").toEqual([2]);
       await h.store.ack(
         next.map((e) => e.id),
         ctx("a"),
       );
-      expect(await h.store.requeueDead([id as string])).toBe(1);
+      expect(await h.store.requeueDead([id as string]), "requeueDead must return how many entries moved").toBe(1);
       const [requeued] = await h.store.claim({ claimer: "a", limit: 10, leaseMs: 60_000 });
-      expect(requeued?.id).toBe(id);
-      expect(requeued?.attempts).toBe(1);
-      expect((await h.store.stats()).dead).toBe(0);
+      expect(requeued?.id, "a requeued entry must be claimable again").toBe(id);
+      expect(requeued?.attempts, "requeueDead must reset the attempt count").toBe(1);
+      expect((await h.store.stats()).dead, "a requeued entry is no longer dead").toBe(0);
     },
   },
   purge: {
@@ -290,17 +364,22 @@ export const storeChecks = {
       const fresh = recent.find((e) => seqOf(e) === 4) as OutboxEntry;
       await h.store.ack([fresh.id], ctx("a"));
       const purged = await h.store.purge({ olderThan: new Date(h.clock.now() - 1_000), batchSize: 1 });
-      expect(purged).toBe(2);
+      expect(purged, "purge must remove the old published and dead entries, across batches, and return the count").toBe(
+        2,
+      );
       const stats = await h.store.stats();
-      expect(stats.dead).toBe(0);
-      expect(stats.pending).toBe(1);
+      expect(stats.dead, "purge must remove old dead entries").toBe(0);
+      expect(stats.pending, "purge must never remove pending entries, whatever their age").toBe(1);
       // The pending entry (seq 3) survived, whatever its age.
       await h.store.release(
         recent.map((e) => e.id),
         ctx("a"),
       );
       const left = await claimAndAckAll(h.store as OutboxStore<never>, ctx("b"));
-      expect(left.map((e) => e.id)).toEqual([ids[2]]);
+      expect(
+        left.map((e) => e.id),
+        "purge must never remove pending entries, whatever their age",
+      ).toEqual([ids[2]]);
     },
   },
   "key-order": {
@@ -414,7 +493,7 @@ export const storeChecks = {
       await enqueue(h, [message("take", 1, "k"), message("take", 2, "k"), message("take", 3)]);
       const old = { lock, token: 5n };
       const byOld = await h.store.claim({ claimer: "old", limit: 10, leaseMs: 60_000, fence: old });
-      expect(byOld.map(seqOf)).toEqual([1, 2, 3]);
+      expect(byOld.map(seqOf), "a fenced claim must return the available entries and key runs").toEqual([1, 2, 3]);
       expect(
         await h.store.claim({ claimer: "other", limit: 10, leaseMs: 60_000 }),
         "an unfenced claim must respect the lease",
@@ -425,7 +504,10 @@ export const storeChecks = {
         byNew.map(seqOf),
         "a claim with a newer token must take over the older token's leases without waiting for them",
       ).toEqual([1, 2, 3]);
-      expect(byNew.map((e) => e.attempts)).toEqual([2, 2, 2]);
+      expect(
+        byNew.map((e) => e.attempts),
+        "a takeover is a claim: it must count an attempt",
+      ).toEqual([2, 2, 2]);
       expect(
         await h.store.claim({ claimer: "peer", limit: 10, leaseMs: 60_000, fence: fresh }),
         "a lease taken under the same token must be respected",
@@ -434,7 +516,7 @@ export const storeChecks = {
         await h.store.claim({ claimer: "x", limit: 10, leaseMs: 60_000, fence: { lock: `${lock}-other`, token: 99n } }),
         "a token of another lock must not take over",
       ).toEqual([]);
-      const ids = byOld.map((e) => e.id);
+      const ids = idsOf(byOld);
       for (const settle of [
         () => h.store.ack(ids, ctx("old", old)),
         () =>
@@ -442,16 +524,23 @@ export const storeChecks = {
         () => h.store.deadLetter([{ id: ids[0] as string, error: "x" }], ctx("old", old)),
         () => h.store.release(ids, ctx("old", old)),
       ]) {
-        await expectCode(settle(), OutboxErrorCode.Fenced);
+        await expectCode(
+          settle(),
+          OutboxErrorCode.Fenced,
+          "every settle (ack, retry, deadLetter, release) with the older token must be rejected after a takeover",
+        );
       }
       const stats = await h.store.stats();
-      expect({ pending: stats.pending, inFlight: stats.inFlight, dead: stats.dead }).toEqual({
+      expect(
+        { pending: stats.pending, inFlight: stats.inFlight, dead: stats.dead },
+        "rejected settles must change nothing",
+      ).toEqual({
         pending: 3,
         inFlight: 3,
         dead: 0,
       });
       await h.store.ack(ids, ctx("new", fresh));
-      expect((await h.store.stats()).pending).toBe(0);
+      expect((await h.store.stats()).pending, "the new leader must be able to ack what it took over").toBe(0);
     },
   },
   "fenced-details": {
@@ -467,10 +556,14 @@ export const storeChecks = {
         const [late] = results;
         if (late.status === "rejected") {
           const error = late.reason as unknown;
-          expect(OutboxError.is(error, OutboxErrorCode.Fenced)).toBe(true);
+          expect(OutboxError.is(error, OutboxErrorCode.Fenced), "a claim may only fail as OUTBOX_FENCED here").toBe(
+            true,
+          );
           const details = (error as OutboxError).details;
-          expect(details.lock).toBe(lock);
-          expect(details.token).toBe(token.toString());
+          expect(details.lock, "OUTBOX_FENCED details.lock must name the lock").toBe(lock);
+          expect(details.token, "OUTBOX_FENCED details.token must be the refused token, as a decimal string").toBe(
+            token.toString(),
+          );
           expect(
             BigInt(String(details.newest)),
             "details.newest must be the newest token, newer than the refused one",
@@ -482,8 +575,14 @@ export const storeChecks = {
         () => null,
         (caught: unknown) => caught,
       );
-      expect(OutboxError.is(error, OutboxErrorCode.Fenced)).toBe(true);
-      expect((error as OutboxError).details).toMatchObject({ lock, token: "3", newest: "21" });
+      expect(
+        OutboxError.is(error, OutboxErrorCode.Fenced),
+        "an ack with an older token must fail as OUTBOX_FENCED",
+      ).toBe(true);
+      expect(
+        (error as OutboxError).details,
+        "OUTBOX_FENCED details must be { lock, token, newest } with tokens as decimal strings",
+      ).toMatchObject({ lock, token: "3", newest: "21" });
     },
   },
   "key-order-concurrent": {
@@ -533,12 +632,19 @@ export const storeChecks = {
           }),
         );
       }
-      expect(published).toHaveLength(120);
-      expect(keyOrderViolations(published)).toEqual([]);
+      expect(published, "concurrent claimers together must get every entry").toHaveLength(120);
+      expect(
+        keyOrderViolations(published),
+        "an entry must never be claimed before an earlier entry of its key",
+      ).toEqual([]);
     },
   },
   "late-commit": {
     title: "an entry committed after a later-enqueued one is still delivered (no sequence-gap loss)",
+    requires: (h) =>
+      h.store.capabilities.concurrentWriters === false
+        ? "store declares concurrentWriters: false (one writer at a time: a lower id cannot commit after a higher one)"
+        : null,
     async run(h) {
       const { promise: slowMayCommit, resolve: releaseSlow } = deferred();
       const { promise: slowHasEnqueued, resolve: slowEnqueued } = deferred();
@@ -547,14 +653,29 @@ export const storeChecks = {
         slowEnqueued();
         await slowMayCommit;
       });
-      await slowHasEnqueued;
-      await enqueue(h, message("gap", 2));
-      const early = await claimAndAckAll(h.store as OutboxStore<never>, ctx("a"));
-      expect(early.map(seqOf)).toEqual([2]);
-      releaseSlow();
-      await slow;
+      try {
+        await slowHasEnqueued;
+        await within(
+          enqueue(h, message("gap", 2)),
+          10_000,
+          "a second transaction could not commit while another one was open: this store has one writer at a " +
+            "time. Declare capabilities.concurrentWriters: false (the check is then skipped), or give the harness " +
+            "a connection pool",
+        );
+        const early = await claimAndAckAll(h.store as OutboxStore<never>, ctx("a"));
+        expect(
+          early.map(seqOf),
+          "the committed later entry must be claimable while the earlier one is uncommitted",
+        ).toEqual([2]);
+      } finally {
+        releaseSlow();
+        await slow;
+      }
       const late = await claimAndAckAll(h.store as OutboxStore<never>, ctx("a"));
-      expect(late.map(seqOf)).toEqual([1]);
+      expect(
+        late.map(seqOf),
+        "an entry whose transaction commits after a later id was claimed must still be delivered (no sequence-gap loss)",
+      ).toEqual([1]);
     },
   },
   stats: {
@@ -566,16 +687,37 @@ export const storeChecks = {
       await enqueue(h, [message("stats", 2), message("stats", 3)]);
       const [first] = await h.store.claim({ claimer: "a", limit: 1, leaseMs: 60_000 });
       const stats = await h.store.stats();
-      expect(stats).toEqual({ pending: 3, inFlight: 1, dead: 0, oldestPendingAt: new Date(start) });
+      expect(
+        stats,
+        "stats must count pending (claimed or not), in-flight (leased) and dead entries, and the oldest pending createdAt",
+      ).toEqual({ pending: 3, inFlight: 1, dead: 0, oldestPendingAt: new Date(start) });
       await h.store.ack([(first as OutboxEntry).id], ctx("a"));
-      expect((await h.store.stats()).oldestPendingAt).toEqual(new Date(start + 1_000));
+      expect(
+        (await h.store.stats()).oldestPendingAt,
+        "oldestPendingAt must move on once the oldest entry is published",
+      ).toEqual(new Date(start + 1_000));
+    },
+  },
+  "in-flight-expiry": {
+    title: "stats().inFlight counts live leases only: it drops when a lease expires",
+    async run(h) {
+      await enqueue(h, [message("ife", 1), message("ife", 2), message("ife", 3)]);
+      await h.store.claim({ claimer: "a", limit: 2, leaseMs: 5_000 });
+      expect((await h.store.stats()).inFlight, "stats().inFlight must count leased entries").toBe(2);
+      h.clock.advance(5_000);
+      const stats = await h.store.stats();
+      expect(
+        stats.inFlight,
+        "stats().inFlight must drop when a lease expires (count leases that are still running on the injected clock)",
+      ).toBe(0);
+      expect(stats.pending, "entries whose lease expired are still pending").toBe(3);
     },
   },
   "wake-ups": {
     title: "a committed enqueue delivers a wake-up to subscribers",
     requires: (h) => (h.store.capabilities.wakeUps ? null : "store declares wakeUps: false"),
     async run(h) {
-      expect(typeof h.store.subscribe).toBe("function");
+      expect(typeof h.store.subscribe, "a store declaring wakeUps: true must implement subscribe()").toBe("function");
       const { promise: wake, resolve: woken } = deferred();
       const unsubscribe = await (h.store.subscribe as NonNullable<OutboxStore["subscribe"]>)(() => woken());
       try {
@@ -584,7 +726,7 @@ export const storeChecks = {
           wake.then(() => "woken"),
           new Promise((resolve) => setTimeout(resolve, 5_000, "timeout")),
         ]);
-        expect(result).toBe("woken");
+        expect(result, "a committed enqueue must wake subscribers within 5 s").toBe("woken");
       } finally {
         await unsubscribe();
       }
@@ -594,10 +736,144 @@ export const storeChecks = {
     title: "after close, every operation fails with OUTBOX_CLOSED",
     async run(h) {
       await h.store.close();
-      await expectCode(h.store.claim({ claimer: "a", limit: 1, leaseMs: 1 }), OutboxErrorCode.Closed);
-      await expectCode(h.store.ack(["1"], ctx("a")), OutboxErrorCode.Closed);
-      await expectCode(h.store.stats(), OutboxErrorCode.Closed);
-      await expectCode(enqueue(h, message("closed", 1)), OutboxErrorCode.Closed);
+      await expectCode(
+        h.store.claim({ claimer: "a", limit: 1, leaseMs: 1 }),
+        OutboxErrorCode.Closed,
+        "claim after close must fail",
+      );
+      await expectCode(h.store.ack(["1"], ctx("a")), OutboxErrorCode.Closed, "ack after close must fail");
+      await expectCode(h.store.stats(), OutboxErrorCode.Closed, "stats after close must fail");
+      await expectCode(enqueue(h, message("closed", 1)), OutboxErrorCode.Closed, "enqueue after close must fail");
+    },
+  },
+  "fenced-settles": {
+    title: "every settle (ack, retry, deadLetter, release) with an older token is rejected and changes nothing",
+    async run(h) {
+      const lock = uniqueName("leader");
+      await enqueue(h, [message("fs", 1), message("fs", 2), message("fs", 3), message("fs", 4)]);
+      const old = { lock, token: 5n };
+      const byOld = await h.store.claim({ claimer: "old", limit: 10, leaseMs: 60_000, fence: old });
+      expect(byOld, "a fenced claim must return the available entries").toHaveLength(4);
+      // A newer leader appears and takes over one entry: the other three are still the old one's.
+      const byNew = await h.store.claim({ claimer: "new", limit: 1, leaseMs: 60_000, fence: { lock, token: 6n } });
+      const stillOld = byOld.filter((e) => !byNew.some((n) => n.id === e.id));
+      expect(stillOld.length, "a claim with limit 1 must take over at most one entry").toBeGreaterThanOrEqual(3);
+      const [a, b, c] = stillOld as [OutboxEntry, OutboxEntry, OutboxEntry];
+      await expectCode(
+        h.store.ack([a.id], ctx("old", old)),
+        OutboxErrorCode.Fenced,
+        "ack with an older token must be rejected, also for entries the old claimer still holds",
+      );
+      await expectCode(
+        h.store.retry([{ id: b.id, error: "x", availableAt: new Date(h.clock.now()) }], ctx("old", old)),
+        OutboxErrorCode.Fenced,
+        "retry with an older token must be rejected, also for entries the old claimer still holds",
+      );
+      await expectCode(
+        h.store.deadLetter([{ id: c.id, error: "x" }], ctx("old", old)),
+        OutboxErrorCode.Fenced,
+        "deadLetter with an older token must be rejected, also for entries the old claimer still holds",
+      );
+      await expectCode(
+        h.store.release(idsOf(stillOld), ctx("old", old)),
+        OutboxErrorCode.Fenced,
+        "release with an older token must be rejected, also for entries the old claimer still holds",
+      );
+      const stats = await h.store.stats();
+      expect(
+        { pending: stats.pending, inFlight: stats.inFlight, dead: stats.dead },
+        "a rejected (fenced) settle must change nothing: no ack, no dead letter, no released lease",
+      ).toEqual({ pending: 4, inFlight: 4, dead: 0 });
+      expect(
+        await h.store.claim({ claimer: "other", limit: 10, leaseMs: 60_000 }),
+        "a rejected (fenced) release or retry must leave the leases in place",
+      ).toEqual([]);
+    },
+  },
+  "fenced-claim-atomic": {
+    title: "a claim rejected as fenced leases nothing and counts no attempt",
+    async run(h) {
+      const lock = uniqueName("leader");
+      await enqueue(h, [message("fca", 1), message("fca", 2, "k"), message("fca", 3, "k"), message("fca", 4)]);
+      // The newest token is 6, seen by a claim that leased nothing (limit 1, then released).
+      const [probe] = await h.store.claim({ claimer: "new", limit: 1, leaseMs: 60_000, fence: { lock, token: 6n } });
+      await h.store.release(probe ? [probe.id] : [], ctx("new", { lock, token: 6n }));
+      for (let i = 0; i < 3; i++) {
+        await expectCode(
+          h.store.claim({ claimer: "old", limit: 10, leaseMs: 60_000, fence: { lock, token: 5n } }),
+          OutboxErrorCode.Fenced,
+          "a claim with a token older than the newest seen must be rejected",
+        );
+      }
+      expect(
+        (await h.store.stats()).inFlight,
+        "a claim rejected as fenced must lease nothing: check the token in the same transaction, before leasing",
+      ).toBe(0);
+      const all = await h.store.claim({ claimer: "other", limit: 10, leaseMs: 60_000 });
+      expect(all.map(seqOf), "a claim rejected as fenced must leave every entry claimable").toEqual([1, 2, 3, 4]);
+      expect(
+        all.map((e) => e.attempts),
+        "a claim rejected as fenced must not count an attempt (nor must the released probe claim)",
+      ).toEqual([1, 1, 1, 1]);
+    },
+  },
+  "purge-by-settle-time": {
+    title: "purge goes by when an entry was published or dead-lettered, not by when it was created",
+    async run(h) {
+      const t0 = h.clock.now();
+      // Settled long ago: published and dead at t0.
+      await enqueue(h, [message("pst", 1), message("pst", 2)]);
+      const early = await h.store.claim({ claimer: "a", limit: 10, leaseMs: 600_000 });
+      await h.store.ack([(early[0] as OutboxEntry).id], ctx("a"));
+      await h.store.deadLetter([{ id: (early[1] as OutboxEntry).id, error: "x" }], ctx("a"));
+      // Created long ago, published only now.
+      await enqueue(h, message("pst", 3));
+      h.clock.advance(100_000);
+      const [oldEntry] = await h.store.claim({ claimer: "a", limit: 10, leaseMs: 600_000 });
+      expect(seqOf(oldEntry as OutboxEntry), "the old entry must be claimable").toBe(3);
+      await h.store.ack([(oldEntry as OutboxEntry).id], ctx("a"));
+      // Created and dead-lettered now: young.
+      await enqueue(h, message("pst", 4));
+      const [young] = await h.store.claim({ claimer: "a", limit: 10, leaseMs: 600_000 });
+      await h.store.deadLetter([{ id: (young as OutboxEntry).id, error: "young" }], ctx("a"));
+      const cutoff = new Date(t0 + 50_000);
+      expect(
+        await h.store.purge({ olderThan: cutoff }),
+        "purge must remove exactly the entries published or dead-lettered before the cutoff: an entry created " +
+          "long ago but published recently stays, and so does a young dead entry",
+      ).toBe(2);
+      expect(
+        (await h.store.listDead()).map((e) => e.lastError),
+        "a dead entry dead-lettered after the cutoff must stay",
+      ).toEqual(["young"]);
+      expect(
+        await h.store.purge({ olderThan: new Date(h.clock.now() + 1) }),
+        "an entry created before the cutoff but published after it must survive the first purge",
+      ).toBe(2);
+      expect((await h.store.stats()).dead, "the second purge removes the young dead entry").toBe(0);
+    },
+  },
+  "list-dead-order": {
+    title: "listDead returns dead entries oldest first (id order), up to its limit",
+    async run(h) {
+      const enqueued = await enqueue(
+        h,
+        Array.from({ length: 5 }, (_, i) => message("ld", i)),
+      );
+      await enqueue(h, message("ld", 99));
+      const claimed = await h.store.claim({ claimer: "a", limit: 5, leaseMs: 60_000 });
+      // Dead-lettered in a scrambled order, at different times.
+      for (const index of [3, 0, 4, 1, 2]) {
+        await h.store.deadLetter([{ id: (claimed[index] as OutboxEntry).id, error: `dead-${index}` }], ctx("a"));
+        h.clock.advance(1_000);
+      }
+      expect(
+        idsOf(await h.store.listDead()),
+        "listDead must return dead entries oldest first (in id order), whatever order they died in",
+      ).toEqual(enqueued);
+      expect(idsOf(await h.store.listDead({ limit: 2 })), "listDead({ limit }) must return the oldest `limit`").toEqual(
+        enqueued.slice(0, 2),
+      );
     },
   },
 } satisfies Record<string, Check<Harness>>;

@@ -7,9 +7,13 @@ import {
   type MemoryTransaction,
   OutboxError,
   OutboxErrorCode,
+  type OutboxPublisher,
+  OutboxRelay,
   type OutboxRelayOptions,
   type OutboxStore,
+  type PublishOutcome,
   permanentFailure,
+  transientFailure,
 } from "@outbox/core";
 import { describe, expect, it } from "vitest";
 import {
@@ -25,6 +29,7 @@ import {
   type StoreHarness,
   storeChecks,
   uniqueName,
+  wrapLockBackend,
   wrapStore,
 } from "../src/index.js";
 
@@ -34,12 +39,12 @@ import {
 type Tx = MemoryTransaction;
 
 /** A store built on the reference one with one rule broken by `patch`. */
-function brokenStore(patch: (inner: MemoryStore) => Partial<OutboxStore<Tx>>) {
+function brokenStore(patch: (inner: MemoryStore, clock: ManualClock) => Partial<OutboxStore<Tx>>) {
   return async (clock: ManualClock): Promise<StoreHarness<Tx>> => {
     const inner = new MemoryStore({ clock });
     const base = wrapStore(inner, {});
     return {
-      store: { ...base, ...patch(inner) },
+      store: { ...base, ...patch(inner, clock) },
       clock,
       transaction: (work) => inner.transaction(work),
       teardown: () => inner.close(),
@@ -52,8 +57,19 @@ async function failingStoreChecks(create: (clock: ManualClock) => Promise<StoreH
     storeChecks,
     () => create(new ManualClock()) as Promise<StoreHarness<unknown>>,
     (h) => h.teardown(),
+    { timeoutMs: 20_000 },
   );
   return failed;
+}
+
+/** The failure message of one check against a broken store: it must say the rule, not just values. */
+async function storeFailure(create: (clock: ManualClock) => Promise<StoreHarness<Tx>>, id: keyof typeof storeChecks) {
+  const { errors } = await runChecks(
+    { [id]: storeChecks[id] } as Pick<typeof storeChecks, typeof id>,
+    () => create(new ManualClock()) as Promise<StoreHarness<unknown>>,
+    (h) => h.teardown(),
+  );
+  return String((errors[id] as Error | undefined)?.message ?? "");
 }
 
 async function failingRelayChecks(
@@ -180,6 +196,161 @@ describe("the kit catches broken stores", () => {
   });
 });
 
+describe("the kit catches broken stores (contract v2 rules)", () => {
+  it("a store that checks the fence on ack and retry only fails fenced-settles", async () => {
+    const partial = brokenStore((inner) => ({
+      deadLetter: (items, context) => inner.deadLetter(items, { claimer: context.claimer }),
+      release: (ids, context) => inner.release(ids, { claimer: context.claimer }),
+    }));
+    expect(await failingStoreChecks(partial)).toContain("fenced-settles");
+    expect(await storeFailure(partial, "fenced-settles")).toContain("deadLetter with an older token must be rejected");
+  });
+
+  it("a store that leases first and checks the fence afterwards fails fenced-claim-atomic", async () => {
+    const leaseThenCheck = brokenStore((inner) => ({
+      claim: async (request) => {
+        const entries = await inner.claim({ ...request, fence: undefined });
+        // The fence check comes second, outside the claim: the leases stay when it throws.
+        if (request.fence) await inner.ack([], { claimer: request.claimer, fence: request.fence });
+        return entries;
+      },
+    }));
+    expect(await failingStoreChecks(leaseThenCheck)).toContain("fenced-claim-atomic");
+    expect(await storeFailure(leaseThenCheck, "fenced-claim-atomic")).toContain("must lease nothing");
+  });
+
+  it("a store that purges by creation time fails purge-by-settle-time", async () => {
+    // Records each entry's createdAt as its settle time, by settling on a rewound clock.
+    const byCreation = brokenStore((inner, clock) => {
+      const createdAt = new Map<string, number>();
+      const onCreationClock = async (ids: readonly string[], settle: () => Promise<void>) => {
+        const now = clock.now();
+        const created = Math.min(...ids.map((id) => createdAt.get(id) ?? now));
+        clock.advance(created - now);
+        try {
+          await settle();
+        } finally {
+          clock.advance(now - created);
+        }
+      };
+      return {
+        claim: async (request) => {
+          const entries = await inner.claim(request);
+          for (const e of entries) createdAt.set(e.id, e.createdAt.getTime());
+          return entries;
+        },
+        ack: (ids, context) => onCreationClock(ids, () => inner.ack(ids, context)),
+        deadLetter: (items, context) =>
+          onCreationClock(
+            items.map((i) => i.id),
+            () => inner.deadLetter(items, context),
+          ),
+      };
+    });
+    expect(await failingStoreChecks(byCreation)).toContain("purge-by-settle-time");
+    const everything = brokenStore((inner) => ({
+      purge: (request) => inner.purge({ ...request, olderThan: new Date(8.64e15) }),
+    }));
+    expect(await failingStoreChecks(everything)).toContain("purge-by-settle-time");
+  });
+
+  it("a store that lists dead entries newest first fails list-dead-order", async () => {
+    const newestFirst = brokenStore((inner) => ({
+      listDead: async (options) => {
+        const all = await inner.listDead();
+        return all.reverse().slice(0, options?.limit ?? 100);
+      },
+    }));
+    expect(await failingStoreChecks(newestFirst)).toContain("list-dead-order");
+  });
+
+  it("a store whose inFlight ignores lease expiry fails in-flight-expiry", async () => {
+    const sticky = brokenStore((inner) => {
+      const leased = new Set<string>();
+      const settle = (ids: readonly string[]) => {
+        for (const id of ids) leased.delete(id);
+      };
+      return {
+        claim: async (request) => {
+          const entries = await inner.claim(request);
+          for (const e of entries) leased.add(e.id);
+          return entries;
+        },
+        ack: async (ids, context) => {
+          await inner.ack(ids, context);
+          settle(ids);
+        },
+        release: async (ids, context) => {
+          await inner.release(ids, context);
+          settle(ids);
+        },
+        stats: async () => ({ ...(await inner.stats()), inFlight: leased.size }),
+      };
+    });
+    expect(await failingStoreChecks(sticky)).toContain("in-flight-expiry");
+  });
+
+  it("a single-writer store fails late-commit with a message that says so, and declaring it skips the check", async () => {
+    // One transaction at a time, like SQLite or PGlite.
+    const singleWriter = (concurrentWriters?: boolean) => async (clock: ManualClock) => {
+      const inner = new MemoryStore({ clock });
+      let queue: Promise<unknown> = Promise.resolve();
+      const harness: StoreHarness<Tx> = {
+        store: wrapStore(inner, {
+          capabilities: { ...inner.capabilities, ...(concurrentWriters === undefined ? {} : { concurrentWriters }) },
+        }),
+        clock,
+        transaction: (work) => {
+          const run = queue.then(() => inner.transaction(work));
+          queue = run.catch(() => undefined);
+          return run;
+        },
+        teardown: () => inner.close(),
+      };
+      return harness;
+    };
+    const only = { "late-commit": storeChecks["late-commit"] };
+    const undeclared = await runChecks(
+      only,
+      () => singleWriter()(new ManualClock()) as Promise<StoreHarness<unknown>>,
+      (h) => h.teardown(),
+      { timeoutMs: 30_000 },
+    );
+    expect(undeclared.failed).toEqual(["late-commit"]);
+    expect(undeclared.hung).toEqual([]);
+    expect(String((undeclared.errors["late-commit"] as Error).message)).toContain("concurrentWriters: false");
+    const declared = await runChecks(
+      only,
+      () => singleWriter(false)(new ManualClock()) as Promise<StoreHarness<unknown>>,
+      (h) => h.teardown(),
+    );
+    expect(declared.skipped).toEqual(["late-commit"]);
+  });
+
+  it("runChecks names a check that hangs, honours skip, and carries on with the next check", async () => {
+    const hanging = brokenStore((inner) => ({
+      stats: (): Promise<never> => new Promise(() => {}),
+      listDead: (options) => inner.listDead(options),
+    }));
+    const some = {
+      "ack-idempotent": storeChecks["ack-idempotent"],
+      "list-dead-order": storeChecks["list-dead-order"],
+      "round-trip": storeChecks["round-trip"],
+    };
+    const result = await runChecks(
+      some,
+      () => hanging(new ManualClock()) as Promise<StoreHarness<unknown>>,
+      (h) => h.teardown(),
+      { timeoutMs: 300, skip: { "round-trip": "skipped here to prove skip works" } },
+    );
+    expect(result.hung).toEqual(["ack-idempotent"]);
+    expect(result.failed).toEqual(["ack-idempotent"]);
+    expect(String((result.errors["ack-idempotent"] as Error).message)).toContain('check "ack-idempotent"');
+    expect(result.passed).toEqual(["list-dead-order"]);
+    expect(result.skipped).toEqual(["round-trip"]);
+  });
+});
+
 describe("the kit catches broken relays", () => {
   it("a relay that acks before publishing loses entries when killed", async () => {
     const ackFirst = (options: OutboxRelayOptions): RelayUnderTest => ({
@@ -195,6 +366,46 @@ describe("the kit catches broken relays", () => {
       },
     });
     expect(await failingRelayChecks(memoryStoreHarness, ackFirst)).toContain("crash-during-publish");
+  });
+
+  it("a relay whose stop() does not wait for the in-flight batch fails stop-drains", async () => {
+    const hasty = (options: OutboxRelayOptions): RelayUnderTest => {
+      const relay = new OutboxRelay(options);
+      relay.on("error", () => {});
+      return {
+        runOnce: () => relay.runOnce(),
+        start: () => relay.start(),
+        stop: async () => {
+          void relay.stop();
+        },
+      };
+    };
+    expect(await failingRelayChecks(memoryStoreHarness, hasty)).toEqual(["stop-drains"]);
+  });
+
+  it("stop-drains uses the supplied factory: without start()/stop() it is skipped, not run on another relay", async () => {
+    const runOnceOnly = (options: OutboxRelayOptions): RelayUnderTest => {
+      const relay = new OutboxRelay(options);
+      relay.on("error", () => {});
+      return { runOnce: () => relay.runOnce() };
+    };
+    const { create, dispose } = relayCheckContext({ createStore: memoryStoreHarness, createRelay: runOnceOnly });
+    const { skipped } = await runChecks(relayChecks, create, dispose);
+    expect(skipped).toEqual(["stop-drains"]);
+  });
+
+  it("a leader that omits the fence on ack fails deposed-leader-cannot-ack, even when it re-checks leadership", async () => {
+    // The real relay (it re-checks leadership before acking), with its acks stripped of the fence.
+    const unfencedAck = (options: OutboxRelayOptions): RelayUnderTest => {
+      const store = options.store;
+      const relay = new OutboxRelay({
+        ...options,
+        store: wrapStore(store, { ack: (ids, context) => store.ack(ids, { claimer: context.claimer }) }),
+      });
+      relay.on("error", () => {});
+      return relay;
+    };
+    expect(await failingRelayChecks(memoryStoreHarness, unfencedAck)).toEqual(["deposed-leader-cannot-ack"]);
   });
 });
 
@@ -257,6 +468,67 @@ describe("the kit catches broken publishers and locks", () => {
     expect(failed).toContain("key-runs");
   });
 
+  it("a publisher that returns its outcomes in the wrong order fails outcome-order", async () => {
+    // Reversed: [published, permanent, published] reads the same backwards, so only an asymmetric batch sees it.
+    const reversed = new MemoryPublisher({
+      outcome: (entry) =>
+        entry.payload.byteLength > 1_000 ? permanentFailure(new Error("too large")) : { status: "published" },
+    });
+    const { failed } = await runChecks(
+      publisherChecks,
+      () =>
+        memoryHarness(
+          { publish: async (entries, options) => (await reversed.publish(entries, options)).reverse() },
+          reversed,
+        ),
+      (h) => h.teardown(),
+    );
+    expect(failed).toContain("outcome-order");
+    expect(failed).not.toContain("per-entry-failure");
+  });
+
+  it("a publisher that does not carry the outbox metadata fails metadata-headers", async () => {
+    const inner = new MemoryPublisher();
+    const bare: OutboxPublisher = {
+      // The broker assigns its own message ids; the outbox id is lost.
+      publish: (entries, options) =>
+        inner.publish(
+          entries.map((e) => ({ ...e, id: `broker-${e.id}` })),
+          options,
+        ),
+    };
+    const { failed } = await runChecks(
+      publisherChecks,
+      () => memoryHarness(bare, inner),
+      (h) => h.teardown(),
+    );
+    expect(failed).toContain("metadata-headers");
+  });
+
+  it("a publisher that reports a timed-out send as permanent fails abort-mid-publish", async () => {
+    const inner = new MemoryPublisher();
+    const harsh: OutboxPublisher = {
+      async publish(entries, options) {
+        if (options?.signal?.aborted) {
+          return entries.map((): PublishOutcome => transientFailure(new Error("not sent: aborted")));
+        }
+        // Waits for the broker's answer; when the wait is cut short, blames the entries.
+        await new Promise((resolve) => setTimeout(resolve, 10));
+        if (options?.signal?.aborted) {
+          return entries.map((): PublishOutcome => permanentFailure(new Error("send timed out")));
+        }
+        return inner.publish(entries, options);
+      },
+    };
+    const { failed } = await runChecks(
+      publisherChecks,
+      () => memoryHarness(harsh, inner),
+      (h) => h.teardown(),
+    );
+    expect(failed).toContain("abort-mid-publish");
+    expect(failed).not.toContain("aborted-signal");
+  });
+
   it("a lock that lets anyone release, or reuses tokens, fails", async () => {
     const clock = new ManualClock();
     const sloppy = (): LockBackend => {
@@ -283,4 +555,116 @@ describe("the kit catches broken publishers and locks", () => {
     );
     expect(failed).toEqual(expect.arrayContaining(["holder-only", "fencing-tokens"]));
   });
+
+  it("a lock whose renew revives an expired holding fails former-holder-cannot-renew", async () => {
+    const failed = await failingLockChecks((inner) => ({
+      renew: async (name, holder, ttl) => (await inner.tryAcquire(name, holder, ttl)) !== null,
+    }));
+    expect(failed).toContain("former-holder-cannot-renew");
+  });
+
+  it("a lock that rounds TTLs down to whole seconds fails short-ttl", async () => {
+    const seconds = (ttl: number) => Math.floor(ttl / 1_000) * 1_000;
+    const failed = await failingLockChecks((inner) => ({
+      tryAcquire: (name, holder, ttl) => inner.tryAcquire(name, holder, seconds(ttl)),
+      renew: (name, holder, ttl) => inner.renew(name, holder, seconds(ttl)),
+    }));
+    expect(failed).toContain("short-ttl");
+    expect(failed).not.toContain("expiry");
+  });
+
+  it("a lock whose renew never lets it expire fails renewal-expires", async () => {
+    const failed = await failingLockChecks((inner) => ({
+      renew: (name, holder, ttl) => inner.renew(name, holder, ttl * 100),
+    }));
+    expect(failed).toContain("renewal-expires");
+  });
+
+  it("a lock that reports what the client remembers, not the server, fails lost-holding", async () => {
+    const failed = await failingLockChecks((inner) => {
+      const acquired = new Set<string>();
+      return {
+        tryAcquire: async (name, holder, ttl) => {
+          const token = await inner.tryAcquire(name, holder, ttl);
+          if (token !== null) acquired.add(`${name}/${holder}`);
+          return token;
+        },
+        renew: async (name, holder, ttl) => (await inner.renew(name, holder, ttl)) || acquired.has(`${name}/${holder}`),
+      };
+    });
+    expect(failed).toContain("lost-holding");
+  });
+
+  it("tokens-survive-restart restarts the server only when the harness opts in", async () => {
+    let restarts = 0;
+    const clock = new ManualClock();
+    const harness = async (allowServerRestarts: boolean): Promise<LockHarness & LockContextExtras> => {
+      const backend = new MemoryLockBackend({ clock });
+      return {
+        backend,
+        ttlMs: 1_000,
+        allowServerRestarts,
+        elapse: async (ms) => clock.advance(ms),
+        restart: async () => {
+          restarts += 1;
+          backend.restart();
+        },
+        teardown: () => backend.close(),
+      };
+    };
+    const only = { "tokens-survive-restart": lockChecks["tokens-survive-restart"] };
+    const off = await runChecks(
+      only,
+      () => harness(false),
+      (h) => h.teardown(),
+    );
+    expect(off.skipped).toEqual(["tokens-survive-restart"]);
+    expect(restarts).toBe(0);
+    const on = await runChecks(
+      only,
+      () => harness(true),
+      (h) => h.teardown(),
+    );
+    expect(on.passed).toEqual(["tokens-survive-restart"]);
+    expect(restarts).toBe(1);
+  });
 });
+
+type LockContextExtras = { ttlMs: number; allowServerRestarts: boolean };
+
+/** The lock checks against the in-memory backend with some methods replaced. */
+async function failingLockChecks(patch: (inner: MemoryLockBackend) => Partial<LockBackend>) {
+  const clock = new ManualClock();
+  const { failed } = await runChecks(
+    lockChecks,
+    async (): Promise<LockHarness & LockContextExtras> => {
+      const inner = new MemoryLockBackend({ clock });
+      return {
+        backend: wrapLockBackend(inner, patch(inner)),
+        ttlMs: 1_000,
+        allowServerRestarts: true,
+        elapse: async (ms) => clock.advance(ms),
+        restart: async () => inner.restart(),
+        expire: async () => inner.restart(),
+        teardown: () => inner.close(),
+      };
+    },
+    (h) => h.teardown(),
+  );
+  return failed;
+}
+
+/** A publisher harness over the in-memory broker `inner`, publishing through `publisher`. */
+async function memoryHarness(
+  publisher: OutboxPublisher,
+  inner: MemoryPublisher,
+): Promise<PublisherHarness & { largePayloadBytes: number }> {
+  return {
+    largePayloadBytes: 100,
+    publisher,
+    topic: async () => uniqueName("t"),
+    receive: async (topic) => inner.topic(topic).map((m) => ({ ...m, id: m.entryId })),
+    permanentFailure: async (topic) => ({ topic, key: null, payload: new Uint8Array(2_000) }),
+    teardown: async () => {},
+  };
+}

@@ -6,7 +6,33 @@ import type { OutboxEntry } from "./entry.js";
  * active W3C trace context in the entry headers and the relay opens a PRODUCER span per publish,
  * parented on that context. When it is absent, all of this is a no-op.
  */
-const api: typeof OtelApi | null = await import("@opentelemetry/api").catch(() => null);
+let api: typeof OtelApi | null = null;
+
+/*
+ * Loaded synchronously where the runtime allows (Node >= 22.3: process.getBuiltinModule), so
+ * the first enqueue already sees it. No top-level await: with one, `require("@outbox/core")`
+ * from CommonJS fails (ERR_REQUIRE_ASYNC_MODULE). Elsewhere the API is imported in the
+ * background and used from the moment it has loaded.
+ */
+type ModuleBuiltin = { createRequire(from: string): (id: string) => unknown };
+const getBuiltinModule = (
+  globalThis as { process?: { getBuiltinModule?: (id: string) => unknown } }
+).process?.getBuiltinModule?.bind(globalThis.process);
+const moduleBuiltin = getBuiltinModule?.("node:module") as ModuleBuiltin | undefined;
+if (moduleBuiltin) {
+  try {
+    api = moduleBuiltin.createRequire(import.meta.url)("@opentelemetry/api") as typeof OtelApi;
+  } catch {
+    api = null;
+  }
+} else {
+  import("@opentelemetry/api").then(
+    (loaded) => {
+      api = loaded;
+    },
+    () => undefined,
+  );
+}
 
 const headerSetter: OtelApi.TextMapSetter<Record<string, string>> = {
   set: (carrier, key, value) => {
@@ -34,12 +60,13 @@ export interface PublishSpan {
 const noSpan: PublishSpan = { end: () => {} };
 
 export function startPublishSpan(entry: OutboxEntry): PublishSpan {
-  if (!api) return noSpan;
-  const parent = api.propagation.extract(api.context.active(), entry.headers, headerGetter);
-  const span = api.trace.getTracer("@outbox/core").startSpan(
+  const otel = api;
+  if (!otel) return noSpan;
+  const parent = otel.propagation.extract(otel.context.active(), entry.headers, headerGetter);
+  const span = otel.trace.getTracer("@outbox/core").startSpan(
     `${entry.topic} publish`,
     {
-      kind: api.SpanKind.PRODUCER,
+      kind: otel.SpanKind.PRODUCER,
       attributes: {
         "messaging.operation.type": "send",
         "messaging.destination.name": entry.topic,
@@ -54,7 +81,7 @@ export function startPublishSpan(entry: OutboxEntry): PublishSpan {
     end(error) {
       if (error !== undefined) {
         span.recordException(error instanceof Error ? error : String(error));
-        span.setStatus({ code: api.SpanStatusCode.ERROR });
+        span.setStatus({ code: otel.SpanStatusCode.ERROR });
       }
       span.end();
     },

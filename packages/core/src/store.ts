@@ -61,6 +61,12 @@ export interface StoreCapabilities {
   readonly wakeUps: boolean;
   /** A rolled-back transaction leaves no entry behind. */
   readonly transactions: boolean;
+  /**
+   * Two transactions can be open and commit independently (a connection pool on a server).
+   * `false` for single-writer stores (SQLite, PGlite: one connection, one transaction at a time),
+   * where a lower id cannot commit after a higher one. Absent means `true`.
+   */
+  readonly concurrentWriters?: boolean;
 }
 
 export type Unsubscribe = () => Promise<void>;

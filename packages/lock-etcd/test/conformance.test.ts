@@ -34,6 +34,8 @@ const expiryLagMs = 600;
 describeLockConformance({
   name: "lock-etcd (etcd3, real etcd 3.4)",
   ttlMs: 2_000,
+  // Test suites run one package at a time: restarting etcd here touches no other suite.
+  allowServerRestarts: true,
   async create() {
     const owned: Etcd3[] = [];
     const connect = async () => {

@@ -62,6 +62,8 @@ for (const [name, Client] of [
 ] as const) {
   describeLockConformance({
     name,
+    // Test suites run one package at a time: the restart touches no other suite.
+    allowServerRestarts: true,
     async create() {
       const schema = fresh("lock");
       await admin.query(`CREATE SCHEMA "${schema}"`);

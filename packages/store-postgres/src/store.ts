@@ -40,7 +40,13 @@ export interface PgPoolLike extends Queryable {
     options: never,
   ) => ListenConnection & { connect(): Promise<unknown> };
   readonly options?: unknown;
-  connect?(): Promise<Queryable & { release(error?: Error): void }>;
+  connect?(): Promise<
+    Queryable & {
+      release(error?: Error): void;
+      on?(event: "error", listener: (error: Error) => void): unknown;
+      removeListener?(event: "error", listener: (error: Error) => void): unknown;
+    }
+  >;
 }
 
 export interface PostgresStoreOptions extends SchemaOptions {
@@ -544,6 +550,10 @@ export class PostgresStore implements OutboxStore<Queryable> {
       .catch(() => true);
     if (!(await this.#jitActive)) return this.#query(text, params);
     const client = await pool.connect();
+    // A checked-out client whose backend dies emits "error"; unheard, that would crash the process.
+    // The failing query rejects with it anyway.
+    const ignore = () => undefined;
+    client.on?.("error", ignore);
     let failure: unknown;
     try {
       await client.query("BEGIN", []);
@@ -556,6 +566,7 @@ export class PostgresStore implements OutboxStore<Queryable> {
       await client.query("ROLLBACK", []).catch(() => undefined);
       throw error;
     } finally {
+      client.removeListener?.("error", ignore);
       client.release(isConnectionError(failure) ? (failure as Error) : undefined);
     }
   }

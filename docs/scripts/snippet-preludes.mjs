@@ -1,0 +1,61 @@
+// Types for the names a docs sample uses without declaring them (it continues an earlier sample, or stands
+// for "your" object). check-snippets.mjs prepends a declaration only for the names a sample is missing, so
+// a sample that declares the name itself is compiled against its own declaration.
+// Keys: "*" for every source, else the source file relative to the repo root.
+
+const core = (name) => `import("@outbox/core").${name}`;
+
+/** @type {Record<string, Record<string, string>>} */
+export const preludes = {
+  "*": {
+    // connection settings a sample reads from "your configuration"
+    DATABASE_URL: "declare const DATABASE_URL: string;",
+    KAFKA_BROKERS: "declare const KAFKA_BROKERS: string;",
+    AMQP_URL: "declare const AMQP_URL: string;",
+    // "your" business object, store and publisher
+    order: "declare const order: { id: string; customerId: string; total: number };",
+    payload: "declare const payload: string;",
+    store: `declare const store: ${core("MemoryStore")};`,
+    publisher: `declare const publisher: ${core("OutboxPublisher")};`,
+  },
+  "docs/getting-started.md": {
+    pool: 'declare const pool: import("pg").Pool;',
+    store: 'declare const store: import("@outbox/store-postgres").PostgresStore;',
+    amount: "declare const amount: number;",
+    accountId: "declare const accountId: string;",
+    event: "declare const event: { id: string; amount: number };",
+  },
+  "docs/operations.md": {
+    relay: `declare const relay: ${core("OutboxRelay")};`,
+  },
+  "packages/conformance/README.md": {
+    createMyStore: `declare function createMyStore(options: { clock: ${core("Clock")} }): ${core("MemoryStore")};`,
+    myDb: `declare const myDb: { transaction<T>(work: (tx: ${core("MemoryTransaction")}) => Promise<T>): Promise<T> };`,
+  },
+  "packages/store-mongodb/README.md": {
+    createMongoStore: 'import { createMongoStore } from "@outbox/store-mongodb";',
+    client: 'declare const client: import("mongodb").MongoClient;',
+  },
+};
+
+/** Blocks not compiled, by "file › heading", with the reason (where the code is tested instead). */
+/** @type {Record<string, string>} */
+export const skips = {
+  "packages/store-postgres/README.md › Query builders (each recipe is a test in `test/recipes/`)":
+    "one block, four libraries (db is Kysely, then Drizzle); each recipe runs in packages/store-postgres/test/recipes",
+  "packages/store-mysql/README.md › Query builders and ORMs (each recipe is a test in `test/recipes/`)":
+    "one block, six libraries (db is Kysely, then Drizzle); each recipe runs in packages/store-mysql/test/recipes",
+};
+
+/**
+ * Blocks known not to compile today, by "file › heading", with what is wrong. They are compiled and their
+ * errors printed as warnings; once such a block compiles (or its heading is gone) a warning says to remove
+ * the entry.
+ * @type {Record<string, string>}
+ */
+export const known = {
+  "docs/conformance.md › Conformance kit: writing your own adapter":
+    "the sample imports your package (../src/index.js) and leaves client and clock untyped (the page is being rewritten)",
+  "packages/store-mongodb/README.md › Quick start (replica set, transactions)":
+    "new MongoClient(process.env.MONGODB_URL) passes string | undefined; insertOne({ _id: 42 }) on an untyped collection wants an ObjectId",
+};
