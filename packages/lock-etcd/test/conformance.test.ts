@@ -50,6 +50,10 @@ describeLockConformance({
       // On its own data, as a production etcd restarts: revisions (the tokens) survive.
       restart: () => restartEtcd({ keepData: true }),
       peer: connect,
+      // The key gone (deleted by an operator, or its lease revoked).
+      async expire(name: string) {
+        await (owned[0] as Etcd3).delete().key(backend.lockKey(name));
+      },
       async teardown() {
         for (const client of owned) closeClient(client);
       },

@@ -68,8 +68,16 @@ for (const [name, Client] of [
       const schema = fresh("lock");
       await admin.query(`CREATE SCHEMA "${schema}"`);
       const backends = [backend(schema, Client)];
+      const first = backends[0] as PostgresLockBackend;
       return {
-        backend: backends[0] as PostgresLockBackend,
+        backend: first,
+        // A session-bound lock is gone when its session is: terminate it server-side.
+        async expire() {
+          const pid = await first.backendPid();
+          if (pid === null) return;
+          await admin.query("SELECT pg_terminate_backend($1)", [pid]);
+          await waitFor(() => !first.connected, 10_000, "the lock session to be gone");
+        },
         // Session-bound locks have no TTL to wait out; real time passes for the restart retry loop.
         elapse: async (ms) => {
           await sleep(ms);

@@ -35,6 +35,10 @@ describeLockConformance({
         await waitReady(client);
       },
       peer: connect,
+      // The key gone (evicted, flushed, a failover that lost it).
+      async expire(name: string) {
+        await client.del(`outbox:lock:{${name}}`);
+      },
       async teardown() {
         await Promise.all(owned.map(closeClient));
       },
