@@ -323,6 +323,21 @@ export const storeChecks = {
       expect(again?.attempts, "release must not count an attempt").toBe(1);
     },
   },
+  "drop-dead": {
+    title: "dropDead deletes dead entries only, and says how many",
+    requires: (h) => (h.store.dropDead ? null : "store has no optional dropDead()"),
+    async run(h) {
+      const ids = await enqueue(h, [message("drop", 1), message("drop", 2)]);
+      const claimed = await h.store.claim({ claimer: "a", limit: 10, leaseMs: 60_000 });
+      expect(claimed).toHaveLength(2);
+      await h.store.deadLetter([{ id: ids[0] as string, error: "x" }], ctx("a"));
+      const drop = h.store.dropDead?.bind(h.store) as NonNullable<OutboxStore["dropDead"]>;
+      expect(await drop(ids), "dropDead must delete only dead entries and return how many it deleted").toBe(1);
+      expect(await h.store.listDead(), "a dropped entry must be gone").toEqual([]);
+      expect((await h.store.stats()).pending, "a pending entry must survive dropDead").toBe(1);
+      expect(await drop(ids), "dropping again must delete nothing").toBe(0);
+    },
+  },
   "dead-letters": {
     title: "dead-lettered entries are listed, never claimed, and can be requeued",
     async run(h) {

@@ -106,6 +106,11 @@ export interface OutboxStore<Tx = unknown> {
   listDead(options?: { limit?: number }): Promise<OutboxEntry[]>;
   /** Makes dead entries pending again with a fresh attempt count. Returns how many moved. */
   requeueDead(ids: readonly string[]): Promise<number>;
+  /**
+   * Optional: deletes dead entries for good (operator tooling, e.g. `outbox dead drop`). Only
+   * dead entries go; other ids are ignored. Returns how many were deleted.
+   */
+  dropDead?(ids: readonly string[]): Promise<number>;
   /** Deletes old published and dead entries in bounded batches. Returns how many went. */
   purge(request: PurgeRequest): Promise<number>;
   stats(): Promise<StoreStats>;

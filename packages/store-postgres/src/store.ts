@@ -419,6 +419,14 @@ export class PostgresStore implements OutboxStore<Queryable> {
     return rows.map(toEntry);
   }
 
+  async dropDead(ids: readonly string[]): Promise<number> {
+    this.#assertOpen();
+    const valid = validIds(ids);
+    if (valid.length === 0) return 0;
+    const rows = await this.#run("dropDead", this.#sql.dropDead, [valid]);
+    return Number(rows[0]?.n ?? 0);
+  }
+
   async requeueDead(ids: readonly string[]): Promise<number> {
     this.#assertOpen();
     const valid = validIds(ids);
@@ -796,6 +804,8 @@ function buildStatements(n: SchemaNames) {
     )
     SELECT ${fenced ? `${fenceColumns(3)},` : ""} (SELECT count(*) FROM updated)::int AS n`,
     listDead: `SELECT ${entryColumns("o")} FROM ${t} o WHERE o.status = 'dead' ORDER BY o.id LIMIT $1`,
+    dropDead: `WITH gone AS (DELETE FROM ${t} WHERE id = ANY($1::bigint[]) AND status = 'dead' RETURNING 1)
+    SELECT (SELECT count(*) FROM gone)::int AS n`,
     requeueDead: `WITH updated AS (
       UPDATE ${t} SET status = 'pending', attempts = 0, available_at = $2::timestamptz,
         claimed_by = NULL, lease_until = NULL, settled_at = NULL
