@@ -473,7 +473,12 @@ describe("faults with the PostgreSQL store (real etcd 3.4, real time, relays in 
           expect(
             opsOf(a.events).filter((op) => op.ok && op.token !== undefined && (op.start as number) >= resumedAt),
           ).toEqual([]);
-          if (pause !== "before-ack") expect(afterResume.filter((e) => e.type === "ack-start")).toEqual([]);
+          // At an exact stop point A sends no ack after resuming; stopped from outside "wherever it is", it may
+          // have been frozen between its leadership check and its ack (and with two batches in flight that
+          // is likelier): such an ack must then be refused, which the check above asserts.
+          if (pause === "after-claim" || pause === "after-publish") {
+            expect(afterResume.filter((e) => e.type === "ack-start")).toEqual([]);
+          }
 
           const delivered = await deliveries(outbox);
           expect(new Set(delivered.map((d) => d.seq)).size).toBe(60);
