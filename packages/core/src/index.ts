@@ -58,3 +58,4 @@ export type {
   StoreTransaction,
   Unsubscribe,
 } from "./store.js";
+export { WakeUpListeners, type WakeUpListenersOptions } from "./wake-ups.js";

@@ -18,6 +18,7 @@ import {
   type StoreStats,
   systemClock,
   type Unsubscribe,
+  WakeUpListeners,
 } from "@outbox/core";
 import {
   type AnyBulkWriteOperation,
@@ -281,9 +282,8 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
   readonly #fenceInTransaction: boolean;
   readonly #clock: Clock;
   readonly #limits: Partial<EntryLimits> | undefined;
-  readonly #debounceMs: number;
   readonly #onError: (error: OutboxError) => void;
-  readonly #listeners = new Set<() => void>();
+  readonly #subscribers: WakeUpListeners;
   readonly #keyed = new Set<number>();
   /** The token this process last recorded per lock (saves the insert on every fenced call). */
   readonly #recorded = new Map<string, bigint>();
@@ -291,8 +291,6 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
   #init: Promise<void> | null = null;
   #wakeSource: ChangeStreamWakeSource | null = null;
   #wakeSourceStart: Promise<void> | null = null;
-  #wakeTimer: ReturnType<typeof setTimeout> | null = null;
-  #wakePending = false;
   #closed = false;
   /** The collection names, for diagnostics. */
   readonly names: {
@@ -335,9 +333,9 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
     this.#fenceInTransaction = options.fenceInTransaction ?? true;
     this.#clock = options.clock ?? systemClock;
     this.#limits = options.limits;
-    this.#debounceMs = options.wakeUpDebounceMs ?? 10;
     this.#onError =
       options.onError ?? ((error) => console.warn(`[@outbox/store-mongodb ${options.db}.${collection}]`, error));
+    this.#subscribers = new WakeUpListeners({ debounceMs: options.wakeUpDebounceMs ?? 10, onError: this.#onError });
   }
 
   /**
@@ -919,15 +917,15 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
       },
       { onWake: () => this.#wake(), onError: (error) => this.#onError(error) },
     );
-    this.#listeners.add(listener);
+    const remove = this.#subscribers.add(listener);
     this.#wakeSourceStart ??= this.#wakeSource.start();
     await this.#wakeSourceStart;
     let subscribed = true;
     return async () => {
       if (!subscribed) return;
       subscribed = false;
-      this.#listeners.delete(listener);
-      if (this.#listeners.size === 0 && this.#wakeSourceStart) {
+      remove();
+      if (this.#subscribers.size === 0 && this.#wakeSourceStart) {
         this.#wakeSourceStart = null;
         await this.#wakeSource?.stop();
       }
@@ -938,9 +936,7 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#listeners.clear();
-    if (this.#wakeTimer) clearTimeout(this.#wakeTimer);
-    this.#wakeTimer = null;
+    this.#subscribers.clear();
     this.#wakeSourceStart = null;
     await this.#wakeSource?.stop();
   }
@@ -1057,26 +1053,7 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
   }
 
   #wake(): void {
-    if (this.#listeners.size === 0 || this.#closed) return;
-    if (this.#wakeTimer) {
-      this.#wakePending = true;
-      return;
-    }
-    for (const listener of [...this.#listeners]) {
-      try {
-        listener();
-      } catch (error) {
-        this.#onError(new OutboxError(OutboxErrorCode.InvalidOptions, "a wake-up listener threw", { cause: error }));
-      }
-    }
-    this.#wakeTimer = setTimeout(() => {
-      this.#wakeTimer = null;
-      if (this.#wakePending) {
-        this.#wakePending = false;
-        this.#wake();
-      }
-    }, this.#debounceMs);
-    this.#wakeTimer.unref?.();
+    if (!this.#closed) this.#subscribers.wake();
   }
 
   #assertOpen(): void {

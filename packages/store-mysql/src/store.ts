@@ -18,6 +18,7 @@ import {
   type StoreStats,
   systemClock,
   type Unsubscribe,
+  WakeUpListeners,
 } from "@outbox/core";
 import { closedError, isConnectionError, isLockConflict, storeError } from "./errors.js";
 import { type MySqlQueryable, type Row, runStatement } from "./queryable.js";
@@ -221,7 +222,7 @@ export class MySqlStore implements OutboxStore<MySqlQueryable> {
   readonly #maxStatementBytes: number;
   readonly #lockRetries: number;
   readonly #onError: (error: OutboxError) => void;
-  readonly #listeners = new Set<() => void>();
+  readonly #subscribers: WakeUpListeners;
   readonly #sql: ReturnType<typeof buildStatements>;
   #closed = false;
   /** Lock conflicts the store absorbed by running the unit again (for tests and diagnostics). */
@@ -255,6 +256,7 @@ export class MySqlStore implements OutboxStore<MySqlQueryable> {
     this.#lockRetries = positiveInteger(options.lockRetries ?? 8, "lockRetries");
     this.#onError =
       options.onError ?? ((error) => console.warn(`[@outbox/store-mysql ${this.names.qualifiedTable}]`, error));
+    this.#subscribers = new WakeUpListeners({ onError: this.#onError });
     this.#sql = buildStatements(this.names);
     this.capabilities = { wakeUps: options.wakeUps !== false, transactions: true };
   }
@@ -555,13 +557,8 @@ export class MySqlStore implements OutboxStore<MySqlQueryable> {
     if (!this.capabilities.wakeUps) {
       throw new OutboxError(OutboxErrorCode.InvalidOptions, "this store was created with wakeUps: false");
     }
-    this.#listeners.add(listener);
-    let subscribed = true;
-    return async () => {
-      if (!subscribed) return;
-      subscribed = false;
-      this.#listeners.delete(listener);
-    };
+    const remove = this.#subscribers.add(listener);
+    return async () => remove();
   }
 
   /**
@@ -607,7 +604,7 @@ export class MySqlStore implements OutboxStore<MySqlQueryable> {
   /** Every later call fails with OUTBOX_CLOSED. Does not end the pool: it is yours. */
   async close(): Promise<void> {
     this.#closed = true;
-    this.#listeners.clear();
+    this.#subscribers.clear();
   }
 
   /** One settle: a single autocommit statement, or with a fence the fence check and it in one transaction. */
@@ -714,14 +711,7 @@ export class MySqlStore implements OutboxStore<MySqlQueryable> {
   }
 
   #wake(): void {
-    if (this.#closed) return;
-    for (const listener of [...this.#listeners]) {
-      try {
-        listener();
-      } catch (error) {
-        this.#onError(new OutboxError(OutboxErrorCode.InvalidOptions, "a wake-up listener threw", { cause: error }));
-      }
-    }
+    if (!this.#closed) this.#subscribers.wake();
   }
 
   #assertOpen(): void {

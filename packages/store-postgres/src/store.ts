@@ -18,6 +18,7 @@ import {
   type StoreStats,
   systemClock,
   type Unsubscribe,
+  WakeUpListeners,
 } from "@outbox/core";
 import { closedError, isConnectionError, storeError } from "./errors.js";
 import {
@@ -216,14 +217,11 @@ export class PostgresStore implements OutboxStore<Queryable> {
   readonly #limits: Partial<EntryLimits> | undefined;
   readonly #channel: string | null;
   readonly #asyncAcks: boolean;
-  readonly #debounceMs: number;
   readonly #onError: (error: OutboxError) => void;
   readonly #wakeSource: WakeSource | null;
-  readonly #listeners = new Set<() => void>();
+  readonly #wakeUps: WakeUpListeners;
   readonly #poolErrorHandler: ((error: Error) => void) | null = null;
   #wakeSourceStart: Promise<void> | null = null;
-  #wakeTimer: ReturnType<typeof setTimeout> | null = null;
-  #wakePending = false;
   #closed = false;
   readonly #sql: ReturnType<typeof buildStatements>;
   readonly #prepared: boolean;
@@ -243,9 +241,9 @@ export class PostgresStore implements OutboxStore<Queryable> {
     this.#clock = options.clock ?? systemClock;
     this.#limits = options.limits;
     this.#asyncAcks = options.asyncAcks ?? false;
-    this.#debounceMs = options.wakeUpDebounceMs ?? 1;
     this.#onError =
       options.onError ?? ((error) => console.warn(`[@outbox/store-postgres ${this.names.qualifiedTable}]`, error));
+    this.#wakeUps = new WakeUpListeners({ debounceMs: options.wakeUpDebounceMs ?? 1, onError: this.#onError });
     const channel = options.notifyChannel === undefined ? defaultChannel(this.names) : options.notifyChannel;
     if (channel !== false && (!channelPattern.test(channel) || utf8.encode(channel).byteLength > 63)) {
       throw new OutboxError(
@@ -474,15 +472,15 @@ export class PostgresStore implements OutboxStore<Queryable> {
     if (!this.#wakeSource) {
       throw new OutboxError(OutboxErrorCode.InvalidOptions, "this store has no LISTEN connection (wakeUps: false)");
     }
-    this.#listeners.add(listener);
+    const remove = this.#wakeUps.add(listener);
     this.#wakeSourceStart ??= this.#wakeSource.start();
     await this.#wakeSourceStart;
     let subscribed = true;
     return async () => {
       if (!subscribed) return;
       subscribed = false;
-      this.#listeners.delete(listener);
-      if (this.#listeners.size === 0 && this.#wakeSourceStart) {
+      remove();
+      if (this.#wakeUps.size === 0 && this.#wakeSourceStart) {
         this.#wakeSourceStart = null;
         await this.#wakeSource?.stop();
       }
@@ -493,9 +491,7 @@ export class PostgresStore implements OutboxStore<Queryable> {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#listeners.clear();
-    if (this.#wakeTimer) clearTimeout(this.#wakeTimer);
-    this.#wakeTimer = null;
+    this.#wakeUps.clear();
     this.#wakeSourceStart = null;
     await this.#wakeSource?.stop();
     if (this.#pool && this.#poolErrorHandler) this.#pool.removeListener("error", this.#poolErrorHandler);
@@ -580,26 +576,7 @@ export class PostgresStore implements OutboxStore<Queryable> {
   }
 
   #wake(): void {
-    if (this.#listeners.size === 0 || this.#closed) return;
-    if (this.#wakeTimer) {
-      this.#wakePending = true;
-      return;
-    }
-    for (const listener of [...this.#listeners]) {
-      try {
-        listener();
-      } catch (error) {
-        this.#onError(new OutboxError(OutboxErrorCode.InvalidOptions, "a wake-up listener threw", { cause: error }));
-      }
-    }
-    this.#wakeTimer = setTimeout(() => {
-      this.#wakeTimer = null;
-      if (this.#wakePending) {
-        this.#wakePending = false;
-        this.#wake();
-      }
-    }, this.#debounceMs);
-    this.#wakeTimer.unref?.();
+    if (!this.#closed) this.#wakeUps.wake();
   }
 
   #assertOpen(): void {
