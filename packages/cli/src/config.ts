@@ -29,8 +29,7 @@ export interface PurgeEstimate {
  * own clients. Only `store` is required; `outbox relay` also needs `publisher`.
  */
 export interface OutboxCliConfig {
-  // biome-ignore lint/suspicious/noExplicitAny: any store, whatever its transaction type
-  store: Factory<OutboxStore<any>>;
+  store: Factory<OutboxStore<never>>;
   publisher?: Factory<OutboxPublisher>;
   /** A lock backend turns on leader election: one relay of many drains, fenced. */
   lock?: Factory<LockBackend>;

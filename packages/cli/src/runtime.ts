@@ -18,8 +18,7 @@ export class Runtime {
   readonly config: OutboxCliConfig;
   readonly source: RuntimeSource;
   readonly #logger: Logger;
-  // biome-ignore lint/suspicious/noExplicitAny: any store
-  #store: Promise<OutboxStore<any>> | undefined;
+  #store: Promise<OutboxStore<never>> | undefined;
   #publisher: Promise<OutboxPublisher | undefined> | undefined;
   #lock: Promise<LockBackend | undefined> | undefined;
   #closed = false;
@@ -44,8 +43,7 @@ export class Runtime {
     );
   }
 
-  // biome-ignore lint/suspicious/noExplicitAny: any store
-  store(): Promise<OutboxStore<any>> {
+  store(): Promise<OutboxStore<never>> {
     this.#store ??= resolveAdapter(this.config.store, "store").then((store) => {
       if (!store) throw configError("store", "is required");
       return store;

@@ -2,8 +2,7 @@ import { type OutboxEntry, OutboxError, OutboxErrorCode, type OutboxStore } from
 import { CliError, CliErrorCode, usageError } from "../errors.js";
 import { type CliIO, writeJson, writeTable } from "../io.js";
 
-// biome-ignore lint/suspicious/noExplicitAny: any store
-type AnyStore = OutboxStore<any>;
+type AnyStore = OutboxStore<never>;
 
 export interface DeadFilter {
   topic?: string;

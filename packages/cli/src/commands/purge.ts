@@ -28,12 +28,7 @@ export interface PurgeReport {
  * range from the oldest settled entry to the cutoff in `steps` slices, one `purge` per slice, so
  * it can report progress: in rows when the config gives a `purgeEstimate`, else in time.
  */
-export async function purge(
-  // biome-ignore lint/suspicious/noExplicitAny: any store
-  store: OutboxStore<any>,
-  options: PurgeOptions,
-  io: CliIO,
-): Promise<PurgeReport> {
+export async function purge(store: OutboxStore<never>, options: PurgeOptions, io: CliIO): Promise<PurgeReport> {
   const started = io.now();
   const cutoff = new Date(started - options.olderThanMs);
   let estimate: PurgeEstimate | null = null;

@@ -44,8 +44,7 @@ export interface StatusReport {
 }
 
 export async function status(
-  // biome-ignore lint/suspicious/noExplicitAny: any store
-  store: OutboxStore<any>,
+  store: OutboxStore<never>,
   options: { relays: string[]; timeoutMs: number; json: boolean },
   io: CliIO,
 ): Promise<StatusReport> {
