@@ -97,7 +97,9 @@ export interface PostgresStoreOptions extends SchemaOptions {
   onError?: (error: OutboxError) => void;
 }
 
-const entryColumns = (alias: string) => `${alias}.id::text AS id, ${alias}.topic, ${alias}.key, ${alias}.payload,
+// The byte count lets the client decode the base64 payload straight into the entry's own array.
+const entryColumns = (alias: string) => `${alias}.id::text AS id, ${alias}.topic, ${alias}.key,
+  encode(${alias}.payload, 'base64') AS payload, length(${alias}.payload) AS payload_bytes,
   ${alias}.headers::text AS headers, coalesce(${alias}.idempotency_key, ${alias}.id::text) AS idempotency_key,
   (extract(epoch FROM ${alias}.created_at) * 1000)::float8 AS created_at,
   (extract(epoch FROM ${alias}.available_at) * 1000)::float8 AS available_at,
@@ -143,33 +145,50 @@ function cleanText(value: string): string {
   return value.includes("\u0000") ? value.replaceAll("\u0000", "\uFFFD") : value;
 }
 
-/** Node's Buffer when present (fast hex); browsers running PGlite use the loop below. */
+/**
+ * Payloads travel as base64 both ways (a third larger than the bytes, where bytea's hex text is
+ * twice as large). Node's Buffer does the work when present; browsers running PGlite use atob/btoa.
+ */
 const NodeBuffer = (
   globalThis as {
-    Buffer?: { from(buffer: ArrayBufferLike, offset: number, length: number): { toString(encoding: "hex"): string } };
+    Buffer?: {
+      from(
+        buffer: ArrayBufferLike,
+        offset: number,
+        length: number,
+      ): { toString(encoding: "base64"): string; write(text: string, encoding: "base64"): number };
+    };
   }
 ).Buffer;
-const hexTable = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
-
-function toHex(bytes: Uint8Array): string {
-  if (NodeBuffer) return NodeBuffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("hex");
-  let out = "";
-  for (const byte of bytes) out += hexTable[byte];
-  return out;
+function toBase64(bytes: Uint8Array): string {
+  if (NodeBuffer) return NodeBuffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64");
+  let binary = "";
+  for (const byte of bytes) binary += String.fromCharCode(byte);
+  return btoa(binary);
 }
 
-function fromHex(text: string): Uint8Array {
-  const hex = text.startsWith("\\x") ? text.slice(2) : text;
-  const bytes = new Uint8Array(hex.length / 2);
-  for (let i = 0; i < bytes.length; i++) bytes[i] = Number.parseInt(hex.slice(i * 2, i * 2 + 2), 16);
+/** Decodes the base64 payload column into a plain Uint8Array of its own (not a view of a shared pool). */
+function fromBase64(text: unknown, byteLength: unknown): Uint8Array {
+  if (typeof text !== "string") {
+    throw new OutboxError(OutboxErrorCode.StoreUnavailable, `unexpected payload value of type ${typeof text}`);
+  }
+  const bytes = new Uint8Array(Number(byteLength));
+  // PostgreSQL breaks base64 lines every 76 characters; both decoders below skip the newlines.
+  let written: number;
+  if (NodeBuffer) {
+    written = NodeBuffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).write(text, "base64");
+  } else {
+    const binary = atob(text.replaceAll("\n", ""));
+    for (let i = 0; i < binary.length && i < bytes.length; i++) bytes[i] = binary.charCodeAt(i);
+    written = binary.length;
+  }
+  if (written !== bytes.byteLength) {
+    throw new OutboxError(
+      OutboxErrorCode.StoreUnavailable,
+      `payload decoded to ${written} bytes, expected ${bytes.byteLength}`,
+    );
+  }
   return bytes;
-}
-
-function toBytes(value: unknown): Uint8Array {
-  // pg returns a Buffer, PGlite a Uint8Array; hand out a plain Uint8Array either way.
-  if (value instanceof Uint8Array) return new Uint8Array(value);
-  if (typeof value === "string") return fromHex(value);
-  throw new OutboxError(OutboxErrorCode.StoreUnavailable, `unexpected payload value of type ${typeof value}`);
 }
 
 function toEntry(row: Row): OutboxEntry {
@@ -177,7 +196,7 @@ function toEntry(row: Row): OutboxEntry {
     id: String(row.id),
     topic: String(row.topic),
     key: row.key === null ? null : String(row.key),
-    payload: toBytes(row.payload),
+    payload: fromBase64(row.payload, row.payload_bytes),
     headers: JSON.parse(String(row.headers)) as Record<string, string>,
     idempotencyKey: String(row.idempotency_key),
     createdAt: new Date(Number(row.created_at)),
@@ -306,7 +325,7 @@ export class PostgresStore implements OutboxStore<Queryable> {
     const params: unknown[] = [
       prepared.map((m) => m.topic),
       prepared.map((m) => m.key),
-      prepared.map((m) => toHex(m.payload)),
+      prepared.map((m) => toBase64(m.payload)),
       prepared.map((m) => JSON.stringify(m.headers)),
       prepared.map((m) => m.idempotencyKey),
       iso(now),
@@ -619,7 +638,7 @@ function buildStatements(n: SchemaNames) {
 
   const enqueueInsert = `ins AS (
     INSERT INTO ${t} (topic, key, payload, headers, idempotency_key, created_at, available_at)
-    SELECT v.topic, v.key, decode(v.payload, 'hex'), v.headers::json, v.idem, $6::timestamptz, v.available_at
+    SELECT v.topic, v.key, decode(v.payload, 'base64'), v.headers::json, v.idem, $6::timestamptz, v.available_at
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $7::timestamptz[])
       WITH ORDINALITY AS v(topic, key, payload, headers, idem, available_at, n)
     ORDER BY v.n
@@ -629,13 +648,21 @@ function buildStatements(n: SchemaNames) {
   /**
    * The claim, in one statement (params: $1 now, $2 lease end, $3 limit, $4 claimer, $5 window,
    * then the fence). Its cost does not grow with the backlog behind a key:
-   * 1. Key heads are looked for among the oldest pending entries, ids below (oldest + limit x 4),
-   *    and locked with SKIP LOCKED as they are found: a head another claim holds is skipped, and
-   *    its key with it, so two claimers never share a key. Only when that window yields fewer than
-   *    `limit` heads and more entries lie past it, a loose index scan over (key, id) visits each
-   *    pending key once for heads past the window (and the keyless index supplies keyless ones).
+   * 1. Key heads are looked for among the oldest pending entries, ids from the oldest to
+   *    (oldest + limit x 4). No pending entry lies below the oldest, so the first pending entry of
+   *    each key in that window is the key's head: one pass and a sort, no probe per entry, however
+   *    many entries of one key the window holds. Claimable heads are locked with SKIP LOCKED in id
+   *    order: a head another claim holds is skipped, and its key with it, so two claimers never
+   *    share a key.
+   * 2. Only when that window yields fewer than `limit` heads and more entries lie past it, a loose
+   *    index scan over (key, id) visits each pending key once for heads past the window (and the
+   *    keyless index supplies keyless ones).
    * 3. Each head's run follows from the (key, id) index, a fair share of `limit` per key; the run
    *    stops before its first successor that is not claimable or not lockable.
+   * Rows a scan has found are locked through their ctid (a TID scan: one page read per row, no
+   * second index descent). The version found is visible to this statement's snapshot, so it cannot
+   * be pruned meanwhile; a version updated since is followed to its newest one by the row lock,
+   * and the conditions are checked again there (READ COMMITTED), as for any FOR UPDATE.
    * Claimable: available now and unleased, lease expired, or (with a fence) leased under an
    * older token of the same lock: a new leader takes a deposed leader's entries over at once.
    */
@@ -653,10 +680,16 @@ function buildStatements(n: SchemaNames) {
     SELECT min(id) AS id FROM ${t} WHERE status = 'pending'
   ),
   edge AS MATERIALIZED (SELECT id + $5 AS id FROM oldest),
+  near_window AS MATERIALIZED (
+    SELECT DISTINCT ON (o.key IS NULL, coalesce(o.key, o.id::text)) o.ctid AS row, ${claimable("o", fenced)} AS ok
+    FROM ${t} o
+    WHERE o.status = 'pending' AND o.id >= (SELECT id FROM oldest) AND o.id < (SELECT id FROM edge)
+    ORDER BY o.key IS NULL, coalesce(o.key, o.id::text), o.id
+  ),
   near_heads AS MATERIALIZED (
     SELECT o.id, o.key FROM ${t} o
-    WHERE o.status = 'pending' AND o.id < (SELECT id FROM edge) AND ${claimable("o", fenced)}
-      AND (o.key IS NULL OR NOT EXISTS (${earlierPending("o.key", "o.id")}))
+    WHERE o.ctid = ANY (ARRAY(SELECT row FROM near_window WHERE ok))
+      AND o.status = 'pending' AND ${claimable("o", fenced)}
       ${fenced ? fenceGuard(6) : ""}
     ORDER BY o.id
     LIMIT $3
@@ -706,9 +739,9 @@ function buildStatements(n: SchemaNames) {
     SELECT ceil($3::float8 / greatest(count(*), 1))::int - 1 AS n FROM heads WHERE key IS NOT NULL
   ),
   succ AS MATERIALIZED (
-    SELECT s.id, s.key, s.ok FROM heads h
+    SELECT s.id, s.key, s.ok, s.row FROM heads h
     CROSS JOIN LATERAL (
-      SELECT p.id, p.key, (${claimable("p", fenced)}) AS ok FROM ${t} p
+      SELECT p.id, p.key, (${claimable("p", fenced)}) AS ok, p.ctid AS row FROM ${t} p
       WHERE p.status = 'pending' AND p.key = h.key AND p.id > h.id
       ORDER BY p.id LIMIT (SELECT n FROM share)
     ) s
@@ -716,7 +749,7 @@ function buildStatements(n: SchemaNames) {
   ),
   succ_locked AS MATERIALIZED (
     SELECT o.id, o.key FROM ${t} o
-    WHERE o.id IN (SELECT id FROM succ WHERE ok) AND o.status = 'pending' AND ${claimable("o", fenced)}
+    WHERE o.ctid = ANY (ARRAY(SELECT row FROM succ WHERE ok)) AND o.status = 'pending' AND ${claimable("o", fenced)}
     FOR UPDATE OF o SKIP LOCKED
   ),
   stops AS (
