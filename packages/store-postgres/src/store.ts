@@ -272,7 +272,12 @@ export class PostgresStore implements OutboxStore<Queryable> {
     }
     this.#channel = channel === false ? null : channel;
     this.#wakeSource = this.#createWakeSource(options);
-    this.capabilities = { wakeUps: this.#wakeSource !== null, transactions: true };
+    this.capabilities = {
+      wakeUps: this.#wakeSource !== null,
+      transactions: true,
+      // PGlite is one connection: a transaction cannot commit while another is open.
+      concurrentWriters: !(options.pool === undefined && looksLikePGlite(options.db)),
+    };
     this.#sql = buildStatements(this.names);
     this.#prepared = options.preparedStatements ?? options.pool !== undefined;
 

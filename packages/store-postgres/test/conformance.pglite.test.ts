@@ -4,11 +4,6 @@ import { PGlite as PGliteMin } from "pglite-min";
 import { afterAll, beforeAll } from "vitest";
 import { pgliteHarness } from "./helpers.js";
 
-const lateCommitSkip = {
-  "late-commit":
-    "PGlite is one connection: a second transaction cannot commit while the first is open, so a late commit cannot happen",
-};
-
 // PGlite 0.5.x (PostgreSQL 17/18 in WASM), the version we pin.
 let db: PGlite;
 beforeAll(async () => {
@@ -19,7 +14,6 @@ afterAll(() => db.close());
 describeStoreConformance({
   name: "store-postgres (PGlite 0.5)",
   create: (clock) => pgliteHarness(clock, db),
-  skip: lateCommitSkip,
 });
 
 describeRelayConformance({
@@ -37,5 +31,4 @@ afterAll(() => oldest.close());
 describeStoreConformance({
   name: "store-postgres (PGlite 0.3, oldest supported)",
   create: (clock) => pgliteHarness(clock, oldest as unknown as PGlite),
-  skip: lateCommitSkip,
 });

@@ -153,6 +153,8 @@ describe("enqueue", () => {
     const store = createPostgresStore({ db: client, schema, onError: () => undefined });
     try {
       expect(store.capabilities.wakeUps).toBe(false);
+      // Other connections may write while this one claims: only PGlite is one writer at a time.
+      expect(store.capabilities.concurrentWriters).toBe(true);
       await client.query("BEGIN");
       const ids = await store.enqueue(client, messages(2, 0));
       await client.query("ROLLBACK");
