@@ -497,6 +497,16 @@ export class MySqlStore implements OutboxStore<MySqlQueryable> {
     return rows.map((row) => toEntry(row, Number(row.attempts)));
   }
 
+  async dropDead(ids: readonly string[]): Promise<number> {
+    this.#assertOpen();
+    const valid = validIds(ids);
+    if (valid.length === 0) return 0;
+    const result = await this.#withRetries("dropDead", true, () =>
+      runStatement(this.#pool, this.#sql.dropDead(valid.length), valid),
+    );
+    return result.affectedRows ?? 0;
+  }
+
   async requeueDead(ids: readonly string[]): Promise<number> {
     this.#assertOpen();
     const valid = validIds(ids);
@@ -911,6 +921,7 @@ function buildStatements(n: SchemaNames) {
       WHERE id IN ${inList(count)} AND status = 0 AND claimed_by = ${TXT}`,
     listDead: `SELECT ${entry} FROM ${t} o FORCE INDEX (${indexNames.pending})
       WHERE o.status = 2 ORDER BY o.id LIMIT ?`,
+    dropDead: (count: number) => `DELETE FROM ${t} WHERE id IN ${inList(count)} AND status = 2`,
     requeueDead: (count: number) => `UPDATE ${t} SET status = 0, attempts = 0, available_at = ?, claimed_by = NULL,
       lease_until = NULL, lease_lock = NULL, lease_token = NULL, settled_at = NULL
       WHERE id IN ${inList(count)} AND status = 2`,
