@@ -58,4 +58,4 @@ export type {
   StoreTransaction,
   Unsubscribe,
 } from "./store.js";
-export { WakeUpListeners, type WakeUpListenersOptions } from "./wake-ups.js";
+export { type WakeSource, WakeUpListeners, type WakeUpListenersOptions } from "./wake-ups.js";

@@ -1,4 +1,14 @@
 import { OutboxError, OutboxErrorCode } from "./errors.js";
+import type { Unsubscribe } from "./store.js";
+
+/**
+ * Where a store hears of other processes' commits (LISTEN, a change stream). It runs while anyone
+ * listens: started for the first subscriber, stopped after the last.
+ */
+export interface WakeSource {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
 
 export interface WakeUpListenersOptions {
   /**
@@ -13,6 +23,8 @@ export interface WakeUpListenersOptions {
 /** A store's wake-up subscribers (`subscribe()`), and the one way stores notify them. */
 export class WakeUpListeners {
   readonly #listeners = new Set<() => void>();
+  #source: WakeSource | null = null;
+  #started: Promise<void> | null = null;
   readonly #debounceMs: number;
   readonly #onError: (error: OutboxError) => void;
   #timer: ReturnType<typeof setTimeout> | null = null;
@@ -32,6 +44,33 @@ export class WakeUpListeners {
     this.#listeners.add(listener);
     return () => {
       this.#listeners.delete(listener);
+    };
+  }
+
+  /**
+   * A store's `subscribe()`: adds the listener and starts `source` (if any) for the first one; the
+   * returned function removes the listener (once) and stops the source after the last one left.
+   * If the source fails to start, the listener is not kept and the error is thrown.
+   */
+  async subscribe(listener: () => void, source?: WakeSource | null): Promise<Unsubscribe> {
+    const remove = this.add(listener);
+    if (source) {
+      this.#source = source;
+      this.#started ??= source.start();
+      try {
+        await this.#started;
+      } catch (error) {
+        remove();
+        this.#started = null;
+        throw error;
+      }
+    }
+    let subscribed = true;
+    return async () => {
+      if (!subscribed) return;
+      subscribed = false;
+      remove();
+      if (this.#listeners.size === 0) await this.#stopSource();
     };
   }
 
@@ -65,5 +104,17 @@ export class WakeUpListeners {
     if (this.#timer) clearTimeout(this.#timer);
     this.#timer = null;
     this.#pending = false;
+  }
+
+  /** A store's `close()`: drops every listener and stops the source. */
+  async close(): Promise<void> {
+    this.clear();
+    await this.#stopSource();
+  }
+
+  async #stopSource(): Promise<void> {
+    if (!this.#started) return;
+    this.#started = null;
+    await this.#source?.stop();
   }
 }

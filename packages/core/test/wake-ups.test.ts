@@ -64,4 +64,65 @@ describe("WakeUpListeners", () => {
     vi.advanceTimersByTime(20);
     expect(calls).toBe(1);
   });
+
+  describe("subscribe() with a wake source", () => {
+    function countingSource(failStart = false) {
+      const calls = { start: 0, stop: 0 };
+      return {
+        calls,
+        source: {
+          start: async () => {
+            calls.start += 1;
+            if (failStart) throw new Error("cannot listen");
+          },
+          stop: async () => {
+            calls.stop += 1;
+          },
+        },
+      };
+    }
+
+    it("starts the source for the first subscriber and stops it after the last, once", async () => {
+      const hub = new WakeUpListeners({ onError: () => undefined });
+      const { calls, source } = countingSource();
+      const first = await hub.subscribe(() => undefined, source);
+      const second = await hub.subscribe(() => undefined, source);
+      expect(calls).toEqual({ start: 1, stop: 0 });
+      await first();
+      await first();
+      expect(calls).toEqual({ start: 1, stop: 0 });
+      await second();
+      expect(calls).toEqual({ start: 1, stop: 1 });
+      expect(hub.size).toBe(0);
+      await hub.subscribe(() => undefined, source);
+      expect(calls).toEqual({ start: 2, stop: 1 });
+      await hub.close();
+      expect(calls).toEqual({ start: 2, stop: 2 });
+      await hub.close();
+      expect(calls.stop).toBe(2);
+    });
+
+    it("keeps no listener when the source fails to start, and tries again on the next subscribe", async () => {
+      const hub = new WakeUpListeners({ onError: () => undefined });
+      const failing = countingSource(true);
+      await expect(hub.subscribe(() => undefined, failing.source)).rejects.toThrow("cannot listen");
+      expect(hub.size).toBe(0);
+      const working = countingSource();
+      await hub.subscribe(() => undefined, working.source);
+      expect(working.calls.start).toBe(1);
+      expect(hub.size).toBe(1);
+    });
+
+    it("without a source it only adds the listener", async () => {
+      const hub = new WakeUpListeners({ onError: () => undefined });
+      let calls = 0;
+      const unsubscribe = await hub.subscribe(() => {
+        calls += 1;
+      });
+      hub.wake();
+      await unsubscribe();
+      hub.wake();
+      expect(calls).toBe(1);
+    });
+  });
 });

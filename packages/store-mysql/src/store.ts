@@ -567,8 +567,7 @@ export class MySqlStore implements OutboxStore<MySqlQueryable> {
     if (!this.capabilities.wakeUps) {
       throw new OutboxError(OutboxErrorCode.InvalidOptions, "this store was created with wakeUps: false");
     }
-    const remove = this.#subscribers.add(listener);
-    return async () => remove();
+    return this.#subscribers.subscribe(listener);
   }
 
   /**

@@ -1,4 +1,4 @@
-import { OutboxError, OutboxErrorCode } from "@outbox/core";
+import { type WakeSource as CoreWakeSource, OutboxError, OutboxErrorCode } from "@outbox/core";
 
 /**
  * A connection that can LISTEN: a connected pg `Client` fits. The store ends it when done.
@@ -17,12 +17,12 @@ export interface PGliteListenApi {
   listen(channel: string, callback: (payload: string) => void): Promise<(() => Promise<void>) | unknown>;
 }
 
-/** A running LISTEN: started on first subscriber, stopped on last unsubscribe or close. */
-export interface WakeSource {
-  /** Resolves once the first LISTEN is in place or the first attempt failed (then it retries). */
-  start(): Promise<void>;
-  stop(): Promise<void>;
-}
+/**
+ * A running LISTEN (core's `WakeSource`): started on first subscriber, stopped on last unsubscribe
+ * or close. Its `start()` resolves once the first LISTEN is in place or the first attempt failed
+ * (then it retries).
+ */
+export type WakeSource = CoreWakeSource;
 
 export interface WakeSourceHooks {
   onNotify(): void;

@@ -240,7 +240,6 @@ export class PostgresStore implements OutboxStore<Queryable> {
   readonly #wakeSource: WakeSource | null;
   readonly #wakeUps: WakeUpListeners;
   readonly #poolErrorHandler: ((error: Error) => void) | null = null;
-  #wakeSourceStart: Promise<void> | null = null;
   #closed = false;
   readonly #sql: ReturnType<typeof buildStatements>;
   readonly #prepared: boolean;
@@ -496,28 +495,14 @@ export class PostgresStore implements OutboxStore<Queryable> {
     if (!this.#wakeSource) {
       throw new OutboxError(OutboxErrorCode.InvalidOptions, "this store has no LISTEN connection (wakeUps: false)");
     }
-    const remove = this.#wakeUps.add(listener);
-    this.#wakeSourceStart ??= this.#wakeSource.start();
-    await this.#wakeSourceStart;
-    let subscribed = true;
-    return async () => {
-      if (!subscribed) return;
-      subscribed = false;
-      remove();
-      if (this.#wakeUps.size === 0 && this.#wakeSourceStart) {
-        this.#wakeSourceStart = null;
-        await this.#wakeSource?.stop();
-      }
-    };
+    return this.#wakeUps.subscribe(listener, this.#wakeSource);
   }
 
   /** Stops LISTEN and detaches from the pool. Does not end the pool or db: they are yours. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#wakeUps.clear();
-    this.#wakeSourceStart = null;
-    await this.#wakeSource?.stop();
+    await this.#wakeUps.close();
     if (this.#pool && this.#poolErrorHandler) this.#pool.removeListener("error", this.#poolErrorHandler);
   }
 
