@@ -90,7 +90,7 @@ CREATE TABLE IF NOT EXISTS ${n.qualifiedTable} (
   claimed_by      text,
   lease_until     timestamptz,
   settled_at      timestamptz
-) WITH (fillfactor = 80);
+) WITH (fillfactor = 50);
 
 -- v2: the fence a lease was taken under; a claim with a newer token of that lock takes it over.
 ALTER TABLE ${n.qualifiedTable} ADD COLUMN IF NOT EXISTS lease_lock text;
