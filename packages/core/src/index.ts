@@ -35,6 +35,7 @@ export {
   type PublishOutcome,
   permanentFailure,
   published,
+  routeEntry,
   transientFailure,
 } from "./publisher.js";
 export {

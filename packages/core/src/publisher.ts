@@ -12,6 +12,45 @@ export const published = (): PublishOutcome => ({ status: "published" });
 export const transientFailure = (error: unknown): PublishOutcome => ({ status: "transient", error });
 export const permanentFailure = (error: unknown): PublishOutcome => ({ status: "permanent", error });
 
+/**
+ * The destination an entry maps to through the user's function (a topic, a stream), or the
+ * permanent failure every publisher reports when that function throws or returns no name
+ * (`details.type` "UNROUTABLE"): one bad mapping fails its entry, never the batch.
+ */
+export function routeEntry(
+  entry: OutboxEntry,
+  route: (entry: OutboxEntry) => unknown,
+  what = "topic",
+): string | PublishOutcome {
+  let name: unknown;
+  try {
+    name = route(entry);
+  } catch (error) {
+    return permanentFailure(
+      new OutboxError(
+        OutboxErrorCode.PublishFailed,
+        `${what} mapping failed for entry ${entry.id}: ${describeError(error)}`,
+        {
+          cause: error,
+          details: { entryId: entry.id, type: "UNROUTABLE" },
+        },
+      ),
+    );
+  }
+  if (typeof name !== "string" || name.length === 0) {
+    return permanentFailure(
+      new OutboxError(
+        OutboxErrorCode.PublishFailed,
+        `${what} mapping returned ${JSON.stringify(name)} for entry ${entry.id}`,
+        {
+          details: { entryId: entry.id, type: "UNROUTABLE" },
+        },
+      ),
+    );
+  }
+  return name;
+}
+
 export interface PublishOptions {
   /**
    * Aborted when the batch's lease is about to run out (another relay could claim the entries

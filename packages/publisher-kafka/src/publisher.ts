@@ -1,4 +1,5 @@
 import {
+  describeError,
   headersWithMetadata,
   heldBack,
   KeyFailures,
@@ -12,6 +13,7 @@ import {
   type PublishOutcome,
   permanentFailure,
   published,
+  routeEntry,
   transientFailure,
 } from "@outbox/core";
 import { classifyKafkaError, type KafkaFailure } from "./classify.js";
@@ -117,10 +119,6 @@ function pin(item: Item, partition: number): Item {
 
 class DeadlineExceeded extends Error {
   override readonly name = "DeadlineExceeded";
-}
-
-function describe(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }
 
 /** Publishes outbox entries to Kafka through a kafkajs(-compatible) producer. Create with createKafkaPublisher(). */
@@ -274,30 +272,8 @@ export class KafkaPublisher implements OutboxPublisher {
   }
 
   #prepare(entry: OutboxEntry, index: number): Item | PublishOutcome {
-    let topic: unknown;
-    try {
-      topic = this.#route(entry);
-    } catch (error) {
-      return permanentFailure(
-        new OutboxError(
-          OutboxErrorCode.PublishFailed,
-          `topic mapping failed for entry ${entry.id}: ${describe(error)}`,
-          {
-            cause: error,
-            details: { entryId: entry.id, type: "UNROUTABLE" },
-          },
-        ),
-      );
-    }
-    if (typeof topic !== "string" || topic.length === 0) {
-      return permanentFailure(
-        new OutboxError(
-          OutboxErrorCode.PublishFailed,
-          `topic mapping returned ${JSON.stringify(topic)} for entry ${entry.id}`,
-          { details: { entryId: entry.id, type: "UNROUTABLE" } },
-        ),
-      );
-    }
+    const topic = routeEntry(entry, this.#route);
+    if (typeof topic !== "string") return topic;
     const headers: Record<string, string> = headersWithMetadata(entry);
     if (topic !== entry.topic) headers[OutboxHeader.Topic] = entry.topic;
     const payload = entry.payload;
@@ -512,10 +488,14 @@ function groupByTopic(items: Item[]): Array<{ topic: string; messages: KafkaMess
 }
 
 function wrap(error: unknown, failure: KafkaFailure, item: Item): OutboxError {
-  return new OutboxError(OutboxErrorCode.PublishFailed, `${failure.type} (topic "${item.topic}"): ${describe(error)}`, {
-    cause: error,
-    details: { entryId: item.entry.id, topic: item.topic, type: failure.type, kind: failure.kind },
-  });
+  return new OutboxError(
+    OutboxErrorCode.PublishFailed,
+    `${failure.type} (topic "${item.topic}"): ${describeError(error)}`,
+    {
+      cause: error,
+      details: { entryId: item.entry.id, topic: item.topic, type: failure.type, kind: failure.kind },
+    },
+  );
 }
 
 /**

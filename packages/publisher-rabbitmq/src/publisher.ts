@@ -1,4 +1,5 @@
 import {
+  describeError,
   heldBack,
   KeyFailures,
   type OutboxEntry,
@@ -218,10 +219,6 @@ function positive(value: number | undefined, fallback: number, name: string): nu
   return result;
 }
 
-function describe(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
-}
-
 function frameMaxOf(connection: AmqpConnectionLike): number {
   const frameMax = (connection.connection as { frameMax?: unknown } | undefined)?.frameMax;
   return typeof frameMax === "number" && frameMax > FRAME_OVERHEAD ? frameMax : MAX_PROPERTIES_BYTES;
@@ -397,7 +394,7 @@ class AmqpPublisher implements RabbitMqPublisher {
       state = ready.value;
     } catch (error) {
       const type = classifyOpenError(error);
-      failAll(type, `not sent: could not open a channel: ${describe(error)}`, error);
+      failAll(type, `not sent: could not open a channel: ${describeError(error)}`, error);
       return;
     }
 
@@ -420,7 +417,12 @@ class AmqpPublisher implements RabbitMqPublisher {
         continue;
       }
       if (state.closed) {
-        fail(i, "CHANNEL_CLOSED", `not sent: the channel closed (${describe(state.closeError)})`, state.closeError);
+        fail(
+          i,
+          "CHANNEL_CLOSED",
+          `not sent: the channel closed (${describeError(state.closeError)})`,
+          state.closeError,
+        );
         continue;
       }
       const item: Sent = {
@@ -451,7 +453,7 @@ class AmqpPublisher implements RabbitMqPublisher {
         // A publish refused by amqplib itself may have consumed a confirm slot: the channel's
         // delivery tags can no longer be trusted. Close it; its unconfirmed messages fail transient.
         if (!state.closed) this.#discard(state);
-        fail(i, state.closed ? "CHANNEL_CLOSED" : "CLIENT_ERROR", `not sent: ${describe(error)}`, error);
+        fail(i, state.closed ? "CHANNEL_CLOSED" : "CLIENT_ERROR", `not sent: ${describeError(error)}`, error);
         continue;
       }
       sent.push(item);
@@ -470,7 +472,7 @@ class AmqpPublisher implements RabbitMqPublisher {
         const why = type === "NACKED" ? "the broker nacked the message" : `the channel closed before the confirm`;
         outcomes[item.index] = failureOutcome(
           type,
-          `${why}${state.closeError ? ` (${describe(state.closeError)})` : ""}`,
+          `${why}${state.closeError ? ` (${describeError(state.closeError)})` : ""}`,
           { entryId: item.entry.id },
           state.closeError ?? item.result,
         );
@@ -489,7 +491,7 @@ class AmqpPublisher implements RabbitMqPublisher {
     } catch (error) {
       return failureOutcome(
         "ROUTING_KEY_INVALID",
-        `routingKey() threw for entry ${entry.id}: ${describe(error)}`,
+        `routingKey() threw for entry ${entry.id}: ${describeError(error)}`,
         { entryId: entry.id },
         error,
       );

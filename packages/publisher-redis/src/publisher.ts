@@ -10,6 +10,7 @@ import {
   type PublishOutcome,
   permanentFailure,
   published,
+  routeEntry,
   transientFailure,
 } from "@outbox/core";
 import type { Redis } from "ioredis";
@@ -233,15 +234,7 @@ class StreamPublisher implements RedisStreamPublisher {
         ),
       );
     }
-    try {
-      const stream = this.#stream(entry);
-      if (typeof stream !== "string" || stream.length === 0) throw new Error(`got ${JSON.stringify(stream)}`);
-      return stream;
-    } catch (error) {
-      return permanentFailure(
-        new OutboxError(OutboxErrorCode.PublishFailed, `no stream name for entry ${entry.id}`, { cause: error }),
-      );
-    }
+    return routeEntry(entry, this.#stream, "stream");
   }
 
   /** Marks the publisher closed. The ioredis client belongs to the caller and stays open. */
