@@ -16,6 +16,7 @@ import { OutboxRelay } from "@outbox/core";
 import { createPostgresStore, migrate } from "@outbox/store-postgres";
 import { Kafka, logLevel } from "kafkajs";
 import pg from "pg";
+import { type CpuUse, measureCpu } from "@outbox/test-support/cpu";
 import { createKafkaPublisher, createOutboxPartitioner, defaultProducerConfig } from "../src/index.js";
 
 const ROWS = Number(process.env.BENCH_ROWS ?? 20_000);
@@ -44,6 +45,7 @@ async function raw(batch: number): Promise<number> {
   const producer = kafka.producer({ ...defaultProducerConfig, createPartitioner: createOutboxPartitioner });
   await producer.connect();
   try {
+    const cpu = measureCpu(processNames);
     const started = performance.now();
     for (let start = 0; start < ROWS; start += batch) {
       const messages = [];
@@ -56,7 +58,9 @@ async function raw(batch: number): Promise<number> {
       }
       await producer.sendBatch({ acks: -1, timeout: 10_000, topicMessages: [{ topic, messages }] });
     }
-    return ROWS / ((performance.now() - started) / 1_000);
+    const rate = ROWS / ((performance.now() - started) / 1_000);
+    cpuUse.raw.push(cpu());
+    return rate;
   } finally {
     await producer.disconnect();
     await admin.deleteTopics({ topics: [topic] }).catch(() => undefined);
@@ -120,10 +124,12 @@ async function relay(batch: number): Promise<number> {
         if (published >= ROWS) resolve();
       });
     });
+    const cpu = measureCpu(processNames);
     const started = performance.now();
     outbox.start();
     await allPublished;
     const seconds = (performance.now() - started) / 1_000;
+    cpuUse.relay.push(cpu());
     await outbox.stop();
     const stats = await store.stats();
     if (stats.pending !== 0 || stats.dead !== 0) throw new Error(`left ${JSON.stringify(stats)}`);
@@ -134,6 +140,19 @@ async function relay(batch: number): Promise<number> {
     await pool.query(`DROP TABLE IF EXISTS "${table}", "${table}_fence"`);
     await admin.deleteTopics({ topics: [topic] }).catch(() => undefined);
   }
+}
+
+/** PostgreSQL backends and the Kafka broker's JVM, next to this process. */
+const processNames = ["postgres", "java"] as const;
+const cpuUse: Record<"raw" | "relay", CpuUse[]> = { raw: [], relay: [] };
+/** Mean CPU µs per entry, by process, over every run of one kind. */
+function cpuPerEntry(uses: CpuUse[]): { node: number; postgres: number; kafka: number; total: number } {
+  const entries = uses.length * ROWS;
+  const sum = (pick: (use: CpuUse) => number) => uses.reduce((total, use) => total + pick(use), 0) / entries;
+  const node = sum((use) => use.node);
+  const postgres = sum((use) => use.others.get("postgres") ?? 0);
+  const kafka = sum((use) => use.others.get("java") ?? 0);
+  return { node, postgres, kafka, total: node + postgres + kafka };
 }
 
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] as number;
@@ -149,7 +168,10 @@ console.log(
     `kafkajs 2.2.4, Kafka 3.9.1 single node (KRaft), PostgreSQL ${pgVersion} fsync=${fsync}\n`,
 );
 const rows: string[] = [];
+const cpuRows: string[] = [];
 for (const batch of BATCHES) {
+  cpuUse.raw = [];
+  cpuUse.relay = [];
   const relayRuns: number[] = [];
   const rawRuns: number[] = [];
   const publisherRuns: number[] = [];
@@ -161,6 +183,12 @@ for (const batch of BATCHES) {
   const [r, k, p] = [median(relayRuns), median(rawRuns), median(publisherRuns)];
   const pct = (value: number) => `${((value / k) * 100).toFixed(0)}%`;
   rows.push(`| ${batch} | ${fmt(r)} | ${fmt(k)} | **${pct(r)}** | ${fmt(p)} (${pct(p)}) |`);
+  const [rawCpu, relayCpu] = [cpuPerEntry(cpuUse.raw), cpuPerEntry(cpuUse.relay)];
+  const cell = (use: typeof rawCpu) =>
+    `${use.node.toFixed(0)} / ${use.postgres.toFixed(0)} / ${use.kafka.toFixed(0)} = **${use.total.toFixed(0)}**`;
+  // Every process shares the machine's cores: at full use of all of them, the relay cannot pass this.
+  const bound = (cpus().length * 1_000_000) / relayCpu.total;
+  cpuRows.push(`| ${batch} | ${cell(rawCpu)} | ${cell(relayCpu)} | ${fmt(bound)} (${pct(bound)}) |`);
   console.error(
     `batch ${batch}: relay ${relayRuns.map(fmt).join(", ")} / raw ${rawRuns.map(fmt).join(", ")} / publisher ${publisherRuns.map(fmt).join(", ")} msg/s`,
   );
@@ -170,5 +198,10 @@ console.log(
 );
 console.log("|---:|---:|---:|---:|---:|");
 for (const row of rows) console.log(row);
+console.log(
+  `\n| batch | CPU µs per entry, raw: node / PostgreSQL / Kafka = total | relay: node / PostgreSQL / Kafka = total | ${cpus().length} cores / relay CPU per entry (msg/s, / raw) |`,
+);
+console.log("|---:|---:|---:|---:|");
+for (const row of cpuRows) console.log(row);
 await admin.disconnect();
 await pool.end();

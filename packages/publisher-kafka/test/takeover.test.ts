@@ -6,6 +6,7 @@
 import type { ChildProcess } from "node:child_process";
 import { keyOrderViolations } from "@outbox/conformance";
 import { createPostgresStore, migrate } from "@outbox/store-postgres";
+import { type RelayChild, startRelayChild } from "@outbox/test-support/e2e";
 import { freshIdentifier, pgUrl } from "@outbox/test-support/postgres";
 import { redisUrl } from "@outbox/test-support/services";
 import { waitFor } from "@outbox/test-support/wait";
@@ -13,7 +14,6 @@ import { Redis } from "ioredis";
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
 import { createTopic, newKafka, readTopic } from "./support/kafka.js";
-import { type RelayChild, startRelayChild } from "./support/relay-process.js";
 
 const ENTRIES = 3_000;
 const KEYS = 30;
@@ -42,7 +42,7 @@ describe("leader takeover: PostgreSQL + Kafka + Redis lock", () => {
       await admin.connect();
       const store = createPostgresStore({ pool, table, listen: false, notifyChannel: false });
       const start = (id: string): Promise<RelayChild> =>
-        startRelayChild({
+        startRelayChild(new URL("./support/relay-child.ts", import.meta.url), {
           E2E_RELAY_ID: id,
           E2E_TABLE: table,
           E2E_BATCH: "50",

@@ -1,9 +1,9 @@
 // End to end on real servers: PostgreSQL store -> OutboxRelay (in a child process) -> this
 // publisher -> RabbitMQ (quorum queue) -> an amqplib consumer. Mid-way the relay process is
 // SIGKILLed and replaced, and the broker closes every connection (rabbitmqctl close_all_connections).
-import { type ChildProcess, fork } from "node:child_process";
-import { fileURLToPath } from "node:url";
+import type { ChildProcess } from "node:child_process";
 import { createPostgresStore, migrate } from "@outbox/store-postgres";
+import { checkDelivery, enqueueSequenced, type RelayChild, startRelayChild } from "@outbox/test-support/e2e";
 import { freshIdentifier, pgUrl } from "@outbox/test-support/postgres";
 import { waitFor } from "@outbox/test-support/wait";
 import pg from "pg";
@@ -21,58 +21,15 @@ const ENTRIES = 10_000;
 const KEYS = 100;
 const BATCH = 100;
 
-interface RelayChild {
-  readonly process: ChildProcess;
-  published: number;
-  retried: number;
-  connections: number;
-  readonly errors: string[];
-  readonly dead: string[];
-  exited: Promise<number | null>;
-}
-
 function startRelay(table: string): Promise<RelayChild> {
-  const child = fork(fileURLToPath(new URL("./support/relay-child.ts", import.meta.url)), {
-    execArgv: [
-      "--conditions=@outbox/source",
-      "--experimental-strip-types",
-      "--no-warnings",
-      "--import",
-      fileURLToPath(new URL("../../../scripts/register-ts.mjs", import.meta.url)),
-    ],
-    env: {
-      ...process.env,
-      OUTBOX_PG_URL: pgUrl,
-      OUTBOX_AMQP_URL: amqpUrl,
-      E2E_TABLE: table,
-      E2E_EXCHANGE: TEST_EXCHANGE,
-      E2E_BATCH: String(BATCH),
-      E2E_POLL_MS: "50",
-      E2E_LEASE_MS: "10000",
-      E2E_PUBLISH_TIMEOUT_MS: "8000",
-    },
-    stdio: ["ignore", "inherit", "inherit", "ipc"],
-  });
-  const relay: RelayChild = {
-    process: child,
-    published: 0,
-    retried: 0,
-    connections: 0,
-    errors: [],
-    dead: [],
-    exited: new Promise((resolve) => child.once("exit", (code) => resolve(code))),
-  };
-  return new Promise((resolve, reject) => {
-    child.once("error", reject);
-    child.once("exit", (code) => reject(new Error(`relay child exited early (${code})`)));
-    child.on("message", (message: Record<string, unknown>) => {
-      if (typeof message.published === "number") relay.published += message.published;
-      if (typeof message.retried === "number") relay.retried += message.retried;
-      if (typeof message.connections === "number") relay.connections = message.connections;
-      if (typeof message.error === "string" && message.dead === undefined) relay.errors.push(message.error);
-      if (message.dead !== undefined) relay.dead.push(`${message.dead}: ${message.error}`);
-      if (message.started) resolve(relay);
-    });
+  return startRelayChild(new URL("./support/relay-child.ts", import.meta.url), {
+    OUTBOX_AMQP_URL: amqpUrl,
+    E2E_TABLE: table,
+    E2E_EXCHANGE: TEST_EXCHANGE,
+    E2E_BATCH: String(BATCH),
+    E2E_POLL_MS: "50",
+    E2E_LEASE_MS: "10000",
+    E2E_PUBLISH_TIMEOUT_MS: "8000",
   });
 }
 
@@ -90,30 +47,12 @@ describe("e2e: PostgreSQL -> relay -> RabbitMQ", () => {
     try {
       await migrate(pool, { table });
       // Enqueue in the application's transactions: per key, seq 0..99 in commit order.
-      const seqOf = new Map<string, number>();
-      for (let start = 0; start < ENTRIES; start += 1_000) {
-        const client = await pool.connect();
-        try {
-          await client.query("BEGIN");
-          const messages = Array.from({ length: 1_000 }, (_, i) => {
-            const n = start + i;
-            const key = `key-${n % KEYS}`;
-            const seq = Math.floor(n / KEYS);
-            return {
-              topic,
-              key,
-              payload: JSON.stringify({ n, key, seq }),
-              headers: { "x-seq": String(seq), "content-type": "application/json" },
-              idempotencyKey: `e2e-${n}`,
-            };
-          });
-          await store.enqueue(client, messages);
-          await client.query("COMMIT");
-          for (const m of messages) seqOf.set(m.idempotencyKey, Number(m.headers["x-seq"]));
-        } finally {
-          client.release();
-        }
-      }
+      const seqOf = await enqueueSequenced(pool, store, {
+        entries: ENTRIES,
+        keys: KEYS,
+        topic,
+        headers: { "content-type": "application/json" },
+      });
 
       // Fault (a): the relay process dies mid-way, without stop(); a new one takes over.
       const first = await startRelay(table);
@@ -148,22 +87,10 @@ describe("e2e: PostgreSQL -> relay -> RabbitMQ", () => {
         if (more.length <= received.length) break;
         received = more;
       }
-      const firstSeen = new Set<string>();
-      const lastSeq = new Map<string, number>();
-      const orderViolations: string[] = [];
       // One queue, one publisher channel at a time: the queue's order is the publish order.
-      for (const m of received) {
-        if (firstSeen.has(m.idempotencyKey)) continue;
-        firstSeen.add(m.idempotencyKey);
-        const seq = Number(m.headers["x-seq"]);
-        expect(seq).toBe(seqOf.get(m.idempotencyKey));
-        const previous = lastSeq.get(m.key as string) ?? -1;
-        if (seq !== previous + 1) orderViolations.push(`${m.key}: seq ${seq} after ${previous}`);
-        lastSeq.set(m.key as string, seq);
-      }
-      const duplicates = received.length - firstSeen.size;
+      const { distinct, duplicates, orderViolations, wrongSeq } = checkDelivery(received, seqOf);
       console.log(
-        `[e2e] received ${received.length} messages, ${firstSeen.size} distinct, ${duplicates} duplicates; ` +
+        `[e2e] received ${received.length} messages, ${distinct} distinct, ${duplicates} duplicates; ` +
           `relay 1 published ${first.published}, relay 2 ${second.published}; ` +
           `relay 2 retried ${second.retried} times, errors ${second.errors.length}, connections ${second.connections}; store ${JSON.stringify(stats)}`,
       );
@@ -172,7 +99,8 @@ describe("e2e: PostgreSQL -> relay -> RabbitMQ", () => {
       expect(stats.dead).toBe(0);
       // The broker's close reached the running relay: its publisher connected again.
       expect(second.connections).toBeGreaterThanOrEqual(2);
-      expect(firstSeen.size).toBe(ENTRIES);
+      expect(distinct).toBe(ENTRIES);
+      expect(wrongSeq).toEqual([]);
       expect(orderViolations).toEqual([]);
       // Duplicates only from the batch in flight at each of the two faults.
       expect(duplicates).toBeLessThanOrEqual(2 * BATCH);

@@ -1,0 +1,131 @@
+import { createServer, type Server, Socket } from "node:net";
+
+/**
+ * A TCP proxy on a free loopback port in front of one server (etcd, the Pub/Sub fake, a
+ * MongoDB-wire server...), to cut clients off without touching the server:
+ * - `drop()`: resets every live connection; new ones are let through at once (a killed
+ *   connection, as after `KILL CONNECTION` or a load balancer reset);
+ * - `cut()`: resets every live connection and refuses new ones until `restore()`;
+ * - `blackhole()`: keeps connections open but forwards nothing either way (a partition), and
+ *   holds new ones the same way, until `restore()`, which resets them (as after a real partition).
+ */
+export class TcpProxy {
+  readonly #server: Server;
+  readonly #pairs = new Set<[Socket, Socket]>();
+  #refusing = false;
+  #holding = false;
+  readonly targetHost: string;
+  readonly targetPort: number;
+  port = 0;
+
+  private constructor(targetHost: string, targetPort: number) {
+    this.targetHost = targetHost;
+    this.targetPort = targetPort;
+    this.#server = createServer((inbound) => this.#accept(inbound));
+  }
+
+  /** Starts a proxy to `target` (`host:port`). */
+  static async start(target: string): Promise<TcpProxy> {
+    const colon = target.lastIndexOf(":");
+    const port = Number(target.slice(colon + 1));
+    if (colon <= 0 || !Number.isInteger(port) || port <= 0)
+      throw new Error(`TcpProxy target must be host:port, got ${target}`);
+    const proxy = new TcpProxy(target.slice(0, colon), port);
+    await new Promise<void>((resolve) => proxy.#server.listen(0, "127.0.0.1", resolve));
+    const address = proxy.#server.address();
+    proxy.port = typeof address === "object" && address ? address.port : 0;
+    return proxy;
+  }
+
+  /** `127.0.0.1:<port>`: where clients connect instead of the target. */
+  get endpoint(): string {
+    return `127.0.0.1:${this.port}`;
+  }
+
+  /** How many connections are open through the proxy. */
+  get connections(): number {
+    return this.#pairs.size;
+  }
+
+  /** Resets every live connection and lets new ones through. Returns how many were reset. */
+  drop(): number {
+    const dropped = this.#pairs.size;
+    for (const [inbound, outbound] of this.#pairs) {
+      inbound.destroy();
+      outbound.destroy();
+    }
+    this.#pairs.clear();
+    return dropped;
+  }
+
+  /**
+   * Resets the live connections one at a time, oldest first, `gapMs` apart (new ones are let
+   * through). Returns how many were reset. Unlike `drop()`, the client sees each reset on its own
+   * turn of the event loop, as when a server or a middlebox kills connections one by one.
+   */
+  async dropEach(gapMs = 5): Promise<number> {
+    const live = [...this.#pairs];
+    for (const [i, [inbound, outbound]] of live.entries()) {
+      if (i > 0) await new Promise((resolve) => setTimeout(resolve, gapMs));
+      inbound.destroy();
+      outbound.destroy();
+    }
+    return live.length;
+  }
+
+  /** Resets every live connection and refuses new ones until `restore()`. Returns how many were reset. */
+  cut(): number {
+    this.#refusing = true;
+    return this.drop();
+  }
+
+  /** Forwards nothing either way, on live and new connections, until `restore()`. */
+  blackhole(): void {
+    this.#holding = true;
+    for (const [inbound, outbound] of this.#pairs) {
+      inbound.unpipe(outbound);
+      outbound.unpipe(inbound);
+      inbound.pause();
+      outbound.pause();
+    }
+  }
+
+  /** Lets traffic through again; blackholed connections are reset (as after a real partition). */
+  restore(): void {
+    if (this.#holding) this.drop();
+    this.#refusing = false;
+    this.#holding = false;
+  }
+
+  async close(): Promise<void> {
+    this.cut();
+    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+  }
+
+  #accept(inbound: Socket): void {
+    if (this.#refusing) {
+      inbound.destroy();
+      return;
+    }
+    if (this.#holding) {
+      inbound.on("error", () => {}); // a held client that gives up resets its socket
+      inbound.pause();
+      this.#pairs.add([inbound, new Socket()]);
+      return;
+    }
+    const outbound = new Socket();
+    const pair: [Socket, Socket] = [inbound, outbound];
+    this.#pairs.add(pair);
+    const drop = () => {
+      inbound.destroy();
+      outbound.destroy();
+      this.#pairs.delete(pair);
+    };
+    inbound.on("error", drop).on("close", drop);
+    outbound.on("error", drop).on("close", drop);
+    outbound.connect(this.targetPort, this.targetHost, () => {
+      inbound.pipe(outbound);
+      outbound.pipe(inbound);
+    });
+  }
+}
