@@ -189,11 +189,11 @@ export class SqliteStore implements OutboxStore<DatabaseSync> {
     });
   }
 
-  async listDead(options: { limit?: number } = {}): Promise<OutboxEntry[]> {
+  async listDead(options: { limit?: number; after?: string } = {}): Promise<OutboxEntry[]> {
     this.#open();
     const rows = this.#db
-      .prepare(`SELECT * FROM ${this.#table} WHERE status = 'dead' ORDER BY id LIMIT ?`)
-      .all(options.limit ?? 100) as unknown as Row[];
+      .prepare(`SELECT * FROM ${this.#table} WHERE status = 'dead' AND id > ? ORDER BY id LIMIT ?`)
+      .all(Number(options.after ?? 0), options.limit ?? 100) as unknown as Row[];
     return rows.map(toEntry);
   }
 

@@ -1,5 +1,4 @@
 export { main } from "./cli.js";
-export type { DropDeadCapable } from "./commands/dead.js";
 export {
   configFileNames,
   defineConfig,

@@ -1,4 +1,4 @@
-import { MemoryPublisher, MemoryStore, OutboxErrorCode, type OutboxStore } from "@outbox/core";
+import { MemoryPublisher, MemoryStore, OutboxErrorCode, type OutboxStore, systemClock } from "@outbox/core";
 import { waitFor } from "@outbox/test-support/wait";
 import { beforeEach, describe, expect, it } from "vitest";
 import { validateConfig } from "../src/config.js";
@@ -154,9 +154,12 @@ function asConfigured(store: MemoryStore, overrides: Record<string, unknown> = {
   return Object.assign(view, overrides) as unknown as OutboxStore;
 }
 
-/** A MemoryStore with three dead entries (two on "orders", one on "billing"). */
+/**
+ * A MemoryStore with three dead entries (two on "orders", one on "billing"). Its clock runs a
+ * second behind the CLI's, so "settled before now" holds for them even within one millisecond.
+ */
 async function storeWithDeadEntries() {
-  const store = new MemoryStore();
+  const store = new MemoryStore({ clock: { ...systemClock, now: () => systemClock.now() - 1_000 } });
   await store.transaction((tx) =>
     store.enqueue(tx, [
       { topic: "orders", key: "a", payload: '{"n":1}' },
@@ -210,6 +213,42 @@ describe("operator commands (in-process, in-memory store)", () => {
     const table = await cli("dead", "list", "--key", "a");
     expect(table.stdout.lines()[0]).toMatch(/^ID\s+TOPIC\s+KEY\s+ATTEMPTS\s+CREATED\s+LAST ERROR$/);
     expect(table.stdout.text).toContain("2 shown, 2 matched, 3 scanned");
+  });
+
+  it("dead list and show page through more dead entries than one listDead call returns", async () => {
+    const many = new MemoryStore();
+    await many.transaction((tx) =>
+      many.enqueue(
+        tx,
+        Array.from({ length: 2_500 }, (_, n) => ({ topic: n === 2_400 ? "late" : "bulk", payload: String(n) })),
+      ),
+    );
+    const claimed = await many.claim({ claimer: "t", limit: 2_500, leaseMs: 60_000 });
+    await many.deadLetter(
+      claimed.map((entry) => ({ id: entry.id, error: "boom" })),
+      { claimer: "t" },
+    );
+    const calls: Array<{ limit?: number; after?: string }> = [];
+    setTestConfig({
+      store: asConfigured(many, {
+        listDead: (options: { limit?: number; after?: string }) => {
+          calls.push({ ...options });
+          return many.listDead(options);
+        },
+      }),
+    });
+    const all = JSON.parse((await cli("dead", "list", "--json", "--topic", "late")).stdout.text);
+    expect(all).toMatchObject({ matched: 1, scanned: 2_500, complete: true });
+    expect(calls.map((call) => call.limit)).toEqual([1_000, 1_000, 1_000]);
+    expect(calls[1]?.after).toBe(claimed[999]?.id);
+
+    const capped = JSON.parse((await cli("dead", "list", "--json", "--scan", "1500")).stdout.text);
+    expect(capped).toMatchObject({ scanned: 1_500, complete: false });
+
+    calls.length = 0;
+    const shown = JSON.parse((await cli("dead", "show", claimed[1_200]?.id as string, "--json")).stdout.text);
+    expect(shown).toMatchObject({ id: claimed[1_200]?.id, payloadText: "1200" });
+    expect(calls).toHaveLength(2);
   });
 
   it("dead show gives the payload as text, or base64 when it is not UTF-8", async () => {

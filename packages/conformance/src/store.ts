@@ -869,7 +869,7 @@ export const storeChecks = {
     },
   },
   "list-dead-order": {
-    title: "listDead returns dead entries oldest first (id order), up to its limit",
+    title: "listDead returns dead entries oldest first (id order), up to its limit, and pages on after an id",
     async run(h) {
       const enqueued = await enqueue(
         h,
@@ -889,6 +889,20 @@ export const storeChecks = {
       expect(idsOf(await h.store.listDead({ limit: 2 })), "listDead({ limit }) must return the oldest `limit`").toEqual(
         enqueued.slice(0, 2),
       );
+      expect(
+        idsOf(await h.store.listDead({ limit: 2, after: enqueued[1] })),
+        "listDead({ after }) must continue with the entries after that id",
+      ).toEqual(enqueued.slice(2, 4));
+      expect(
+        idsOf(await h.store.listDead({ after: enqueued[4] })),
+        "listDead({ after: the last id }) must return nothing",
+      ).toEqual([]);
+      // The cursor may be an entry that is gone since: paging goes on after it.
+      await h.store.requeueDead([enqueued[2] as string]);
+      expect(
+        idsOf(await h.store.listDead({ after: enqueued[2] })),
+        "listDead({ after }) must page on after an id that is no longer dead",
+      ).toEqual(enqueued.slice(3));
     },
   },
 } satisfies Record<string, Check<Harness>>;

@@ -264,6 +264,13 @@ describe("the kit catches broken stores (contract v2 rules)", () => {
     expect(await failingStoreChecks(newestFirst)).toContain("list-dead-order");
   });
 
+  it("a store that ignores listDead's after cursor fails list-dead-order", async () => {
+    const noPaging = brokenStore((inner) => ({
+      listDead: (options) => inner.listDead(options?.limit === undefined ? {} : { limit: options.limit }),
+    }));
+    expect(await failingStoreChecks(noPaging)).toContain("list-dead-order");
+  });
+
   it("a store whose inFlight ignores lease expiry fails in-flight-expiry", async () => {
     const sticky = brokenStore((inner) => {
       const leased = new Set<string>();

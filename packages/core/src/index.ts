@@ -50,6 +50,7 @@ export type {
   ClaimRequest,
   DeadLetterItem,
   Fence,
+  ListDeadOptions,
   OutboxStore,
   PurgeRequest,
   RetryItem,

@@ -71,6 +71,13 @@ export interface StoreCapabilities {
 
 export type Unsubscribe = () => Promise<void>;
 
+export interface ListDeadOptions {
+  /** At most this many entries. Default 100. */
+  readonly limit?: number;
+  /** Only entries after this id (oldest first): the last id of the previous page. */
+  readonly after?: string;
+}
+
 /**
  * Durable outbox storage.
  *
@@ -102,8 +109,11 @@ export interface OutboxStore<Tx = unknown> {
   deadLetter(items: readonly DeadLetterItem[], context: SettleContext): Promise<void>;
   /** Returns claimed entries unpublished and unleased, e.g. on shutdown. */
   release(ids: readonly string[], context: SettleContext): Promise<void>;
-  /** Dead entries, oldest first. */
-  listDead(options?: { limit?: number }): Promise<OutboxEntry[]>;
+  /**
+   * Dead entries, oldest first (id order), at most `limit` (default 100). `after` pages on: only
+   * entries after that id, the last one of the previous page.
+   */
+  listDead(options?: ListDeadOptions): Promise<OutboxEntry[]>;
   /** Makes dead entries pending again with a fresh attempt count. Returns how many moved. */
   requeueDead(ids: readonly string[]): Promise<number>;
   /**

@@ -5,6 +5,7 @@ import {
   type DeadLetterItem,
   type EntryLimits,
   type Fence,
+  type ListDeadOptions,
   type OutboxEntry,
   OutboxError,
   OutboxErrorCode,
@@ -488,11 +489,17 @@ export class MySqlStore implements OutboxStore<MySqlQueryable> {
     ]);
   }
 
-  async listDead(options: { limit?: number } = {}): Promise<OutboxEntry[]> {
+  async listDead(options: ListDeadOptions = {}): Promise<OutboxEntry[]> {
     this.#assertOpen();
     const limit = positiveInteger(options.limit ?? 100, "limit");
+    if (options.after !== undefined && validIds([options.after]).length === 0) {
+      throw new OutboxError(
+        OutboxErrorCode.InvalidOptions,
+        `listDead: after must be an entry id, got ${JSON.stringify(options.after)}`,
+      );
+    }
     const { rows } = await this.#withRetries("listDead", true, () =>
-      runStatement(this.#pool, this.#sql.listDead, [limit]),
+      runStatement(this.#pool, this.#sql.listDead, [options.after ?? "0", limit]),
     );
     return rows.map((row) => toEntry(row, Number(row.attempts)));
   }
@@ -919,7 +926,7 @@ function buildStatements(n: SchemaNames) {
       claimed_by = NULL, lease_lock = NULL, lease_token = NULL
       WHERE id IN ${inList(count)} AND status = 0 AND claimed_by = ${TXT}`,
     listDead: `SELECT ${entry} FROM ${t} o FORCE INDEX (${indexNames.pending})
-      WHERE o.status = 2 ORDER BY o.id LIMIT ?`,
+      WHERE o.status = 2 AND o.id > ? ORDER BY o.id LIMIT ?`,
     dropDead: (count: number) => `DELETE FROM ${t} WHERE id IN ${inList(count)} AND status = 2`,
     requeueDead: (count: number) => `UPDATE ${t} SET status = 0, attempts = 0, available_at = ?, claimed_by = NULL,
       lease_until = NULL, lease_lock = NULL, lease_token = NULL, settled_at = NULL

@@ -4,6 +4,7 @@ import {
   type DeadLetterItem,
   type EntryLimits,
   type Fence,
+  type ListDeadOptions,
   type OutboxEntry,
   OutboxError,
   OutboxErrorCode,
@@ -138,6 +139,16 @@ function positiveInteger(value: unknown, name: string): number {
 /** Keeps well-formed ids (bigint text); others cannot name an entry and are ignored. */
 function validIds(ids: readonly string[]): string[] {
   return ids.filter((id) => typeof id === "string" && idPattern.test(id) && BigInt(id) <= maxBigint);
+}
+
+/** listDead's `after`: an entry id, "0" (before every id) when absent. */
+function cursorId(after: string | undefined): string {
+  if (after === undefined) return "0";
+  if (validIds([after]).length === 1) return after;
+  throw new OutboxError(
+    OutboxErrorCode.InvalidOptions,
+    `listDead: after must be an entry id, got ${JSON.stringify(after)}`,
+  );
 }
 
 /** text columns cannot hold NUL; error texts come from brokers and may contain anything. */
@@ -433,10 +444,11 @@ export class PostgresStore implements OutboxStore<Queryable> {
     );
   }
 
-  async listDead(options: { limit?: number } = {}): Promise<OutboxEntry[]> {
+  async listDead(options: ListDeadOptions = {}): Promise<OutboxEntry[]> {
     this.#assertOpen();
     const limit = positiveInteger(options.limit ?? 100, "limit");
-    const rows = await this.#run("listDead", this.#sql.listDead, [limit], undefined, true);
+    const after = cursorId(options.after);
+    const rows = await this.#run("listDead", this.#sql.listDead, [limit, after], undefined, true);
     return rows.map(toEntry);
   }
 
@@ -803,7 +815,7 @@ function buildStatements(n: SchemaNames) {
       RETURNING 1
     )
     SELECT ${fenced ? `${fenceColumns(3)},` : ""} (SELECT count(*) FROM updated)::int AS n`,
-    listDead: `SELECT ${entryColumns("o")} FROM ${t} o WHERE o.status = 'dead' ORDER BY o.id LIMIT $1`,
+    listDead: `SELECT ${entryColumns("o")} FROM ${t} o WHERE o.status = 'dead' AND o.id > $2::bigint ORDER BY o.id LIMIT $1`,
     dropDead: `WITH gone AS (DELETE FROM ${t} WHERE id = ANY($1::bigint[]) AND status = 'dead' RETURNING 1)
     SELECT (SELECT count(*) FROM gone)::int AS n`,
     requeueDead: `WITH updated AS (

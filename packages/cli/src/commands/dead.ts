@@ -20,18 +20,6 @@ export interface DeadScan {
   readonly scan: number;
 }
 
-/**
- * An optional store capability: deletes dead entries by id and returns how many went. Not part
- * of the OutboxStore contract (yet); `outbox dead drop` needs it.
- */
-export interface DropDeadCapable {
-  dropDead(ids: readonly string[]): Promise<number>;
-}
-
-export function canDropDead(store: AnyStore): store is AnyStore & DropDeadCapable {
-  return typeof (store as Partial<DropDeadCapable>).dropDead === "function";
-}
-
 export function matches(entry: OutboxEntry, filter: DeadFilter): boolean {
   if (filter.topic !== undefined && entry.topic !== filter.topic) return false;
   if (filter.key !== undefined && entry.key !== filter.key) return false;
@@ -48,10 +36,31 @@ export function hasFilter(filter: DeadFilter): boolean {
   return [topic, key, error, since, until].some((value) => value !== undefined);
 }
 
+/** Dead entries read per listDead call while scanning. */
+const pageSize = 1_000;
+
+/**
+ * The oldest dead entries, at most `scan`, read a page at a time (listDead's `after` cursor);
+ * stops early at the first entry `until` accepts.
+ */
+async function readDead(store: AnyStore, scan: number, until?: (entry: OutboxEntry) => boolean) {
+  const entries: OutboxEntry[] = [];
+  let after: string | undefined;
+  while (entries.length < scan) {
+    const limit = Math.min(pageSize, scan - entries.length);
+    const page = await store.listDead(after === undefined ? { limit } : { limit, after });
+    entries.push(...page);
+    if (page.length < limit) return { entries, complete: true };
+    if (until && page.some(until)) return { entries, complete: false };
+    after = page.at(-1)?.id;
+  }
+  return { entries, complete: false };
+}
+
 async function scanDead(store: AnyStore, filter: DeadFilter, scan: number) {
-  const entries = await store.listDead({ limit: scan });
+  const { entries, complete } = await readDead(store, scan);
   const matched = entries.filter((entry) => matches(entry, filter));
-  return { matched, scanned: entries.length, complete: entries.length < scan };
+  return { matched, scanned: entries.length, complete };
 }
 
 const utf8 = new TextDecoder("utf-8", { fatal: true });
@@ -123,12 +132,12 @@ export async function deadList(
 }
 
 export async function deadShow(store: AnyStore, id: string, options: DeadScan & { json: boolean }, io: CliIO) {
-  const entries = await store.listDead({ limit: options.scan });
+  const { entries, complete } = await readDead(store, options.scan, (candidate) => candidate.id === id);
   const entry = entries.find((candidate) => candidate.id === id);
   if (!entry) {
     throw new CliError(
       CliErrorCode.NotFound,
-      `no dead entry ${JSON.stringify(id)} among the ${entries.length} oldest dead entries${entries.length >= options.scan ? " (raise --scan)" : ""}`,
+      `no dead entry ${JSON.stringify(id)} among the ${entries.length} oldest dead entries${complete ? "" : " (raise --scan)"}`,
       { id, scanned: entries.length },
     );
   }
@@ -208,7 +217,8 @@ export async function deadDrop(
   options: DeadFilter & DeadScan & { all: boolean; dryRun: boolean; json: boolean },
   io: CliIO,
 ) {
-  if (!canDropDead(store)) {
+  const dropDead = store.dropDead?.bind(store);
+  if (!dropDead) {
     throw new OutboxError(
       OutboxErrorCode.InvalidOptions,
       "this store cannot drop dead entries: it has no dropDead(ids) method (requeue them, or let `outbox purge` delete them once old enough)",
@@ -216,5 +226,5 @@ export async function deadDrop(
     );
   }
   const selection = await select(store, ids, options, "dead drop");
-  await act("dropped", selection, options, (chosen) => store.dropDead(chosen), io);
+  await act("dropped", selection, options, (chosen) => dropDead(chosen), io);
 }

@@ -11,6 +11,7 @@ import type {
   ClaimRequest,
   DeadLetterItem,
   Fence,
+  ListDeadOptions,
   OutboxStore,
   PurgeRequest,
   RetryItem,
@@ -199,10 +200,17 @@ export class MemoryStore implements OutboxStore<MemoryTransaction> {
     }
   }
 
-  async listDead(options: { limit?: number } = {}): Promise<OutboxEntry[]> {
+  async listDead(options: ListDeadOptions = {}): Promise<OutboxEntry[]> {
     this.#assertOpen();
+    const after = options.after === undefined ? -1 : Number(options.after);
+    if (!Number.isSafeInteger(after)) {
+      throw new OutboxError(
+        OutboxErrorCode.InvalidOptions,
+        `listDead: after must be an entry id, got ${JSON.stringify(options.after)}`,
+      );
+    }
     return this.#ordered()
-      .filter((row) => row.status === "dead")
+      .filter((row) => row.status === "dead" && row.seq > after)
       .slice(0, options.limit ?? 100)
       .map((row) => this.#toEntry(row));
   }
