@@ -1,7 +1,7 @@
-import type { LockBackend } from "@outbox/core";
+import { type LockBackend, OutboxErrorCode } from "@outbox/core";
 import { expect } from "vitest";
 import { type Check, registerSuite, type SkipReasons } from "./suite.js";
-import { uniqueName } from "./util.js";
+import { expectCode, uniqueName } from "./util.js";
 
 export interface LockHarness {
   readonly backend: LockBackend;
@@ -55,6 +55,22 @@ const ttlBound = (h: Context) =>
   h.backend.capabilities.sessionBound ? "session-bound lock: no TTL expiry while the session lives" : null;
 
 export const lockChecks = {
+  "bad-arguments": {
+    title: "an empty name or holder, or a TTL that is not a positive number, is OUTBOX_INVALID_OPTIONS",
+    async run(h) {
+      const name = uniqueName("lock");
+      const invalid = OutboxErrorCode.InvalidOptions;
+      await expectCode(h.backend.tryAcquire("", "a", h.ttlMs), invalid, "tryAcquire must refuse an empty lock name");
+      await expectCode(h.backend.tryAcquire(name, "", h.ttlMs), invalid, "tryAcquire must refuse an empty holder");
+      for (const ttl of [0, -1, Number.NaN, Number.POSITIVE_INFINITY]) {
+        await expectCode(h.backend.tryAcquire(name, "a", ttl), invalid, `tryAcquire must refuse ttlMs ${ttl}`);
+      }
+      expect(await h.backend.tryAcquire(name, "a", h.ttlMs), "refused calls must not take the lock").not.toBeNull();
+      await expectCode(h.backend.renew(name, "a", 0), invalid, "renew must refuse ttlMs 0");
+      await expectCode(h.backend.release(name, ""), invalid, "release must refuse an empty holder");
+      expect(await h.backend.release(name, "a"), "the holder can still release after refused calls").toBe(true);
+    },
+  },
   "mutual-exclusion": {
     title: "under contention exactly one holder acquires",
     async run(h) {

@@ -11,7 +11,15 @@ import {
 } from "@outbox/core";
 import { expect } from "vitest";
 import { type Check, registerSuite, type SkipReasons } from "./suite.js";
-import { awkwardPayloads, bytesEqual, claimAndAckAll, deferred, keyOrderViolations, uniqueName } from "./util.js";
+import {
+  awkwardPayloads,
+  bytesEqual,
+  claimAndAckAll,
+  deferred,
+  expectCode,
+  keyOrderViolations,
+  uniqueName,
+} from "./util.js";
 
 export interface StoreHarness<Tx> {
   /** A store created with `clock` and its own fresh namespace (table, collection, schema...). */
@@ -45,16 +53,6 @@ const seqOf = (entry: OutboxEntry): number => Number(entry.headers[seqHeader]);
 
 async function enqueue(h: Harness, messages: OutboxMessage | OutboxMessage[]): Promise<string[]> {
   return h.transaction((tx) => h.store.enqueue(tx, messages));
-}
-
-/** Asserts that `promise` rejects with an OutboxError of `code`; `rule` says why, in the author's words. */
-async function expectCode(promise: Promise<unknown>, code: OutboxErrorCode, rule: string): Promise<void> {
-  const error = await promise.then(
-    () => null,
-    (caught: unknown) => caught,
-  );
-  expect(error, `${rule} (expected an OutboxError ${code}, but the call succeeded)`).not.toBeNull();
-  expect(OutboxError.is(error) ? error.code : error, `${rule} (expected an OutboxError ${code})`).toBe(code);
 }
 
 /** Resolves like `work`, or rejects with `message` when it takes longer than `ms`. */

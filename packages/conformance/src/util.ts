@@ -1,4 +1,12 @@
-import type { LockBackend, OutboxEntry, OutboxStore, SettleContext } from "@outbox/core";
+import {
+  type LockBackend,
+  type OutboxEntry,
+  OutboxError,
+  type OutboxErrorCode,
+  type OutboxStore,
+  type SettleContext,
+} from "@outbox/core";
+import { expect } from "vitest";
 
 /** Seeded PRNG (mulberry32): kit runs are reproducible. */
 export function seededRandom(seed: number): () => number {
@@ -118,4 +126,14 @@ export function wrapLockBackend(inner: LockBackend, overrides: Partial<LockBacke
     ...(close ? { close } : {}),
     ...overrides,
   };
+}
+
+/** Asserts that `promise` rejects with an OutboxError of `code`; `rule` says why, in the author's words. */
+export async function expectCode(promise: Promise<unknown>, code: OutboxErrorCode, rule: string): Promise<void> {
+  const error = await promise.then(
+    () => null,
+    (caught: unknown) => caught,
+  );
+  expect(error, `${rule} (expected an OutboxError ${code}, but the call succeeded)`).not.toBeNull();
+  expect(OutboxError.is(error) ? error.code : error, `${rule} (expected an OutboxError ${code})`).toBe(code);
 }

@@ -580,6 +580,16 @@ describe("the kit catches broken publishers and locks", () => {
     expect(failed).not.toContain("expiry");
   });
 
+  it("a lock that takes any argument fails bad-arguments", async () => {
+    const lenient = (ttl: number) => (Number.isFinite(ttl) && ttl > 0 ? ttl : 60_000);
+    const failed = await failingLockChecks((inner) => ({
+      tryAcquire: (name, holder, ttl) => inner.tryAcquire(name || "unnamed", holder || "anyone", lenient(ttl)),
+      renew: (name, holder, ttl) => inner.renew(name || "unnamed", holder || "anyone", lenient(ttl)),
+      release: (name, holder) => inner.release(name || "unnamed", holder || "anyone"),
+    }));
+    expect(failed).toContain("bad-arguments");
+  });
+
   it("a lock whose renew never lets it expire fails renewal-expires", async () => {
     const failed = await failingLockChecks((inner) => ({
       renew: (name, holder, ttl) => inner.renew(name, holder, ttl * 100),

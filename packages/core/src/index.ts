@@ -13,6 +13,7 @@ export {
 } from "./entry.js";
 export { describeError, OutboxError, OutboxErrorCode, type OutboxErrorOptions } from "./errors.js";
 export {
+  checkLockCall,
   DistributedLock,
   type DistributedLockOptions,
   type LockBackend,

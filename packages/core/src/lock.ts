@@ -27,6 +27,22 @@ export interface LockBackend {
   close?(): Promise<void>;
 }
 
+/**
+ * The argument rules every lock backend enforces, in one place: a non-empty name and holder, and
+ * (for tryAcquire and renew) a positive, finite TTL. Anything else is OUTBOX_INVALID_OPTIONS.
+ */
+export function checkLockCall(name: unknown, holder: unknown, ttlMs?: unknown): void {
+  if (typeof name !== "string" || name.length === 0) {
+    throw new OutboxError(OutboxErrorCode.InvalidOptions, "lock name must be a non-empty string");
+  }
+  if (typeof holder !== "string" || holder.length === 0) {
+    throw new OutboxError(OutboxErrorCode.InvalidOptions, "lock holder must be a non-empty string");
+  }
+  if (ttlMs !== undefined && (typeof ttlMs !== "number" || !Number.isFinite(ttlMs) || ttlMs <= 0)) {
+    throw new OutboxError(OutboxErrorCode.InvalidOptions, `ttlMs must be a positive number, got ${String(ttlMs)}`);
+  }
+}
+
 export interface LockGrant {
   readonly name: string;
   readonly token: bigint;

@@ -1,4 +1,10 @@
-import { type LockBackend, type LockBackendCapabilities, OutboxError, OutboxErrorCode } from "@outbox/core";
+import {
+  checkLockCall,
+  type LockBackend,
+  type LockBackendCapabilities,
+  OutboxError,
+  OutboxErrorCode,
+} from "@outbox/core";
 import type { Etcd3, IKeyValue, KVClient, LeaseClient } from "etcd3";
 
 export interface EtcdLockBackendOptions {
@@ -152,7 +158,7 @@ class EtcdLock implements EtcdLockBackend {
   }
 
   async release(name: string, holder: string): Promise<boolean> {
-    this.#check(name, holder, 1);
+    this.#check(name, holder);
     const id = `${name}\0${holder}`;
     const token = this.#tokens.get(id);
     this.#tokens.delete(id);
@@ -187,17 +193,9 @@ class EtcdLock implements EtcdLockBackend {
     this.#closed = true;
   }
 
-  #check(name: string, holder: string, ttlMs: number): void {
+  #check(name: string, holder: string, ttlMs?: number): void {
     if (this.#closed) throw new OutboxError(OutboxErrorCode.Closed, "the etcd lock backend is closed");
-    if (typeof name !== "string" || name.length === 0) {
-      throw new OutboxError(OutboxErrorCode.InvalidOptions, "lock name must be a non-empty string");
-    }
-    if (typeof holder !== "string" || holder.length === 0) {
-      throw new OutboxError(OutboxErrorCode.InvalidOptions, "lock holder must be a non-empty string");
-    }
-    if (!Number.isFinite(ttlMs) || ttlMs <= 0) {
-      throw new OutboxError(OutboxErrorCode.InvalidOptions, `ttlMs must be positive, got ${ttlMs}`);
-    }
+    checkLockCall(name, holder, ttlMs);
   }
 
   /** A linearizable read of the lock key (etcd's default): never a stale follower's view. */

@@ -1,4 +1,5 @@
 import {
+  checkLockCall,
   describeError,
   type LockBackend,
   type LockBackendCapabilities,
@@ -136,8 +137,9 @@ export class PostgresLockBackend implements LockBackend {
     return Number((rows[0] as { pid: unknown }).pid);
   }
 
-  async tryAcquire(name: string, holder: string, _ttlMs: number): Promise<bigint | null> {
+  async tryAcquire(name: string, holder: string, ttlMs: number): Promise<bigint | null> {
     this.#assertOpen();
+    checkLockCall(name, holder, ttlMs);
     if (this.#acquiring.has(name)) return null;
     const current = this.#session?.alive ? this.#session.holdings.get(name) : undefined;
     if (current !== undefined && current !== holder) return null;
@@ -170,8 +172,9 @@ export class PostgresLockBackend implements LockBackend {
     }
   }
 
-  async renew(name: string, holder: string, _ttlMs: number): Promise<boolean> {
+  async renew(name: string, holder: string, ttlMs: number): Promise<boolean> {
     this.#assertOpen();
+    checkLockCall(name, holder, ttlMs);
     const session = this.#session;
     if (!session?.alive || session.holdings.get(name) !== holder) return false;
     let rows: unknown[];
@@ -189,6 +192,7 @@ export class PostgresLockBackend implements LockBackend {
 
   async release(name: string, holder: string): Promise<boolean> {
     this.#assertOpen();
+    checkLockCall(name, holder);
     const session = this.#session;
     if (!session?.alive || session.holdings.get(name) !== holder) return false;
     session.holdings.delete(name);

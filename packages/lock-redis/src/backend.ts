@@ -1,4 +1,10 @@
-import { type LockBackend, type LockBackendCapabilities, OutboxError, OutboxErrorCode } from "@outbox/core";
+import {
+  checkLockCall,
+  type LockBackend,
+  type LockBackendCapabilities,
+  OutboxError,
+  OutboxErrorCode,
+} from "@outbox/core";
 import type { Redis } from "ioredis";
 import { acquireScript, type LuaScript, releaseScript, renewScript, script } from "./scripts.js";
 
@@ -96,7 +102,7 @@ class RedisLock implements RedisLockBackend {
   }
 
   async release(name: string, holder: string): Promise<boolean> {
-    this.#check(name, holder, 1);
+    this.#check(name, holder);
     const id = `${name}\0${holder}`;
     const token = this.#tokens.get(id) ?? "";
     this.#tokens.delete(id);
@@ -108,17 +114,10 @@ class RedisLock implements RedisLockBackend {
     this.#closed = true;
   }
 
-  #check(name: string, holder: string, ttlMs: number): string {
+  #check(name: string, holder: string, ttlMs?: number): string {
     if (this.#closed) throw new OutboxError(OutboxErrorCode.Closed, "the Redis lock backend is closed");
-    if (typeof name !== "string" || name.length === 0) {
-      throw new OutboxError(OutboxErrorCode.InvalidOptions, "lock name must be a non-empty string");
-    }
-    if (typeof holder !== "string" || holder.length === 0) {
-      throw new OutboxError(OutboxErrorCode.InvalidOptions, "lock holder must be a non-empty string");
-    }
-    if (!Number.isFinite(ttlMs) || ttlMs <= 0) {
-      throw new OutboxError(OutboxErrorCode.InvalidOptions, `ttlMs must be positive, got ${ttlMs}`);
-    }
+    checkLockCall(name, holder, ttlMs);
+    if (ttlMs === undefined) return "";
     // PX takes whole milliseconds. Rounding up only makes the server hold longer than the
     // holder assumes, which is the safe direction.
     return String(Math.ceil(ttlMs));

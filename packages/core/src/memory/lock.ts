@@ -1,6 +1,6 @@
 import { type Clock, systemClock } from "../clock.js";
 import { OutboxError, OutboxErrorCode } from "../errors.js";
-import type { LockBackend, LockBackendCapabilities } from "../lock.js";
+import { checkLockCall, type LockBackend, type LockBackendCapabilities } from "../lock.js";
 
 interface Holding {
   holder: string;
@@ -22,6 +22,7 @@ export class MemoryLockBackend implements LockBackend {
 
   async tryAcquire(name: string, holder: string, ttlMs: number): Promise<bigint | null> {
     this.#check();
+    checkLockCall(name, holder, ttlMs);
     const current = this.#live(name);
     if (current && current.holder !== holder) return null;
     const token = (this.#counters.get(name) ?? 0n) + 1n;
@@ -32,6 +33,7 @@ export class MemoryLockBackend implements LockBackend {
 
   async renew(name: string, holder: string, ttlMs: number): Promise<boolean> {
     this.#check();
+    checkLockCall(name, holder, ttlMs);
     const current = this.#live(name);
     if (!current || current.holder !== holder) return false;
     current.expiresAt = this.#clock.now() + ttlMs;
@@ -40,6 +42,7 @@ export class MemoryLockBackend implements LockBackend {
 
   async release(name: string, holder: string): Promise<boolean> {
     this.#check();
+    checkLockCall(name, holder);
     const current = this.#live(name);
     if (!current || current.holder !== holder) return false;
     this.#holdings.delete(name);
