@@ -35,11 +35,6 @@ export function packageTestConfig(options: { testTimeout?: number } = {}) {
       testTimeout: options.testTimeout ?? 20_000,
       hookTimeout: 60_000,
       fileParallelism: false,
-      // Stopgap, CI only: a real-time test against a real server that fails once is run once more and the
-      // retry is visible in the report. Known timing-sensitive tests: lock-etcd SIGSTOP renewal and
-      // graceful-stop leader handover, the CLI's dead-letter e2e, the Pub/Sub e2e. A deterministic failure
-      // still fails.
-      retry: process.env.CI === "true" ? 1 : 0,
       // The JSON report feeds scripts/test-summary.mjs, which prints one total line for CI.
       reporters: ["default", ["json", { outputFile: ".vitest-results.json" }]],
     },

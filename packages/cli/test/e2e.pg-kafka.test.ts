@@ -53,6 +53,9 @@ async function counts(table: string) {
   return rows[0] as { pending: number; leased: number; published: number; dead: number };
 }
 
+/** Marks the dead-letter test's own probe record on its topic. */
+const probeHeader = "cli-test-probe";
+
 function metricValue(text: string, name: string): number | undefined {
   const line = text.split("\n").find((candidate) => candidate.startsWith(`${name} `));
   return line === undefined ? undefined : Number(line.slice(name.length + 1));
@@ -194,15 +197,25 @@ describe("outbox relay on PostgreSQL + Kafka", () => {
 
     const cli = relay(["--config", pgKafkaConfig], env);
     await cli.waitForLog("relay started");
+    // The relay logs a dead letter after the store committed it: wait for the log lines too (they
+    // cross a pipe from another process), not only for the rows.
+    const deadLogs = () => cli.logs().filter((line) => line.msg === "entry dead-lettered");
+    let seen = "";
     await waitFor(
       async () => {
         const now = await counts(table);
-        return now.dead === 2 && now.published === 2;
+        seen = `${JSON.stringify(now)}, ${deadLogs().length} dead letters logged`;
+        return now.dead === 2 && now.published === 2 && deadLogs().length >= 2;
       },
       60_000,
-      "2 dead, 2 published",
-    );
-    expect(cli.logs().filter((line) => line.msg === "entry dead-lettered")).toHaveLength(2);
+      "2 dead, 2 published, 2 dead letters logged",
+    ).catch((error: Error) => {
+      throw new Error(`${error.message}; last seen ${seen}; relay stdout: ${cli.stdout.slice(-4_000)}`, {
+        cause: error,
+      });
+    });
+    expect(deadLogs()).toHaveLength(2);
+    expect(new Set(deadLogs().map((line) => line.entryId))).toEqual(new Set(bigIds));
 
     const list = await runCli(["dead", "list", "--json", "--topic", topic, "--config", pgKafkaConfig], env);
     expect(list.code).toBe(0);
@@ -225,6 +238,20 @@ describe("outbox relay on PostgreSQL + Kafka", () => {
         { type: 2 /* TOPIC */, name: topic, configEntries: [{ name: "max.message.bytes", value: "1048588" }] },
       ],
     });
+    // The controller has committed the change; the broker applies it when it replays the metadata
+    // log, a moment later. Requeue once the broker itself takes a record of that size (a probe
+    // record, told apart by a header), or the requeued entries could be refused again.
+    const probe = kafka.producer();
+    await probe.connect();
+    try {
+      await waitFor(
+        () => probe.send({ topic, messages: [{ value: big, headers: { [probeHeader]: "1" } }] }).then(() => true),
+        30_000,
+        "the broker to take a 4,000-byte record",
+      );
+    } finally {
+      await probe.disconnect();
+    }
     const requeue = await runCli(
       ["dead", "requeue", "--all", "--topic", topic, "--json", "--config", pgKafkaConfig],
       env,
@@ -233,7 +260,9 @@ describe("outbox relay on PostgreSQL + Kafka", () => {
     expect(JSON.parse(requeue.stdout)).toMatchObject({ requeued: 2, selected: 2, ids: bigIds });
     await waitFor(async () => (await counts(table)).published === 4, 60_000, "the requeued entries to be published");
 
-    const received = await readTopic(kafka, admin, topic, 60_000);
+    const received = (await readTopic(kafka, admin, topic, 60_000)).filter(
+      (message) => message.headers[probeHeader] === undefined,
+    );
     expect(new Set(received.map((message) => message.headers["outbox-id"]))).toEqual(new Set(ids));
     cli.signal("SIGTERM");
     expect(await cli.exit).toBe(0);

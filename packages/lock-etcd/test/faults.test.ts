@@ -8,7 +8,6 @@
  * - (c) two and three relays under kills, partitions, freezes and restarts.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { keyOrderViolations, uniqueName } from "@outbox/conformance";
@@ -16,13 +15,14 @@ import { OutboxError, OutboxErrorCode, type OutboxMessage } from "@outbox/core";
 import { createPostgresStore, migrate, type PostgresStore, resolveNames } from "@outbox/store-postgres";
 import { freshIdentifier, pgUrl } from "@outbox/test-support/postgres";
 import { services } from "@outbox/test-support/services";
+import { TcpProxy } from "@outbox/test-support/tcp-proxy";
 import { sleep, waitFor } from "@outbox/test-support/wait";
 import type { Etcd3 } from "etcd3";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createEtcdLockBackend } from "../src/index.js";
 import type { ChildConfig } from "./fixtures/relay-child.js";
-import { closeClients, etcdHosts, newClient, restartEtcd, TcpProxy } from "./support.js";
+import { closeClients, etcdEndpoint, etcdHosts, newClient, processState, restartEtcd } from "./support.js";
 
 const ttlMs = 2_000; // etcd's minimum lease TTL with its default election timeout
 const batchSize = 10;
@@ -113,16 +113,6 @@ interface ChildEvent {
 
 const childScript = fileURLToPath(new URL("./fixtures/relay-child.ts", import.meta.url));
 const childHooks = new URL("../../../scripts/register-ts.mjs", import.meta.url).href;
-
-function processState(pid: number): string | null {
-  try {
-    // /proc/<pid>/stat: "pid (comm) state ..."; comm may contain spaces, the state follows the last ')'.
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[0] ?? null;
-  } catch {
-    return null;
-  }
-}
 
 type Child = ReturnType<typeof spawnRelayChild>;
 
@@ -516,7 +506,24 @@ describe("faults with the PostgreSQL store (real etcd 3.4, real time, relays in 
       const relays = new Map<string, Child>();
       const launch = (id: string) => {
         const proxy = proxies.get(id) as TcpProxy;
-        relays.set(id, spawnRelayChild(outbox, id, lockName, { etcdHosts: [proxy.host], log }));
+        relays.set(id, spawnRelayChild(outbox, id, lockName, { etcdHosts: [proxy.endpoint], log }));
+      };
+      /**
+       * The relay that leads now: the holder of the newest grant (tokens only grow), as long as it
+       * still believes it leads. Not "any relay that believes it leads": one deposed while frozen
+       * reports its loss only once it runs again, and its report crosses a pipe, so for a moment
+       * after SIGCONT it still looks like a leader. A fault aimed at it would hit nobody's lock.
+       */
+      const currentLeader = (): Child | null => {
+        const newest = log
+          .filter((e) => e.type === "gained")
+          .reduce<ChildEvent | null>(
+            (found, e) => (found && BigInt(found.token as string) > BigInt(e.token as string) ? found : e),
+            null,
+          );
+        const relay = newest ? relays.get(newest.relay) : undefined;
+        if (!newest || !relay || relay.exited || !relay.events.includes(newest)) return null;
+        return relay.believesLeading() ? relay : null;
       };
       let producing = true;
       let enqueued = 0;
@@ -531,7 +538,7 @@ describe("faults with the PostgreSQL store (real etcd 3.4, real time, relays in 
       try {
         for (let i = 0; i < count; i++) {
           const id = `R${i + 1}`;
-          proxies.set(id, await TcpProxy.start());
+          proxies.set(id, await TcpProxy.start(etcdEndpoint));
           launch(id);
         }
         for (const fault of faults) {
@@ -540,7 +547,7 @@ describe("faults with the PostgreSQL store (real etcd 3.4, real time, relays in 
             async () => {
               const delivered = await deliveries(outbox);
               if (delivered.length < before + 10) return null;
-              return [...relays.values()].find((r) => !r.exited && r.believesLeading()) ?? null;
+              return currentLeader();
             },
             30_000,
             `a leader making progress before ${fault}`,
@@ -557,7 +564,7 @@ describe("faults with the PostgreSQL store (real etcd 3.4, real time, relays in 
             launch(leader.id); // restarted with the same id
           } else if (fault === "partition") {
             const cutAt = Date.now();
-            proxy.cut("blackhole"); // cut off from etcd only; PostgreSQL still reachable
+            proxy.blackhole(); // cut off from etcd only; PostgreSQL still reachable
             await leader.next((e) => e.type === "lost" && e.at >= cutAt, 10_000, "the partitioned leader to step down");
             await waitFor(someoneElseLeads, 20_000, "a new leader after the partition");
             proxy.restore();

@@ -1,17 +1,17 @@
 /**
  * Test helpers for the real etcd 3.4 that scripts/services.sh starts. (Candidates for
- * @outbox/test-support once another package needs etcd; TcpProxy generalises its RedisProxy.)
+ * @outbox/test-support once another package needs etcd.) The TCP proxy that cuts a client off
+ * is @outbox/test-support/tcp-proxy.
  */
 import { readFileSync } from "node:fs";
-import { createServer, type Server, Socket } from "node:net";
 import { services } from "@outbox/test-support/services";
 import { waitFor } from "@outbox/test-support/wait";
 import { Etcd3, type IOptions } from "etcd3";
 
 /** `host:port[,host:port]` of the etcd that scripts/services.sh starts (scripts/services.env). */
 export const etcdHosts = (process.env.OUTBOX_ETCD_HOSTS ?? "127.0.0.1:2379").split(",");
-const [etcdHost = "127.0.0.1", etcdPortText = "2379"] = (etcdHosts[0] as string).split(":");
-const etcdPort = Number(etcdPortText);
+/** The first etcd endpoint (`host:port`): what a TcpProxy stands in front of. */
+export const etcdEndpoint = etcdHosts[0] as string;
 
 const stateDir = process.env.OUTBOX_STATE ?? "/tmp/outbox-services";
 
@@ -59,103 +59,37 @@ export function etcdPid(): number {
   return Number(readFileSync(`${stateDir}/etcd.pid`, "utf8").trim());
 }
 
-/** Freezes the etcd server (SIGSTOP): connections stay open, nothing answers. Returns `resume`. */
+/** A process's state letter from /proc/<pid>/stat ("T": stopped), or null when it is gone. */
+export function processState(pid: number): string | null {
+  try {
+    // "pid (comm) state ...": comm may contain spaces, the state follows the last ')'.
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[0] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Freezes the etcd server (SIGSTOP): connections stay open, nothing answers. Returns `resume`
+ * once the kernel shows the process stopped, so a caller's clock starts with etcd frozen.
+ */
 export function freezeEtcd(): () => void {
   const pid = etcdPid();
   process.kill(pid, "SIGSTOP");
+  // The signal is queued at once and takes effect as soon as the kernel gets to it (microseconds):
+  // a short synchronous wait, bounded in case the process is gone or traced.
+  const until = Date.now() + 2_000;
+  while (processState(pid) !== "T") {
+    if (Date.now() > until) {
+      process.kill(pid, "SIGCONT");
+      throw new Error(`etcd (pid ${pid}) did not stop within 2 s of SIGSTOP (state ${processState(pid)})`);
+    }
+  }
   let resumed = false;
   return () => {
     if (resumed) return;
     resumed = true;
     process.kill(pid, "SIGCONT");
   };
-}
-
-/**
- * A TCP proxy in front of etcd, to cut one client off without touching the server:
- * - "refuse": drops every connection and new ones at once (connection reset);
- * - "blackhole": keeps connections open but forwards nothing either way (a partition).
- */
-export class TcpProxy {
-  readonly #server: Server;
-  readonly #pairs = new Set<[Socket, Socket]>();
-  #mode: "open" | "refuse" | "blackhole" = "open";
-  port = 0;
-
-  private constructor(
-    readonly targetHost: string,
-    readonly targetPort: number,
-  ) {
-    this.#server = createServer((inbound) => this.#accept(inbound));
-  }
-
-  static async start(targetHost = etcdHost, targetPort = etcdPort): Promise<TcpProxy> {
-    const proxy = new TcpProxy(targetHost, targetPort);
-    await new Promise<void>((resolve) => proxy.#server.listen(0, "127.0.0.1", resolve));
-    const address = proxy.#server.address();
-    proxy.port = typeof address === "object" && address ? address.port : 0;
-    return proxy;
-  }
-
-  /** `host:port` for an etcd3 client. */
-  get host(): string {
-    return `127.0.0.1:${this.port}`;
-  }
-
-  cut(mode: "refuse" | "blackhole"): void {
-    this.#mode = mode;
-    for (const [inbound, outbound] of this.#pairs) {
-      if (mode === "refuse") {
-        inbound.destroy();
-        outbound.destroy();
-      } else {
-        inbound.unpipe(outbound);
-        outbound.unpipe(inbound);
-        inbound.pause();
-        outbound.pause();
-      }
-    }
-    if (mode === "refuse") this.#pairs.clear();
-  }
-
-  /** Lets traffic through again. Blackholed connections stay dead (as after a real partition). */
-  restore(): void {
-    for (const [inbound, outbound] of this.#pairs) {
-      inbound.destroy();
-      outbound.destroy();
-    }
-    this.#pairs.clear();
-    this.#mode = "open";
-  }
-
-  async close(): Promise<void> {
-    this.restore();
-    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
-  }
-
-  #accept(inbound: Socket): void {
-    if (this.#mode === "refuse") {
-      inbound.destroy();
-      return;
-    }
-    if (this.#mode === "blackhole") {
-      inbound.pause();
-      this.#pairs.add([inbound, new Socket()]);
-      return;
-    }
-    const outbound = new Socket();
-    const pair: [Socket, Socket] = [inbound, outbound];
-    this.#pairs.add(pair);
-    const drop = () => {
-      inbound.destroy();
-      outbound.destroy();
-      this.#pairs.delete(pair);
-    };
-    inbound.on("error", drop).on("close", drop);
-    outbound.on("error", drop).on("close", drop);
-    outbound.connect(this.targetPort, this.targetHost, () => {
-      inbound.pipe(outbound);
-      outbound.pipe(inbound);
-    });
-  }
 }

@@ -1,10 +1,11 @@
 import { uniqueName, wrapLockBackend, wrapStore } from "@outbox/conformance";
 import { type LockGrant, MemoryPublisher, MemoryStore, OutboxRelay, type OutboxStore } from "@outbox/core";
+import { TcpProxy } from "@outbox/test-support/tcp-proxy";
 import { waitFor } from "@outbox/test-support/wait";
 import type { Etcd3 } from "etcd3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createEtcdLockBackend } from "../src/index.js";
-import { closeClient, closeClients, freezeEtcd, newClient, TcpProxy } from "./support.js";
+import { closeClient, closeClients, etcdEndpoint, freezeEtcd, newClient } from "./support.js";
 
 let admin: Etcd3;
 beforeAll(() => {
@@ -18,8 +19,8 @@ const marginMs = Math.floor(ttlMs / 5); // DistributedLock's default safety marg
 describe("an unreachable etcd means 'not held'", () => {
   for (const mode of ["refuse", "blackhole", "etcd frozen (SIGSTOP)"] as const) {
     it(`the relay stops draining before the server-side lease ends, and resumes when etcd is back (${mode})`, async () => {
-      const proxy = mode === "etcd frozen (SIGSTOP)" ? null : await TcpProxy.start();
-      const client = proxy ? newClient({}, [proxy.host]) : newClient();
+      const proxy = mode === "etcd frozen (SIGSTOP)" ? null : await TcpProxy.start(etcdEndpoint);
+      const client = proxy ? newClient({}, [proxy.endpoint]) : newClient();
       const etcdBackend = createEtcdLockBackend({ client });
       // When each grant or renewal that etcd confirmed was sent: the server-side lease runs at
       // least ttl from then, so the relay must stop claiming at that instant + ttl - margin.
@@ -69,7 +70,8 @@ describe("an unreachable etcd means 'not held'", () => {
         await waitFor(() => broker.messages.length === 5, 10_000, "first entries published");
 
         const cutAt = Date.now();
-        if (proxy) proxy.cut(mode as "refuse" | "blackhole");
+        if (proxy && mode === "refuse") proxy.cut();
+        else if (proxy) proxy.blackhole();
         else resume = freezeEtcd();
         await waitFor(() => lost.length === 1, 10_000, "leadershipLost");
         const lostAt = lost[0] as number;

@@ -7,17 +7,18 @@ import {
 import type { ManualClock } from "@outbox/core";
 import { createPostgresStore, migrate, type Queryable } from "@outbox/store-postgres";
 import { freshIdentifier, inTransaction, pgUrl } from "@outbox/test-support/postgres";
+import { TcpProxy } from "@outbox/test-support/tcp-proxy";
 import pg from "pg";
 import { afterAll } from "vitest";
 import { createPubSubPublisher, PubSubLimits } from "../src/index.js";
-import { newPubSub, TcpProxy, TopicReader } from "./support/pubsub.js";
+import { emulatorHost, newPubSub, TopicReader } from "./support/pubsub.js";
 
 /**
  * The publisher talks to the fake server through a TCP proxy (so `dropConnection` can cut it
  * off without restarting the in-memory server); the readers talk to the server directly.
  */
 async function harness(): Promise<PublisherHarness> {
-  const proxy = await TcpProxy.start();
+  const proxy = await TcpProxy.start(emulatorHost);
   const pubsub = newPubSub(proxy.endpoint);
   const admin = newPubSub();
   const readers = new Map<string, TopicReader>();

@@ -6,12 +6,14 @@
 // server held and the topic and subscription are created again; the real service keeps them.
 import { type ChildProcess, fork } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import type { PubSub } from "@google-cloud/pubsub";
 import { createPostgresStore, migrate } from "@outbox/store-postgres";
 import { freshIdentifier, pgUrl } from "@outbox/test-support/postgres";
-import { sleep, waitFor } from "@outbox/test-support/wait";
+import { TcpProxy } from "@outbox/test-support/tcp-proxy";
+import { waitFor } from "@outbox/test-support/wait";
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
-import { killServer, newPubSub, startServer, TcpProxy, TopicReader } from "./support/pubsub.js";
+import { type Delivered, emulatorHost, killServer, newPubSub, startServer, TopicReader } from "./support/pubsub.js";
 
 const ENTRIES = 10_000;
 const KEYS = 100;
@@ -68,6 +70,23 @@ function startRelay(table: string, endpoint: string): Promise<RelayChild> {
   });
 }
 
+/** The test's own messages, one per ordering key, that mark "everything before me on this key". */
+const markerHeader = "e2e-marker";
+const isMarker = (message: Delivered): boolean => message.headers[markerHeader] !== undefined;
+
+async function publishMarkers(pubsub: PubSub, topicName: string): Promise<void> {
+  const topic = pubsub.topic(topicName, { messageOrdering: true });
+  await Promise.all(
+    Array.from({ length: KEYS }, (_, i) =>
+      topic.publishMessage({
+        data: Buffer.from("marker"),
+        orderingKey: `key-${i}`,
+        attributes: { [markerHeader]: "1" },
+      }),
+    ),
+  );
+}
+
 const children: ChildProcess[] = [];
 afterAll(() => {
   for (const child of children) if (child.exitCode === null) child.kill("SIGKILL");
@@ -78,7 +97,7 @@ describe("e2e: PostgreSQL -> relay -> Pub/Sub", () => {
     const table = freshIdentifier("outbox_e2e");
     const pool = new pg.Pool({ connectionString: pgUrl, max: 4 });
     const admin = newPubSub();
-    const proxy = await TcpProxy.start();
+    const proxy = await TcpProxy.start(emulatorHost);
     const store = createPostgresStore({ pool, table, listen: false, notifyChannel: false });
     const reader = await TopicReader.create(admin);
     try {
@@ -125,25 +144,22 @@ describe("e2e: PostgreSQL -> relay -> Pub/Sub", () => {
       await waitFor(() => first.published + second.published >= 5_500, 120_000, "5,500 published");
       const cutAt = Date.now();
       proxy.cut();
-      // Everything the server confirmed reaches the subscriber before the in-memory server dies:
-      // every entry the store shows as acked must have arrived (ids, not counts: arrivals from
-      // batches still in flight must not stand in for acked ones), and nothing new for a second.
-      let last = -1;
-      await waitFor(
-        async () => {
-          const { rows } = await pool.query(
-            `SELECT coalesce(idempotency_key, id::text) AS idem FROM "${table}" WHERE status = 'published'`,
-          );
-          const arrived = new Set(reader.delivered.map((m) => m.idempotencyKey));
-          const missing = (rows as Array<{ idem: string }>).filter((row) => !arrived.has(row.idem)).length;
-          const settled = missing === 0 && arrived.size === last;
-          last = arrived.size;
-          if (!settled) await sleep(1_000);
-          return settled;
-        },
+      // Everything the server took reaches the subscriber before the in-memory server dies (what
+      // it confirmed may still be on its way to the store as acks). With the relay cut off, a
+      // marker published now on every ordering key comes after all of that key's messages, and
+      // the subscription delivers each key in order: once every marker arrived, nothing is left.
+      await publishMarkers(admin, topic);
+      await reader.until(
+        (delivered) => delivered.filter(isMarker).length === KEYS,
         60_000,
-        "the subscriber to catch up before the kill",
+        "the subscriber to receive every key's marker before the kill",
       );
+      // The store's acked entries (ids, not counts) are among them.
+      const { rows } = await pool.query(
+        `SELECT coalesce(idempotency_key, id::text) AS idem FROM "${table}" WHERE status = 'published'`,
+      );
+      const arrived = new Set(reader.delivered.map((m) => m.idempotencyKey));
+      expect((rows as Array<{ idem: string }>).filter((row) => !arrived.has(row.idem))).toEqual([]);
       await killServer();
       await startServer();
       await reader.recreate();
@@ -163,10 +179,12 @@ describe("e2e: PostgreSQL -> relay -> Pub/Sub", () => {
       second.process.send("stop");
       expect(await second.exited).toBe(0);
 
-      const received = await reader.until(
-        (delivered) => new Set(delivered.map((m) => m.idempotencyKey)).size >= ENTRIES,
-        120_000,
-      );
+      const received = (
+        await reader.until(
+          (delivered) => new Set(delivered.filter((m) => !isMarker(m)).map((m) => m.idempotencyKey)).size >= ENTRIES,
+          120_000,
+        )
+      ).filter((m) => !isMarker(m));
       const firstSeen = new Set<string>();
       const lastSeq = new Map<string, number>();
       const orderViolations: string[] = [];

@@ -4,9 +4,18 @@
 import type { PubSub } from "@google-cloud/pubsub";
 import { bytesEqual, keyOrderViolations, makeEntry } from "@outbox/conformance";
 import { type OutboxEntry, type OutboxError, OutboxHeader, type PublishOutcome } from "@outbox/core";
+import { TcpProxy } from "@outbox/test-support/tcp-proxy";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createPubSubPublisher, type PubSubClientLike, PubSubLimits } from "../src/index.js";
-import { killServer, newPubSub, projectId, startServer, TcpProxy, TopicReader, uniqueTopic } from "./support/pubsub.js";
+import {
+  emulatorHost,
+  killServer,
+  newPubSub,
+  projectId,
+  startServer,
+  TopicReader,
+  uniqueTopic,
+} from "./support/pubsub.js";
 
 const statuses = (outcomes: PublishOutcome[]) => outcomes.map((outcome) => outcome.status);
 const errorOf = (outcome: PublishOutcome | undefined) => (outcome as { error: OutboxError }).error;
@@ -172,7 +181,7 @@ describe("publisher-pubsub on the pstest fake server", () => {
 
   it("an abort mid-flight (partition) returns at once, all transient; publishing recovers afterwards", async () => {
     const r = await reader();
-    const proxy = await TcpProxy.start();
+    const proxy = await TcpProxy.start(emulatorHost);
     const publisher = createPubSubPublisher({ pubsub: client(proxy.endpoint), timeoutMs: 10_000 });
     try {
       expect(statuses(await publisher.publish([makeEntry({ topic: r.topic, key: "warm" })]))).toEqual(["published"]);

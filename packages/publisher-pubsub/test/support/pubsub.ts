@@ -1,7 +1,7 @@
 // The real Pub/Sub fake of scripts/services.sh (Google's pstest), read back by real
-// subscriptions with message ordering on, and a TCP proxy to cut a client off.
+// subscriptions with message ordering on. (The TCP proxy that cuts a client off is
+// @outbox/test-support/tcp-proxy.)
 import { readFileSync } from "node:fs";
-import { createServer, type Server, Socket } from "node:net";
 import { PubSub, v1 } from "@google-cloud/pubsub";
 import type { ReceivedMessage } from "@outbox/conformance";
 import { OutboxHeader } from "@outbox/core";
@@ -10,8 +10,6 @@ import { waitFor } from "@outbox/test-support/wait";
 
 export const emulatorHost = process.env.OUTBOX_PUBSUB_EMULATOR_HOST ?? "127.0.0.1:8085";
 export const projectId = "outbox-test";
-const [emulatorAddress, emulatorPortText] = emulatorHost.split(":") as [string, string];
-const emulatorPort = Number(emulatorPortText);
 
 /** A client of the fake server (or of `endpoint`, e.g. a proxy in front of it). */
 export function newPubSub(endpoint = emulatorHost): PubSub {
@@ -59,8 +57,8 @@ function toDelivered(topic: string, pulled: PulledMessage): Delivered {
 /**
  * A topic with one subscription (message ordering on), created before anything is published to
  * it (Pub/Sub delivers only what was published after a subscription exists). `receive` keeps a
- * consumer running and returns everything delivered so far, first delivery per message id (the
- * subscription's own redeliveries are not the publisher's duplicates), in delivery order.
+ * consumer running and returns everything delivered so far, first delivery per message id of the
+ * current subscription (its own redeliveries are not the publisher's duplicates), in delivery order.
  *
  * The consumer is a synchronous Pull loop (pull, record, acknowledge): with ordering on, each
  * pull returns at most the next message of every key. (The fake's streaming pull hands over
@@ -90,9 +88,14 @@ export class TopicReader {
     return `${this.topic}-sub`;
   }
 
-  /** Creates the topic and its subscription (again, after the in-memory fake was restarted). */
+  /**
+   * Creates the topic and its subscription (again, after the in-memory fake was restarted). A
+   * restarted fake numbers its message ids from "m0" again, so ids seen before say nothing about
+   * the new ones: redeliveries are recognised per server (per subscription) only.
+   */
   async recreate(): Promise<void> {
     await this.#stopListening();
+    this.#seen.clear();
     await this.pubsub.createTopic(this.topic);
     await this.pubsub.createSubscription(this.topic, this.subscriptionName, { enableMessageOrdering: true });
   }
@@ -108,9 +111,13 @@ export class TopicReader {
   }
 
   /** Waits until `done(delivered)` holds; returns everything delivered so far. */
-  async until(done: (delivered: readonly Delivered[]) => boolean, timeoutMs: number): Promise<Delivered[]> {
+  async until(
+    done: (delivered: readonly Delivered[]) => boolean,
+    timeoutMs: number,
+    what = `deliveries on ${this.topic}`,
+  ): Promise<Delivered[]> {
     this.#listen();
-    await waitFor(() => done(this.delivered), timeoutMs, `deliveries on ${this.topic}`, 25);
+    await waitFor(() => done(this.delivered), timeoutMs, what, 25);
     return [...this.delivered];
   }
 
@@ -195,98 +202,5 @@ export async function startServer(): Promise<void> {
     await waitFor(() => answers(probe), 30_000, "the Pub/Sub fake to answer");
   } finally {
     await probe.close();
-  }
-}
-
-/**
- * A TCP proxy in front of the fake server, to cut a client off without touching the server:
- * `cut()` resets every connection and refuses new ones until `restore()`; `blackhole()` keeps
- * connections open but forwards nothing either way (a partition) until `restore()`.
- */
-export class TcpProxy {
-  readonly #server: Server;
-  readonly #pairs = new Set<[Socket, Socket]>();
-  #refusing = false;
-  #holding = false;
-  port = 0;
-
-  private constructor() {
-    this.#server = createServer((inbound) => this.#accept(inbound));
-  }
-
-  static async start(): Promise<TcpProxy> {
-    const proxy = new TcpProxy();
-    await new Promise<void>((resolve) => proxy.#server.listen(0, "127.0.0.1", resolve));
-    const address = proxy.#server.address();
-    proxy.port = typeof address === "object" && address ? address.port : 0;
-    return proxy;
-  }
-
-  get endpoint(): string {
-    return `127.0.0.1:${this.port}`;
-  }
-
-  /** How many connections are open through the proxy. */
-  get connections(): number {
-    return this.#pairs.size;
-  }
-
-  cut(): number {
-    this.#refusing = true;
-    const dropped = this.#pairs.size;
-    for (const [inbound, outbound] of this.#pairs) {
-      inbound.destroy();
-      outbound.destroy();
-    }
-    this.#pairs.clear();
-    return dropped;
-  }
-
-  blackhole(): void {
-    this.#holding = true;
-    for (const [inbound, outbound] of this.#pairs) {
-      inbound.unpipe(outbound);
-      outbound.unpipe(inbound);
-      inbound.pause();
-      outbound.pause();
-    }
-  }
-
-  /** Lets traffic through again; blackholed connections are reset (as after a real partition). */
-  restore(): void {
-    if (this.#holding) this.cut();
-    this.#refusing = false;
-    this.#holding = false;
-  }
-
-  async close(): Promise<void> {
-    this.cut();
-    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
-  }
-
-  #accept(inbound: Socket): void {
-    if (this.#refusing) {
-      inbound.destroy();
-      return;
-    }
-    if (this.#holding) {
-      inbound.pause();
-      this.#pairs.add([inbound, new Socket()]);
-      return;
-    }
-    const outbound = new Socket();
-    const pair: [Socket, Socket] = [inbound, outbound];
-    this.#pairs.add(pair);
-    const drop = () => {
-      inbound.destroy();
-      outbound.destroy();
-      this.#pairs.delete(pair);
-    };
-    inbound.on("error", drop).on("close", drop);
-    outbound.on("error", drop).on("close", drop);
-    outbound.connect(emulatorPort, emulatorAddress, () => {
-      inbound.pipe(outbound);
-      outbound.pipe(inbound);
-    });
   }
 }
