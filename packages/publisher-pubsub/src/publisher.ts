@@ -1,5 +1,6 @@
 import type { BatchPublishOptions, PublishOptions as TopicPublishOptions } from "@google-cloud/pubsub";
 import {
+  describeError,
   headersWithMetadata,
   heldBack,
   KeyFailures,
@@ -13,6 +14,7 @@ import {
   type PublishOutcome,
   permanentFailure,
   published,
+  routeEntry,
   transientFailure,
 } from "@outbox/core";
 import { classifyPubSubError, isPausedKeyError, type PubSubFailure } from "./classify.js";
@@ -110,10 +112,6 @@ function positiveOption(value: number | undefined, fallback: number, name: strin
 }
 
 const utf8Length = (value: string): number => Buffer.byteLength(value, "utf8");
-
-function describe(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
-}
 
 function failed(entry: OutboxEntry, topic: string, failure: PubSubFailure, message: string, cause?: unknown) {
   const error = new OutboxError(OutboxErrorCode.PublishFailed, `${failure.type} (topic "${topic}"): ${message}`, {
@@ -233,7 +231,7 @@ export class PubSubPublisher implements OutboxPublisher {
             entry,
             send.topicName,
             { kind: "permanent", scope: "message", type: "INVALID_MESSAGE" },
-            describe(error),
+            describeError(error),
             error,
           );
           failures.fail(entry);
@@ -279,7 +277,7 @@ export class PubSubPublisher implements OutboxPublisher {
           if (entry.key !== null) failures.fail(entry); // the rest of its run waits for the isolation
           continue;
         }
-        outcomes[send.index] = failed(entry, send.topicName, failure, describe(result.error), result.error);
+        outcomes[send.index] = failed(entry, send.topicName, failure, describeError(result.error), result.error);
         failures.fail(entry);
       }
       if (isolate.length > 0) await this.#isolate(isolate, sends, outcomes, stop, signal);
@@ -333,7 +331,7 @@ export class PubSubPublisher implements OutboxPublisher {
       }
       failures.fail(entry);
       outcomes[send.index] = result
-        ? failed(entry, send.topicName, this.#failure(result.error), describe(result.error), result.error)
+        ? failed(entry, send.topicName, this.#failure(result.error), describeError(result.error), result.error)
         : this.#unconfirmed(entry, send.topicName, signal);
     }
   }
@@ -363,30 +361,8 @@ export class PubSubPublisher implements OutboxPublisher {
   }
 
   #prepare(entry: OutboxEntry): { topicName: string; message: PubSubMessage } | PublishOutcome {
-    let topicName: unknown;
-    try {
-      topicName = this.#route(entry);
-    } catch (error) {
-      return permanentFailure(
-        new OutboxError(
-          OutboxErrorCode.PublishFailed,
-          `topic mapping failed for entry ${entry.id}: ${describe(error)}`,
-          {
-            cause: error,
-            details: { entryId: entry.id, type: "UNROUTABLE" },
-          },
-        ),
-      );
-    }
-    if (typeof topicName !== "string" || topicName.length === 0) {
-      return permanentFailure(
-        new OutboxError(
-          OutboxErrorCode.PublishFailed,
-          `topic mapping returned ${JSON.stringify(topicName)} for entry ${entry.id}`,
-          { details: { entryId: entry.id, type: "UNROUTABLE" } },
-        ),
-      );
-    }
+    const topicName = routeEntry(entry, this.#route);
+    if (typeof topicName !== "string") return topicName;
     const attributes = headersWithMetadata(entry);
     if (topicName !== entry.topic) attributes[OutboxHeader.Topic] = entry.topic;
     const invalid = (reason: string) =>

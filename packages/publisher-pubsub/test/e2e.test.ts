@@ -4,10 +4,10 @@
 // restarted. The fake keeps nothing in memory, so around its restart the relay is cut off by a
 // TCP proxy (it sees reset and refused connections) until the subscriber has received what the
 // server held and the topic and subscription are created again; the real service keeps them.
-import { type ChildProcess, fork } from "node:child_process";
-import { fileURLToPath } from "node:url";
+import type { ChildProcess } from "node:child_process";
 import type { PubSub } from "@google-cloud/pubsub";
 import { createPostgresStore, migrate } from "@outbox/store-postgres";
+import { checkDelivery, enqueueSequenced, type RelayChild, startRelayChild } from "@outbox/test-support/e2e";
 import { freshIdentifier, pgUrl } from "@outbox/test-support/postgres";
 import { TcpProxy } from "@outbox/test-support/tcp-proxy";
 import { waitFor } from "@outbox/test-support/wait";
@@ -19,54 +19,14 @@ const ENTRIES = 10_000;
 const KEYS = 100;
 const BATCH = 100;
 
-interface RelayChild {
-  readonly process: ChildProcess;
-  published: number;
-  retried: number;
-  readonly errors: string[];
-  readonly dead: string[];
-  exited: Promise<number | null>;
-}
-
 function startRelay(table: string, endpoint: string): Promise<RelayChild> {
-  const child = fork(fileURLToPath(new URL("./support/relay-child.ts", import.meta.url)), {
-    execArgv: [
-      "--conditions=@outbox/source",
-      "--experimental-strip-types",
-      "--no-warnings",
-      "--import",
-      fileURLToPath(new URL("../../../scripts/register-ts.mjs", import.meta.url)),
-    ],
-    env: {
-      ...process.env,
-      OUTBOX_PG_URL: pgUrl,
-      E2E_PUBSUB_ENDPOINT: endpoint,
-      E2E_TABLE: table,
-      E2E_BATCH: String(BATCH),
-      E2E_POLL_MS: "50",
-      E2E_LEASE_MS: "10000",
-      E2E_PUBLISH_TIMEOUT_MS: "5000",
-    },
-    stdio: ["ignore", "inherit", "inherit", "ipc"],
-  });
-  const relay: RelayChild = {
-    process: child,
-    published: 0,
-    retried: 0,
-    errors: [],
-    dead: [],
-    exited: new Promise((resolve) => child.once("exit", (code) => resolve(code))),
-  };
-  return new Promise((resolve, reject) => {
-    child.once("error", reject);
-    child.once("exit", (code) => reject(new Error(`relay child exited early (${code})`)));
-    child.on("message", (message: Record<string, unknown>) => {
-      if (typeof message.published === "number") relay.published += message.published;
-      if (typeof message.retried === "number") relay.retried += message.retried;
-      if (typeof message.error === "string" && message.dead === undefined) relay.errors.push(message.error);
-      if (message.dead !== undefined) relay.dead.push(`${message.dead}: ${message.error}`);
-      if (message.started) resolve(relay);
-    });
+  return startRelayChild(new URL("./support/relay-child.ts", import.meta.url), {
+    E2E_PUBSUB_ENDPOINT: endpoint,
+    E2E_TABLE: table,
+    E2E_BATCH: String(BATCH),
+    E2E_POLL_MS: "50",
+    E2E_LEASE_MS: "10000",
+    E2E_PUBLISH_TIMEOUT_MS: "5000",
   });
 }
 
@@ -106,30 +66,7 @@ describe("e2e: PostgreSQL -> relay -> Pub/Sub", () => {
       await reader.receive(0, 0); // listening from now on
 
       // Enqueue in the application's transactions: per key, seq 0..99 in commit order.
-      const seqOf = new Map<string, number>();
-      for (let start = 0; start < ENTRIES; start += 1_000) {
-        const client = await pool.connect();
-        try {
-          await client.query("BEGIN");
-          const messages = Array.from({ length: 1_000 }, (_, i) => {
-            const n = start + i;
-            const key = `key-${n % KEYS}`;
-            const seq = Math.floor(n / KEYS);
-            return {
-              topic,
-              key,
-              payload: JSON.stringify({ n, key, seq }),
-              headers: { "x-seq": String(seq) },
-              idempotencyKey: `e2e-${n}`,
-            };
-          });
-          await store.enqueue(client, messages);
-          await client.query("COMMIT");
-          for (const m of messages) seqOf.set(m.idempotencyKey, Number(m.headers["x-seq"]));
-        } finally {
-          client.release();
-        }
-      }
+      const seqOf = await enqueueSequenced(pool, store, { entries: ENTRIES, keys: KEYS, topic });
 
       // Fault (a): the relay process dies mid-way, without stop(); a new one takes over.
       const first = await startRelay(table, proxy.endpoint);
@@ -185,22 +122,11 @@ describe("e2e: PostgreSQL -> relay -> Pub/Sub", () => {
           120_000,
         )
       ).filter((m) => !isMarker(m));
-      const firstSeen = new Set<string>();
-      const lastSeq = new Map<string, number>();
-      const orderViolations: string[] = [];
-      for (const m of received) {
-        if (firstSeen.has(m.idempotencyKey)) continue;
-        firstSeen.add(m.idempotencyKey);
-        const seq = Number(m.headers["x-seq"]);
-        expect(seq).toBe(seqOf.get(m.idempotencyKey));
-        expect(m.key).toBe(`key-${Number(m.idempotencyKey.slice(4)) % KEYS}`);
-        const previous = lastSeq.get(m.key as string) ?? -1;
-        if (seq !== previous + 1) orderViolations.push(`${m.key}: seq ${seq} after ${previous}`);
-        lastSeq.set(m.key as string, seq);
-      }
-      const duplicates = received.length - firstSeen.size;
+      // The subscription delivers each ordering key in order.
+      const { distinct, duplicates, orderViolations, wrongSeq } = checkDelivery(received, seqOf);
+      const misKeyed = received.filter((m) => m.key !== `key-${Number(m.idempotencyKey.slice(4)) % KEYS}`);
       console.log(
-        `[e2e] received ${received.length} messages, ${firstSeen.size} distinct, ${duplicates} duplicates; ` +
+        `[e2e] received ${received.length} messages, ${distinct} distinct, ${duplicates} duplicates; ` +
           `relay 1 published ${first.published}, relay 2 ${second.published}; relay cut off ${outageMs} ms ` +
           `(server killed and restarted within); relay 2 retried ${second.retried} times, errors ${second.errors.length}; ` +
           `store ${JSON.stringify(stats)}`,
@@ -209,7 +135,9 @@ describe("e2e: PostgreSQL -> relay -> Pub/Sub", () => {
       expect(second.dead).toEqual([]);
       expect(stats.dead).toBe(0);
       expect(second.retried + second.errors.length).toBeGreaterThan(0);
-      expect(firstSeen.size).toBe(ENTRIES);
+      expect(distinct).toBe(ENTRIES);
+      expect(wrongSeq).toEqual([]);
+      expect(misKeyed).toEqual([]);
       expect(orderViolations).toEqual([]);
       // Duplicates only from the batches in flight at the two faults (two per relay by default).
       expect(duplicates).toBeLessThanOrEqual(2 * 2 * BATCH);
