@@ -9,11 +9,11 @@
 #   bash scripts/services.sh status  [names...]   # exit 1 if any is down
 #   bash scripts/services.sh kafka-classpath       # java -cp value for Kafka's CLI classes
 #
-# names: postgres mariadb redis rabbitmq etcd kafka pubsub mongodb
+# names: postgres mariadb redis rabbitmq etcd kafka pubsub mongodb mongo-java
 #
 # Environment:
 #   OUTBOX_STATE            pid files, logs, data dirs   (default /tmp/outbox-services)
-#   OUTBOX_CACHE            Kafka jars, Go-built servers (default ~/.cache/outbox)
+#   OUTBOX_CACHE            Kafka jars, Go-built servers, mongo-java-server (default ~/.cache/outbox)
 #   OUTBOX_SERVICE_TIMEOUT  readiness timeout in seconds (default 90)
 #   OUTBOX_KAFKA_TIMEOUT    same, for Kafka              (default 120)
 #   OUTBOX_PG_FAST=1        fsync/synchronous_commit off, applied when postgres (re)starts
@@ -38,16 +38,20 @@ PUBSUB_BIN=$CACHE/pubsub-$PUBSUB_VERSION/pstest-server
 # FerretDB (MongoDB wire protocol on SQLite), embedded by scripts/ferretdb/main.go, pinned in its go.mod.
 FERRETDB_VERSION=1.24.2
 FERRETDB_BIN=$CACHE/ferretdb-$FERRETDB_VERSION/ferretdb-outbox
+# de.bwaldvogel:mongo-java-server (MongoDB wire protocol, in memory, change streams; no
+# transactions), pinned in scripts/mongo-java/pom.xml, started by scripts/mongo-java/MongoJavaServer.java.
+MONGO_JAVA_VERSION=1.47.0
+MONGO_JAVA_DIR=$CACHE/mongo-java-server-$MONGO_JAVA_VERSION
 PG_VERSION=15
 PG_CONF_DIR=/etc/postgresql/$PG_VERSION/main
 MARIADB_SOCKET=/run/mysqld/mysqld.sock
 
-ALL=(postgres mariadb redis rabbitmq etcd kafka pubsub mongodb)
+ALL=(postgres mariadb redis rabbitmq etcd kafka pubsub mongodb mongo-java)
 
 declare -A ADDR=(
   [postgres]=127.0.0.1:5432 [mariadb]=127.0.0.1:3306 [redis]=127.0.0.1:6379
   [rabbitmq]=127.0.0.1:5672 [etcd]=127.0.0.1:2379 [kafka]=127.0.0.1:9092
-  [pubsub]=127.0.0.1:8085 [mongodb]=127.0.0.1:27017
+  [pubsub]=127.0.0.1:8085 [mongodb]=127.0.0.1:27017 [mongo-java]=127.0.0.1:27018
 )
 # Debian packages each server (and its readiness check / test clients) needs.
 declare -A PKGS=(
@@ -62,6 +66,8 @@ declare -A PKGS=(
   [pubsub]=""
   # Same for FerretDB (go >= 1.24): start_mongodb fails when Go is missing.
   [mongodb]=""
+  # javac compiles scripts/mongo-java/MongoJavaServer.java; maven fetches the jars.
+  [mongo-java]="openjdk-17-jdk-headless maven"
 )
 
 # ---------------------------------------------------------------- helpers
@@ -79,6 +85,7 @@ log_files() {
     kafka) echo "$STATE/kafka-mvn.log $STATE/kafka.log" ;;
     pubsub) echo "$STATE/pubsub-build.log $STATE/pubsub.log" ;;
     mongodb) echo "$STATE/mongodb-build.log $STATE/mongodb.log" ;;
+    mongo-java) echo "$STATE/mongo-java-build.log $STATE/mongo-java.log" ;;
   esac
 }
 
@@ -533,6 +540,53 @@ start_mongodb() {
 
 stop_mongodb() { stop_pid mongodb 10; }
 
+# ---------------------------------------------------------------- mongo-java
+
+# A second MongoDB-wire server: de.bwaldvogel:mongo-java-server, in memory, with its oplog on,
+# so it has change streams (FerretDB 1.x has none); no multi-document transactions. Its jars come
+# from Maven Central (like Kafka's) and scripts/mongo-java/MongoJavaServer.java is compiled
+# against them, once, into the cache; redone only when the pom or the source change (`.complete`
+# holds their hash). Nothing is written into the repo. In memory: a restart forgets everything.
+mongo_java_build() {
+  local want
+  want=$(cat "$SCRIPT_DIR/mongo-java/pom.xml" "$SCRIPT_DIR/mongo-java/MongoJavaServer.java" | sha256sum | cut -d' ' -f1)
+  [[ $(cat "$MONGO_JAVA_DIR/.complete" 2>/dev/null) == "$want" ]] && return 0
+  log "mongo-java: fetching mongo-java-server $MONGO_JAVA_VERSION from Maven Central into $MONGO_JAVA_DIR (once)"
+  local tmp=$MONGO_JAVA_DIR.tmp.$$
+  rm -rf "$tmp"
+  mkdir -p "$tmp/libs" "$tmp/classes"
+  mvn -B -q -Dstyle.color=never -f "$SCRIPT_DIR/mongo-java/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$tmp/libs" >"$STATE/mongo-java-build.log" 2>&1 ||
+    { rm -rf "$tmp"; fail mongo-java "mvn dependency:copy-dependencies failed"; }
+  rm -rf "$SCRIPT_DIR/mongo-java/target"
+  javac -d "$tmp/classes" -cp "$tmp/libs/*" "$SCRIPT_DIR/mongo-java/MongoJavaServer.java" \
+    >>"$STATE/mongo-java-build.log" 2>&1 || { rm -rf "$tmp"; fail mongo-java "javac of scripts/mongo-java failed"; }
+  echo "$want" >"$tmp/.complete"
+  rm -rf "$MONGO_JAVA_DIR"
+  mv "$tmp" "$MONGO_JAVA_DIR"
+}
+
+mongo_java_cp() { echo "$MONGO_JAVA_DIR/libs/*:$MONGO_JAVA_DIR/classes"; }
+
+# A real command ({ping: 1} as an OP_MSG, reply must say ok: 1), sent by the same class in a
+# short-lived JVM (C1 only, serial GC: starts in well under a second).
+ready_mongo-java() {
+  [[ -f $MONGO_JAVA_DIR/.complete ]] && java -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Xmx32m \
+    -cp "$(mongo_java_cp)" MongoJavaServer -listen "${ADDR[mongo-java]}" -probe >/dev/null 2>&1
+}
+
+start_mongo-java() {
+  rm -f "$STATE/mongo-java-build.log" # only show it on failure if this start ran the build
+  mongo_java_build
+  require_port_free mongo-java 27018
+  : >"$STATE/mongo-java.log"
+  spawn mongo-java "$STATE/mongo-java.log" java -Xms64m -Xmx512m -XX:+UseSerialGC -Djava.awt.headless=true \
+    -Dorg.slf4j.simpleLogger.defaultLogLevel=warn -cp "$(mongo_java_cp)" MongoJavaServer -listen "${ADDR[mongo-java]}"
+  wait_ready mongo-java "$TIMEOUT" "$(cat "$STATE/mongo-java.pid")"
+}
+
+stop_mongo-java() { stop_pid mongo-java 10; }
+
 # ---------------------------------------------------------------- commands
 
 # Run "ACTION_name" for each name concurrently; returns the names that failed in FAILED.
@@ -563,7 +617,7 @@ cmd_start() {
   if ((${#todo[@]})); then
     # Longest first (Kafka: mvn + JVM; RabbitMQ: Erlang boot) so they overlap the rest.
     # Servers whose packages are present start right away, in parallel with apt-get.
-    for name in kafka pubsub mongodb rabbitmq postgres mariadb redis etcd; do
+    for name in kafka pubsub mongodb mongo-java rabbitmq postgres mariadb redis etcd; do
       [[ " ${todo[*]} " == *" $name "* ]] || continue
       local missing=()
       # shellcheck disable=SC2086 # PKGS values are space-separated lists on purpose

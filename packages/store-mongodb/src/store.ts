@@ -5,6 +5,7 @@ import {
   type DeadLetterItem,
   type EntryLimits,
   type Fence,
+  type ListDeadOptions,
   type OutboxEntry,
   OutboxError,
   OutboxErrorCode,
@@ -137,6 +138,12 @@ interface FenceDoc {
 interface ServerInfo {
   /** Replica set member or mongos: multi-document transactions and change streams. */
   readonly replicated: boolean;
+  /**
+   * Change streams open on the entries collection: always on replica sets and mongos; elsewhere
+   * as probed at `init()` (a standalone mongod and FerretDB 1.x refuse them; mongo-java-server
+   * with its oplog enabled has them, without transactions).
+   */
+  readonly changeStreams: boolean;
 }
 
 /** Collection names: 1-100 characters, no "$", no U+0000. */
@@ -144,6 +151,8 @@ function validCollection(name: string): boolean {
   return name.length >= 1 && name.length <= 100 && !name.includes("$") && !name.includes(String.fromCharCode(0));
 }
 const idPattern = /^[0-9]{1,16}$/;
+/** The server's "no such command" error code. */
+const commandNotFound = 59;
 const minInt64 = -(2n ** 63n);
 const maxInt64 = 2n ** 63n - 1n;
 /** Attempts of an idempotent operation whose connection failed. */
@@ -344,7 +353,7 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
    */
   get capabilities(): StoreCapabilities {
     return {
-      wakeUps: this.#wakeUps && this.#server?.replicated === true,
+      wakeUps: this.#wakeUps && this.#server?.changeStreams === true,
       transactions: this.#transactions,
     };
   }
@@ -369,7 +378,12 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
   }
 
   async #initialize(): Promise<void> {
-    const hello = await this.#client.db("admin").command({ hello: 1 });
+    const admin = this.#client.db("admin");
+    // Servers without `hello` (older ones, mongo-java-server) answer the legacy isMaster.
+    const hello = await admin.command({ hello: 1 }).catch((error: unknown) => {
+      if (mongoCode(error) !== commandNotFound) throw error;
+      return admin.command({ isMaster: 1 });
+    });
     const replicated = typeof hello.setName === "string" || hello.msg === "isdbgrid";
     if (this.#transactions && !replicated) {
       throw new OutboxError(
@@ -391,7 +405,37 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
     await ensureIndexes(this.#fences as unknown as Collection, [
       { key: { lock: 1, token: -1 }, name: "outbox_fences_lock_token" },
     ]);
-    this.#server = { replicated };
+    const changeStreams = replicated || (this.#wakeUps && (await this.#probeChangeStreams()));
+    this.#server = { replicated, changeStreams };
+  }
+
+  /**
+   * Whether the server opens a change stream on the entries collection: one `aggregate` with
+   * `$changeStream` and an empty first batch, its cursor killed at once. A server that refuses
+   * it (standalone mongod: "only supported on replica sets"; FerretDB 1.x: unknown stage) has
+   * none; a connection failure is not an answer and fails `init()`.
+   */
+  async #probeChangeStreams(): Promise<boolean> {
+    const db = this.#client.db(this.names.db);
+    let reply: { cursor?: { id?: unknown } };
+    try {
+      reply = await db.command({
+        aggregate: this.names.entries,
+        pipeline: [{ $changeStream: {} }],
+        cursor: { batchSize: 0 },
+      });
+    } catch (error) {
+      // Only the server's refusal is an answer; a failed connection or a timeout fails init().
+      if (isConnectionError(error) || (error as { name?: unknown } | null)?.name !== "MongoServerError") throw error;
+      return false;
+    }
+    const id = reply.cursor?.id;
+    if ((typeof id === "number" || id instanceof Long) && String(id) !== "0") {
+      // A cursor id is an int64 (the driver hands small ones back as numbers).
+      const cursor = typeof id === "number" ? Long.fromNumber(id) : id;
+      await db.command({ killCursors: this.names.entries, cursors: [cursor] }).catch(() => undefined);
+    }
+    return true;
   }
 
   async enqueue(tx: MongoTransaction, messages: OutboxMessage | readonly OutboxMessage[]): Promise<string[]> {
@@ -811,14 +855,42 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
     this.#untrack(valid);
   }
 
-  async listDead(options: { limit?: number } = {}): Promise<OutboxEntry[]> {
+  async listDead(options: ListDeadOptions = {}): Promise<OutboxEntry[]> {
     this.#assertOpen();
     const limit = positiveInteger(options.limit ?? 100, "limit");
+    const [after] = options.after === undefined ? [0] : validIds([options.after]);
+    if (after === undefined) {
+      throw new OutboxError(
+        OutboxErrorCode.InvalidOptions,
+        `listDead: after must be an entry id, got ${JSON.stringify(options.after)}`,
+      );
+    }
     await this.init();
     const docs = await this.#run("listDead", true, () =>
-      this.#entries.find({ status: "dead" }, { sort: { _id: 1 }, limit }).toArray(),
+      this.#entries.find({ status: "dead", _id: { $gt: after } }, { sort: { _id: 1 }, limit }).toArray(),
     );
     return docs.map(toEntry);
+  }
+
+  /** Deletes dead entries for good (and their claim tickets); other ids are ignored. */
+  async dropDead(ids: readonly string[]): Promise<number> {
+    this.#assertOpen();
+    const valid = validIds(ids);
+    if (valid.length === 0) return 0;
+    await this.init();
+    // Not sent again on a failed connection: a second delete would under-report the count.
+    return this.#run("dropDead", false, async () => {
+      const result = await this.#entries.deleteMany({ _id: { $in: longs(valid) }, status: "dead" });
+      // Tickets of the dropped entries, and only of those (a live entry keeps its tickets).
+      const left = new Set(
+        (await this.#entries.find({ _id: { $in: longs(valid) } }, { projection: { _id: 1 } }).toArray()).map((doc) =>
+          Number(doc._id),
+        ),
+      );
+      const gone = valid.filter((id) => !left.has(id));
+      if (gone.length > 0) await this.#claims.deleteMany({ seq: { $in: longs(gone) } });
+      return result.deletedCount;
+    });
   }
 
   async requeueDead(ids: readonly string[]): Promise<number> {
@@ -911,9 +983,11 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
     this.#wakeSource ??= new ChangeStreamWakeSource(
       {
         open: () =>
-          this.#entries.watch([{ $match: { operationType: "insert" } }], {
-            projection: { _id: 1 },
-          } as never) as unknown as ChangeStreamLike,
+          // Only inserts, and of each event only its resume token (`_id`): a wake-up needs no more.
+          this.#entries.watch([
+            { $match: { operationType: "insert" } },
+            { $project: { _id: 1 } },
+          ]) as unknown as ChangeStreamLike,
       },
       { onWake: () => this.#wake(), onError: (error) => this.#onError(error) },
     );

@@ -6,6 +6,8 @@ export interface ChangeStreamLike {
   on(event: "change", listener: (change: unknown) => void): unknown;
   on(event: "error", listener: (error: unknown) => void): unknown;
   on(event: "close", listener: () => void): unknown;
+  /** The driver emits it when a cursor of the stream starts (or resumes) at a position. */
+  on(event: "resumeTokenChanged", listener: (token: unknown) => void): unknown;
   close(): Promise<void>;
 }
 
@@ -88,10 +90,20 @@ export class ChangeStreamWakeSource {
       this.#hooks.onWake();
     });
     stream.on("error", (error) => lost(streamError(error)));
+    // Also when the driver is about to resume it itself (its cursor's "close" is re-emitted):
+    // reopening costs one aggregate, and the catch-up wake-up below covers the gap either way.
     stream.on("close", () => lost(new OutboxError(OutboxErrorCode.StoreUnavailable, "the change stream closed")));
     if (this.#openedOnce) {
-      // Changes made while the stream was away are not replayed: look once.
+      // Changes made while the stream was away are not replayed: look once now, and once more
+      // when the stream has really started (its first resume token: the aggregate that opens it
+      // may itself wait for the server), since changes in between are in no stream either.
       this.#hooks.onWake();
+      let started = false;
+      stream.on("resumeTokenChanged", () => {
+        if (started || done) return;
+        started = true;
+        this.#hooks.onWake();
+      });
     }
     this.#openedOnce = true;
   }

@@ -3,12 +3,14 @@ import type { ManualClock } from "@outbox/core";
 import { MongoClient, type MongoClientOptions } from "mongodb";
 import { createMongoStore, type MongoStore, type MongoStoreOptions, type MongoTransaction } from "../src/index.js";
 
-/** scripts/services.sh's MongoDB-wire server (FerretDB 1.24 on SQLite). */
+/** scripts/services.sh's MongoDB-wire server `mongodb` (FerretDB 1.24 on SQLite). */
 export const mongoUrl = process.env.OUTBOX_MONGODB_URL ?? "mongodb://127.0.0.1:27017";
+/** scripts/services.sh's second one, `mongo-java` (mongo-java-server 1.47, in memory, oplog on). */
+export const mongoJavaUrl = process.env.OUTBOX_MONGO_JAVA_URL ?? "mongodb://127.0.0.1:27018";
 export const testDb = "outbox_test";
 
-export function createClient(options: MongoClientOptions = {}): MongoClient {
-  return new MongoClient(mongoUrl, {
+export function createClient(options: MongoClientOptions = {}, url = mongoUrl): MongoClient {
+  return new MongoClient(url, {
     serverSelectionTimeoutMS: 5_000,
     appName: "outbox-store-mongodb-test",
     ...options,
@@ -28,14 +30,16 @@ export async function dropStore(client: MongoClient, store: MongoStore): Promise
 }
 
 /**
- * A store on a fresh collection of the real server, for the conformance kit. FerretDB has no
- * transactions: the store runs with transactions: false and the harness's "transaction" is
- * a plain session (the kit skips the rollback check on the declared capability).
+ * A store on a fresh collection of the real server, for the conformance kit. Neither server
+ * has transactions: the store runs with transactions: false and the harness's "transaction" is
+ * a plain session (the kit skips the rollback check on the declared capability), or null with
+ * `sessions: false` (mongo-java-server has no logical sessions: the driver refuses to use one).
  */
 export async function mongoHarness(
   clock: ManualClock,
   client: MongoClient,
   options: Partial<MongoStoreOptions> = {},
+  { sessions = true }: { sessions?: boolean } = {},
 ): Promise<StoreHarness<MongoTransaction>> {
   const store = createMongoStore({
     client,
@@ -50,7 +54,7 @@ export async function mongoHarness(
   return {
     store,
     clock,
-    transaction: (work) => client.withSession((session) => work(session)),
+    transaction: (work) => (sessions ? client.withSession((session) => work(session)) : work(null)),
     async teardown() {
       await store.close();
       await dropStore(client, store);

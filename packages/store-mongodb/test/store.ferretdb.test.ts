@@ -14,6 +14,18 @@ it("transactions: true on a server without transactions fails at init with OUTBO
   expect(store.capabilities.wakeUps).toBe(false);
 });
 
+it("init() finds no change streams on FerretDB (the probe is refused, the connection stays usable)", async () => {
+  const store = createMongoStore({ client, db: testDb, collection: freshCollection(), transactions: false });
+  try {
+    await store.init();
+    expect(store.server).toEqual({ replicated: false, changeStreams: false });
+    expect(store.capabilities).toEqual({ wakeUps: false, transactions: false });
+    expect((await store.stats()).pending).toBe(0);
+  } finally {
+    await dropStore(client, store);
+  }
+});
+
 it("no sequence-gap loss: an entry inserted late with a lower id is still claimed", async () => {
   const store = createMongoStore({ client, db: testDb, collection: freshCollection(), transactions: false });
   try {

@@ -67,6 +67,33 @@ class FakeStream extends EventEmitter {
 }
 
 describe("ChangeStreamWakeSource", () => {
+  it("a reopened stream wakes once at once and once more at its first resume token (when it has started)", async () => {
+    const streams: FakeStream[] = [];
+    let wakes = 0;
+    const source = new ChangeStreamWakeSource(
+      {
+        open: () => {
+          const stream = new FakeStream();
+          streams.push(stream);
+          return stream;
+        },
+        minBackoffMs: 1,
+      },
+      { onWake: () => wakes++, onError: () => undefined },
+    );
+    await source.start();
+    streams[0]?.emit("resumeTokenChanged", {});
+    expect(wakes).toBe(0); // the first stream: nothing to catch up with
+    streams[0]?.emit("close");
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(streams).toHaveLength(2);
+    expect(wakes).toBe(1);
+    streams[1]?.emit("resumeTokenChanged", {});
+    streams[1]?.emit("resumeTokenChanged", {});
+    expect(wakes).toBe(2);
+    await source.stop();
+  });
+
   it("wakes on changes, reopens after an error and wakes once to catch up", async () => {
     const streams: FakeStream[] = [];
     const errors: OutboxError[] = [];
