@@ -299,7 +299,6 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
   #server: ServerInfo | null = null;
   #init: Promise<void> | null = null;
   #wakeSource: ChangeStreamWakeSource | null = null;
-  #wakeSourceStart: Promise<void> | null = null;
   #closed = false;
   /** The collection names, for diagnostics. */
   readonly names: {
@@ -991,28 +990,14 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
       },
       { onWake: () => this.#wake(), onError: (error) => this.#onError(error) },
     );
-    const remove = this.#subscribers.add(listener);
-    this.#wakeSourceStart ??= this.#wakeSource.start();
-    await this.#wakeSourceStart;
-    let subscribed = true;
-    return async () => {
-      if (!subscribed) return;
-      subscribed = false;
-      remove();
-      if (this.#subscribers.size === 0 && this.#wakeSourceStart) {
-        this.#wakeSourceStart = null;
-        await this.#wakeSource?.stop();
-      }
-    };
+    return this.#subscribers.subscribe(listener, this.#wakeSource);
   }
 
   /** Stops the change stream. Does not close the client: it is yours. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#subscribers.clear();
-    this.#wakeSourceStart = null;
-    await this.#wakeSource?.stop();
+    await this.#subscribers.close();
   }
 
   /** A settle by a fenced caller never touches an entry leased under a newer token of its lock. */
