@@ -83,6 +83,7 @@ export class DistributedLock {
   readonly #marginMs: number;
   readonly #options: DistributedLockOptions;
   #grant: LockGrant | null = null;
+  #acquiring: Promise<LockGrant | null> | null = null;
   #validUntil = 0;
   #renewal: AbortController | null = null;
   #closed = false;
@@ -115,6 +116,14 @@ export class DistributedLock {
     if (this.#closed) throw new OutboxError(OutboxErrorCode.Closed, `lock "${this.name}" is closed`);
     const current = this.grant;
     if (current) return current;
+    // Callers that ask at the same time share one attempt: one token, one renewal timer.
+    this.#acquiring ??= this.#acquire().finally(() => {
+      this.#acquiring = null;
+    });
+    return this.#acquiring;
+  }
+
+  async #acquire(): Promise<LockGrant | null> {
     const sentAt = this.#clock.now();
     let token: bigint | null;
     try {

@@ -80,6 +80,11 @@ function positive(value: number, name: string): number {
   return value;
 }
 
+interface ClaimedBatch {
+  entries: OutboxEntry[];
+  context: SettleContext;
+}
+
 /**
  * Moves committed outbox entries to a broker: claim a batch, publish it, ack what the broker
  * confirmed. At-least-once: an entry is acked only after its publish succeeded, so a crash in
@@ -117,6 +122,8 @@ export class OutboxRelay {
    * hot key then drains run after run instead of one run per poll interval.
    */
   #keysUnblocked = false;
+  /** The last claim came back full: more is waiting, so claims may overlap (see #run). */
+  #claimsFull = false;
   /** Where the claim path is (lock or claim), so a failure is reported with the right phase. */
   #phase: RelayPhase = "claim";
   #metrics = {
@@ -270,16 +277,25 @@ export class OutboxRelay {
         await Promise.race(this.#inFlight);
         continue;
       }
+      // While claims come back full (a backlog), the next claim starts without waiting for the
+      // one before: the store claims in parallel (two claims of one claimer never share a key).
+      // Only with the fence at hand, so that concurrent claims never race for the lock.
+      if (this.#claimsFull && (this.#lock === null || this.#lock.grant !== null)) {
+        this.#track(this.#claimAndDeliver());
+        continue;
+      }
       let delay = this.#pollMs;
       try {
         const batch = await this.#claimBatch();
         this.#metrics.consecutiveFailures = 0;
+        this.#claimsFull = batch !== null && batch.entries.length >= this.#batchSize;
         if (batch) {
           this.#track(this.#deliver(batch.entries, batch.context));
           if (batch.entries.length >= this.#batchSize) delay = 0;
         }
         if (this.#keysUnblocked) delay = 0;
       } catch (error) {
+        this.#claimsFull = false;
         this.#metrics.consecutiveFailures += 1;
         this.#report(error, this.#phase);
         // 2x, 4x, then 8x the poll interval while the store keeps failing.
@@ -289,6 +305,22 @@ export class OutboxRelay {
       await this.#wait(delay);
     }
     await Promise.allSettled(this.#inFlight);
+  }
+
+  /** A claim started while others run (see #run), then its delivery. */
+  async #claimAndDeliver(): Promise<void> {
+    let batch: ClaimedBatch | null;
+    try {
+      batch = await this.#claimBatch();
+      this.#metrics.consecutiveFailures = 0;
+    } catch (error) {
+      this.#claimsFull = false;
+      this.#metrics.consecutiveFailures += 1;
+      this.#report(error, this.#phase);
+      return;
+    }
+    this.#claimsFull = batch !== null && batch.entries.length >= this.#batchSize;
+    if (batch) await this.#deliver(batch.entries, batch.context);
   }
 
   /** Keeps a delivery in the in-flight set until it ends; its failure is reported, not thrown. */
@@ -338,7 +370,7 @@ export class OutboxRelay {
   }
 
   /** Claims one batch; null when a leader lock is configured and not held. */
-  async #claimBatch(): Promise<{ entries: OutboxEntry[]; context: SettleContext } | null> {
+  async #claimBatch(): Promise<ClaimedBatch | null> {
     this.#metrics.cycles += 1;
     this.#keysUnblocked = false;
     this.#phase = "lock";

@@ -31,6 +31,16 @@ function counting(backend: LockBackend) {
 const tick = () => new Promise((resolve) => setImmediate(resolve));
 
 describe("DistributedLock", () => {
+  it("shares one attempt among concurrent tryAcquire calls: one token, one backend call", async () => {
+    const clock = new ManualClock();
+    const { wrapped, calls } = counting(new MemoryLockBackend({ clock }));
+    const lock = new DistributedLock(wrapped, { name: "n", ttlMs: 3_000, clock });
+    const grants = await Promise.all([lock.tryAcquire(), lock.tryAcquire(), lock.tryAcquire()]);
+    expect(grants.map((grant) => grant?.token)).toEqual([1n, 1n, 1n]);
+    expect(calls.acquire).toBe(1);
+    await lock.release();
+  });
+
   it("renews every ttl/3 and keeps the lock past its TTL", async () => {
     const clock = new ManualClock();
     const memory = new MemoryLockBackend({ clock });

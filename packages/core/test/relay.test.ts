@@ -461,6 +461,59 @@ describe("OutboxRelay pipelining", () => {
     await relay.stop();
   });
 
+  it("claims in parallel while claims come back full, never more than maxInFlightBatches at once", async () => {
+    const clock = new ManualClock();
+    const inner = new MemoryStore({ clock });
+    let claims = 0;
+    let finished = false;
+    let claiming = 0;
+    let mostClaiming = 0;
+    const gates: Array<() => void> = [];
+    const claim = async (request: Parameters<MemoryStore["claim"]>[0]) => {
+      claiming += 1;
+      mostClaiming = Math.max(mostClaiming, claiming);
+      // The first claim answers at once (a full batch); later ones wait to be let through.
+      if (claims++ > 0 && !finished) await new Promise<void>((resolve) => gates.push(resolve));
+      claiming -= 1;
+      return inner.claim(request);
+    };
+    const store = new Proxy(inner, {
+      get: (target, property) => {
+        if (property === "claim") return claim;
+        const value = Reflect.get(target, property);
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    }) as OutboxStore<never>;
+    const relay = new OutboxRelay({
+      store,
+      publisher: new MemoryPublisher(),
+      clock,
+      batchSize: 2,
+      maxInFlightBatches: 2,
+      pollMs: 60_000,
+    });
+    await inner.transaction((tx) =>
+      inner.enqueue(
+        tx,
+        msgs(12, (i) => `k${i}`),
+      ),
+    );
+    const done = publishedCount(relay, 12);
+    relay.start();
+    await vi.waitFor(() => expect(gates.length).toBe(2));
+    expect(claiming).toBe(2);
+    void done.then(() => {
+      finished = true;
+    });
+    while (!finished) {
+      gates.shift()?.();
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    for (const open of gates.splice(0)) open();
+    expect(mostClaiming).toBe(2);
+    await relay.stop();
+  });
+
   it("rejects a maxInFlightBatches that is not positive", () => {
     expect(() => setup({ maxInFlightBatches: 0 })).toThrowError(
       expect.objectContaining({ code: "OUTBOX_INVALID_OPTIONS" }),

@@ -653,9 +653,10 @@ function buildStatements(n: SchemaNames) {
    * 1. Key heads are looked for among the oldest pending entries, ids from the oldest to
    *    (oldest + limit x 4). No pending entry lies below the oldest, so the first pending entry of
    *    each key in that window is the key's head: one pass and a sort, no probe per entry, however
-   *    many entries of one key the window holds. Claimable heads are locked with SKIP LOCKED in id
-   *    order: a head another claim holds is skipped, and its key with it, so two claimers never
-   *    share a key.
+   *    many entries of one key the window holds (keys compare bytewise, COLLATE "C": fast, and two
+   *    different keys never count as one). The oldest 2 x limit claimable heads are locked with
+   *    SKIP LOCKED in id order: a head another claim holds is skipped, and its key with it, so two
+   *    claimers never share a key.
    * 2. Only when that window yields fewer than `limit` heads and more entries lie past it, a loose
    *    index scan over (key, id) visits each pending key once for heads past the window (and the
    *    keyless index supplies keyless ones).
@@ -683,14 +684,15 @@ function buildStatements(n: SchemaNames) {
   ),
   edge AS MATERIALIZED (SELECT id + $5 AS id FROM oldest),
   near_window AS MATERIALIZED (
-    SELECT DISTINCT ON (o.key IS NULL, coalesce(o.key, o.id::text)) o.ctid AS row, ${claimable("o", fenced)} AS ok
+    SELECT DISTINCT ON (o.key IS NULL, coalesce(o.key, o.id::text) COLLATE "C")
+      o.id, o.ctid AS row, ${claimable("o", fenced)} AS ok
     FROM ${t} o
     WHERE o.status = 'pending' AND o.id >= (SELECT id FROM oldest) AND o.id < (SELECT id FROM edge)
-    ORDER BY o.key IS NULL, coalesce(o.key, o.id::text), o.id
+    ORDER BY o.key IS NULL, coalesce(o.key, o.id::text) COLLATE "C", o.id
   ),
   near_heads AS MATERIALIZED (
     SELECT o.id, o.key FROM ${t} o
-    WHERE o.ctid = ANY (ARRAY(SELECT row FROM near_window WHERE ok))
+    WHERE o.ctid = ANY (ARRAY(SELECT row FROM near_window WHERE ok ORDER BY id LIMIT 2 * $3))
       AND o.status = 'pending' AND ${claimable("o", fenced)}
       ${fenced ? fenceGuard(6) : ""}
     ORDER BY o.id
