@@ -124,6 +124,8 @@ export class OutboxRelay {
   #keysUnblocked = false;
   /** The last claim came back full: more is waiting, so claims may overlap (see #run). */
   #claimsFull = false;
+  /** Claims running now. */
+  #claiming = 0;
   /** Where the claim path is (lock or claim), so a failure is reported with the right phase. */
   #phase: RelayPhase = "claim";
   #metrics = {
@@ -279,9 +281,12 @@ export class OutboxRelay {
       }
       // While claims come back full (a backlog), the next claim starts without waiting for the
       // one before: the store claims in parallel (two claims of one claimer never share a key).
-      // Only with the fence at hand, so that concurrent claims never race for the lock.
+      // Two at most: a third claim at once only contends with the others in the database
+      // (measured: slower than one at a time on 2 cores). Only with the fence at hand, so that
+      // concurrent claims never race for the lock.
       if (this.#claimsFull && (this.#lock === null || this.#lock.grant !== null)) {
-        this.#track(this.#claimAndDeliver());
+        if (this.#claiming >= 2) await Promise.race(this.#inFlight);
+        else this.#track(this.#claimAndDeliver());
         continue;
       }
       let delay = this.#pollMs;
@@ -371,6 +376,15 @@ export class OutboxRelay {
 
   /** Claims one batch; null when a leader lock is configured and not held. */
   async #claimBatch(): Promise<ClaimedBatch | null> {
+    this.#claiming += 1;
+    try {
+      return await this.#claimOnce();
+    } finally {
+      this.#claiming -= 1;
+    }
+  }
+
+  async #claimOnce(): Promise<ClaimedBatch | null> {
     this.#metrics.cycles += 1;
     this.#keysUnblocked = false;
     this.#phase = "lock";

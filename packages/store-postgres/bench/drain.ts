@@ -73,6 +73,8 @@ async function freshOutbox(count: number, keying: Keying): Promise<{ schema: str
   }
   await store.close();
   await pool.query(`VACUUM ANALYZE "${schema}".outbox`);
+  // Every drain starts right after a checkpoint, so each pays the same full-page writes.
+  await pool.query("CHECKPOINT").catch(() => undefined);
   return { schema, drop: async () => void (await pool.query(`DROP SCHEMA "${schema}" CASCADE`)) };
 }
 
@@ -136,27 +138,26 @@ async function relayDrain(store: PostgresStore, count: number, inFlight: number)
 
 type Measure = "bare-update" | "bare-delete" | "store" | `relay-${number}`;
 
-async function measure(count: number, keying: Keying, what: Measure): Promise<number> {
-  const times: number[] = [];
-  for (let run = 0; run < runs; run++) {
-    const outbox = await freshOutbox(count, keying);
+/** One drain of a fresh outbox: entries/s. */
+async function measureOnce(count: number, keying: Keying, what: Measure): Promise<number> {
+  const outbox = await freshOutbox(count, keying);
+  try {
+    if (what === "bare-update") return perSecond(count, await bareDrain(outbox.schema, count, "update"));
+    if (what === "bare-delete") return perSecond(count, await bareDrain(outbox.schema, count, "delete"));
+    const store = createPostgresStore({ pool, schema: outbox.schema, listen: false });
     try {
-      if (what === "bare-update") times.push(await bareDrain(outbox.schema, count, "update"));
-      else if (what === "bare-delete") times.push(await bareDrain(outbox.schema, count, "delete"));
-      else {
-        const store = createPostgresStore({ pool, schema: outbox.schema, listen: false });
-        times.push(
-          what === "store"
-            ? await storeDrain(store, count)
-            : await relayDrain(store, count, Number(what.slice("relay-".length))),
-        );
-        await store.close();
-      }
+      return perSecond(
+        count,
+        what === "store"
+          ? await storeDrain(store, count)
+          : await relayDrain(store, count, Number(what.slice("relay-".length))),
+      );
     } finally {
-      await outbox.drop();
+      await store.close();
     }
+  } finally {
+    await outbox.drop();
   }
-  return perSecond(count, median(times));
 }
 
 /** Commit -> publish latency of single-entry transactions at a steady rate, woken by NOTIFY. */
@@ -241,46 +242,76 @@ console.log(
 );
 console.log(`PostgreSQL: ${version.split(" on ")[0]}, fsync=${fsync}, synchronous_commit=${sc}`);
 if (fsync !== "on") console.log("WARNING: fsync is off: these figures are not from a durable setup");
-console.log(`${payloadBytes}-byte entries, batch ${batch}, median of ${runs} runs\n`);
+console.log(
+  `${payloadBytes}-byte entries, batch ${batch}; ${runs} rounds (each: the ceilings, then every workload, each on a fresh table after a CHECKPOINT); medians, ratios against the same round's ceiling\n`,
+);
 
-const ceilingUpdate = await measure(rows, distinctKeys, "bare-update");
-const ceilingDelete = await measure(rows, distinctKeys, "bare-delete");
+interface Workload {
+  label: string;
+  what: string;
+  count: number;
+  keying: Keying;
+  measure: Measure;
+}
+const ceilings: Workload[] = [
+  {
+    label: `${rows} rows`,
+    what: "ceiling: bare claim-by-UPDATE + ack",
+    count: rows,
+    keying: distinctKeys,
+    measure: "bare-update",
+  },
+  {
+    label: `${rows} rows`,
+    what: "ceiling: bare DELETE ... SKIP LOCKED",
+    count: rows,
+    keying: distinctKeys,
+    measure: "bare-delete",
+  },
+];
+const workloads: Workload[] = [];
+const withRelays = (label: string, count: number, keying: Keying) => {
+  workloads.push({ label, what: "store claim + ack", count, keying, measure: "store" });
+  for (const inFlight of inFlightChoices) {
+    const what = `relay, ${inFlight} batch${inFlight === 1 ? "" : "es"} in flight`;
+    workloads.push({ label, what, count, keying, measure: `relay-${inFlight}` });
+  }
+};
+withRelays(`${rows} rows, distinct keys`, rows, distinctKeys);
+withRelays(`${rows} rows, 1,000 keys`, rows, thousandKeys);
+for (const backlog of hotBacklogs) withRelays(`one hot key, ${backlog} behind it`, backlog, hotKey);
+
+// Rounds, not one workload after another: each round measures the ceilings and every workload
+// once, so slow drift on the machine (autovacuum, the page cache) falls on all of them alike,
+// and each ratio is taken against the ceiling of its own round. Medians over the rounds.
+const rates = new Map<Workload, number[]>();
+const ratios = new Map<Workload, { update: number[]; delete: number[] }>();
+for (let round = 0; round < runs; round++) {
+  const [update, del] = [
+    await measureOnce(rows, distinctKeys, "bare-update"),
+    await measureOnce(rows, distinctKeys, "bare-delete"),
+  ];
+  rates.set(ceilings[0] as Workload, [...(rates.get(ceilings[0] as Workload) ?? []), update]);
+  rates.set(ceilings[1] as Workload, [...(rates.get(ceilings[1] as Workload) ?? []), del]);
+  for (const workload of workloads) {
+    const rate = await measureOnce(workload.count, workload.keying, workload.measure);
+    rates.set(workload, [...(rates.get(workload) ?? []), rate]);
+    const ratio = ratios.get(workload) ?? { update: [], delete: [] };
+    ratio.update.push(rate / update);
+    ratio.delete.push(rate / del);
+    ratios.set(workload, ratio);
+  }
+  console.error(`round ${round + 1} of ${runs} done`);
+}
+const x = (values: number[]) => `${median(values).toFixed(2)}x`;
 row("workload", "what", "entries/s", "vs claim-by-UPDATE ceiling", "vs DELETE ceiling");
 row("---", "---", "---:", "---:", "---:");
-row(`${rows} rows`, "ceiling: bare claim-by-UPDATE + ack", ceilingUpdate, "1.00x", "");
-row(`${rows} rows`, "ceiling: bare DELETE ... SKIP LOCKED", ceilingDelete, "", "1.00x");
-const ratio = (value: number, ceiling: number) => `${(value / ceiling).toFixed(2)}x`;
-
-for (const [name, keying] of [
-  ["distinct keys", distinctKeys],
-  ["1,000 keys", thousandKeys],
-] as const) {
-  const store = await measure(rows, keying, "store");
-  row(`${rows} rows, ${name}`, "store claim + ack", store, ratio(store, ceilingUpdate), ratio(store, ceilingDelete));
-  for (const inFlight of inFlightChoices) {
-    const relay = await measure(rows, keying, `relay-${inFlight}`);
-    row(
-      `${rows} rows, ${name}`,
-      `relay, ${inFlight} batch${inFlight === 1 ? "" : "es"} in flight`,
-      relay,
-      ratio(relay, ceilingUpdate),
-      ratio(relay, ceilingDelete),
-    );
-  }
-}
-for (const backlog of hotBacklogs) {
-  const store = await measure(backlog, hotKey, "store");
-  row(`one hot key, ${backlog} behind it`, "store claim + ack", store, ratio(store, ceilingUpdate), "");
-  for (const inFlight of inFlightChoices) {
-    const relay = await measure(backlog, hotKey, `relay-${inFlight}`);
-    row(
-      `one hot key, ${backlog} behind it`,
-      `relay, ${inFlight} batch${inFlight === 1 ? "" : "es"} in flight`,
-      relay,
-      ratio(relay, ceilingUpdate),
-      "",
-    );
-  }
+row(ceilings[0]?.label ?? "", ceilings[0]?.what ?? "", median(rates.get(ceilings[0] as Workload) ?? []), "1.00x", "");
+row(ceilings[1]?.label ?? "", ceilings[1]?.what ?? "", median(rates.get(ceilings[1] as Workload) ?? []), "", "1.00x");
+for (const workload of workloads) {
+  const ratio = ratios.get(workload) ?? { update: [], delete: [] };
+  const hot = workload.keying === hotKey;
+  row(workload.label, workload.what, median(rates.get(workload) ?? []), x(ratio.update), hot ? "" : x(ratio.delete));
 }
 
 const lat = await latency(500, 5);
