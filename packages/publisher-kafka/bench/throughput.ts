@@ -14,9 +14,9 @@ import { randomBytes } from "node:crypto";
 import { cpus, totalmem } from "node:os";
 import { OutboxRelay } from "@outbox/core";
 import { createPostgresStore, migrate } from "@outbox/store-postgres";
+import { type CpuUse, measureCpu } from "@outbox/test-support/cpu";
 import { Kafka, logLevel } from "kafkajs";
 import pg from "pg";
-import { type CpuUse, measureCpu } from "@outbox/test-support/cpu";
 import { createKafkaPublisher, createOutboxPartitioner, defaultProducerConfig } from "../src/index.js";
 
 const ROWS = Number(process.env.BENCH_ROWS ?? 20_000);
