@@ -1,6 +1,6 @@
-import { createServer, type Server, Socket } from "node:net";
 import { Redis, type RedisOptions } from "ioredis";
 import { redisUrl, services } from "./services.js";
+import { TcpProxy } from "./tcp-proxy.js";
 import { waitFor } from "./wait.js";
 
 export { redisUrl };
@@ -50,86 +50,36 @@ export function waitReady(client: Redis, timeoutMs = 15_000): Promise<boolean> {
 }
 
 /**
- * A TCP proxy in front of Redis, to cut a client off without touching the server:
+ * The TCP proxy (./tcp-proxy.ts) in front of Redis, to cut a client off without touching the server:
  * - "refuse": drops every connection and new ones at once (connection reset);
  * - "blackhole": keeps connections open but forwards nothing either way (a partition).
  */
 export class RedisProxy {
-  readonly #server: Server;
-  readonly #pairs = new Set<[Socket, Socket]>();
-  #mode: "open" | "refuse" | "blackhole" = "open";
-  port = 0;
+  readonly #proxy: TcpProxy;
 
-  private constructor() {
-    this.#server = createServer((inbound) => this.#accept(inbound));
+  private constructor(proxy: TcpProxy) {
+    this.#proxy = proxy;
   }
 
   static async start(): Promise<RedisProxy> {
-    const proxy = new RedisProxy();
-    await new Promise<void>((resolve) => proxy.#server.listen(0, "127.0.0.1", resolve));
-    const address = proxy.#server.address();
-    proxy.port = typeof address === "object" && address ? address.port : 0;
-    return proxy;
+    return new RedisProxy(await TcpProxy.start(`${redisHost}:${redisPort}`));
   }
 
   get url(): string {
-    return `redis://127.0.0.1:${this.port}`;
+    return `redis://${this.#proxy.endpoint}`;
   }
 
   cut(mode: "refuse" | "blackhole"): void {
-    this.#mode = mode;
-    for (const [inbound, outbound] of this.#pairs) {
-      if (mode === "refuse") {
-        inbound.destroy();
-        outbound.destroy();
-      } else {
-        inbound.unpipe(outbound);
-        outbound.unpipe(inbound);
-        inbound.pause();
-        outbound.pause();
-      }
-    }
-    if (mode === "refuse") this.#pairs.clear();
+    if (mode === "refuse") this.#proxy.cut();
+    else this.#proxy.blackhole();
   }
 
   /** Lets traffic through again. Blackholed connections stay dead (as after a real partition). */
   restore(): void {
-    for (const [inbound, outbound] of this.#pairs) {
-      inbound.destroy();
-      outbound.destroy();
-    }
-    this.#pairs.clear();
-    this.#mode = "open";
+    this.#proxy.restore();
   }
 
-  async close(): Promise<void> {
-    this.restore();
-    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
-  }
-
-  #accept(inbound: Socket): void {
-    if (this.#mode === "refuse") {
-      inbound.destroy();
-      return;
-    }
-    if (this.#mode === "blackhole") {
-      inbound.pause();
-      this.#pairs.add([inbound, new Socket()]);
-      return;
-    }
-    const outbound = new Socket();
-    const pair: [Socket, Socket] = [inbound, outbound];
-    this.#pairs.add(pair);
-    const drop = () => {
-      inbound.destroy();
-      outbound.destroy();
-      this.#pairs.delete(pair);
-    };
-    inbound.on("error", drop).on("close", drop);
-    outbound.on("error", drop).on("close", drop);
-    outbound.connect(redisPort, redisHost, () => {
-      inbound.pipe(outbound);
-      outbound.pipe(inbound);
-    });
+  close(): Promise<void> {
+    return this.#proxy.close();
   }
 }
