@@ -215,6 +215,16 @@ export class MemoryStore implements OutboxStore<MemoryTransaction> {
       .map((row) => this.#toEntry(row));
   }
 
+  async dropDead(ids: readonly string[]): Promise<number> {
+    this.#assertOpen();
+    let dropped = 0;
+    for (const row of this.#find(ids)) {
+      // A repeated id is dropped once.
+      if (row.status === "dead" && this.#rows.delete(row.seq)) dropped += 1;
+    }
+    return dropped;
+  }
+
   async requeueDead(ids: readonly string[]): Promise<number> {
     this.#assertOpen();
     let moved = 0;
