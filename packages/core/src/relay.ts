@@ -292,17 +292,14 @@ export class OutboxRelay {
       let delay = this.#pollMs;
       try {
         const batch = await this.#claimBatch();
-        this.#metrics.consecutiveFailures = 0;
-        this.#claimsFull = batch !== null && batch.entries.length >= this.#batchSize;
+        this.#claimSucceeded(batch);
         if (batch) {
           this.#track(this.#deliver(batch.entries, batch.context));
           if (batch.entries.length >= this.#batchSize) delay = 0;
         }
         if (this.#keysUnblocked) delay = 0;
       } catch (error) {
-        this.#claimsFull = false;
-        this.#metrics.consecutiveFailures += 1;
-        this.#report(error, this.#phase);
+        this.#claimFailed(error);
         // 2x, 4x, then 8x the poll interval while the store keeps failing.
         delay = this.#pollMs * Math.min(8, 2 ** this.#metrics.consecutiveFailures);
       }
@@ -317,15 +314,24 @@ export class OutboxRelay {
     let batch: ClaimedBatch | null;
     try {
       batch = await this.#claimBatch();
-      this.#metrics.consecutiveFailures = 0;
     } catch (error) {
-      this.#claimsFull = false;
-      this.#metrics.consecutiveFailures += 1;
-      this.#report(error, this.#phase);
+      this.#claimFailed(error);
       return;
     }
-    this.#claimsFull = batch !== null && batch.entries.length >= this.#batchSize;
+    this.#claimSucceeded(batch);
     if (batch) await this.#deliver(batch.entries, batch.context);
+  }
+
+  /** A background claim answered: the failure count resets, and a full batch means a backlog. */
+  #claimSucceeded(batch: ClaimedBatch | null): void {
+    this.#metrics.consecutiveFailures = 0;
+    this.#claimsFull = batch !== null && batch.entries.length >= this.#batchSize;
+  }
+
+  #claimFailed(error: unknown): void {
+    this.#claimsFull = false;
+    this.#metrics.consecutiveFailures += 1;
+    this.#report(error, this.#phase);
   }
 
   /** Keeps a delivery in the in-flight set until it ends; its failure is reported, not thrown. */
