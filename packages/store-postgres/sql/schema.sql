@@ -1,4 +1,4 @@
--- @outbox/store-postgres schema v2 for "public"."outbox". Idempotent: safe to run again.
+-- @outbox/store-postgres schema v3 for "public"."outbox". Idempotent: safe to run again.
 CREATE SCHEMA IF NOT EXISTS "public";
 
 CREATE TABLE IF NOT EXISTS "public"."outbox" (
@@ -19,16 +19,29 @@ CREATE TABLE IF NOT EXISTS "public"."outbox" (
   settled_at      timestamptz
 ) WITH (fillfactor = 50);
 
+-- v3: vacuum and analyze by row count, not by a fraction of a table that keeps growing: dead index
+-- entries left by acks stay few, so the claim's index scans stay short.
+DO $$ BEGIN
+  IF NOT EXISTS (
+    SELECT 1 FROM pg_class c, unnest(coalesce(c.reloptions, '{}')) AS o
+    WHERE c.oid = '"public"."outbox"'::regclass AND o LIKE 'autovacuum_vacuum_threshold=%'
+  ) THEN
+    ALTER TABLE "public"."outbox" SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000, autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 10000);
+  END IF;
+END $$;
+
 -- v2: the fence a lease was taken under; a claim with a newer token of that lock takes it over.
 ALTER TABLE "public"."outbox" ADD COLUMN IF NOT EXISTS lease_lock text;
 ALTER TABLE "public"."outbox" ADD COLUMN IF NOT EXISTS lease_token numeric;
 
--- Claim scan: pending entries in id order.
+-- v3: every claim statement has exactly one index it can use, whatever the statistics say.
+-- Claim windows: pending entries in id order.
 CREATE INDEX IF NOT EXISTS "outbox_pending_idx" ON "public"."outbox" (id) WHERE status = 'pending';
--- Key heads and runs: the oldest pending entries of a key, and the distinct pending keys.
-CREATE INDEX IF NOT EXISTS "outbox_pending_key_idx" ON "public"."outbox" (key, id) WHERE status = 'pending' AND key IS NOT NULL;
--- Keyless pending entries, for claims that look past the oldest window.
-CREATE INDEX IF NOT EXISTS "outbox_pending_nokey_idx" ON "public"."outbox" (id) WHERE status = 'pending' AND key IS NULL;
+-- The claim's look past its windows: the first pending entry of each key, keyless entries last.
+-- "settled_at IS NULL" is pending said otherwise (every settle sets it, requeueing clears it); a
+-- predicate of its own keeps the planner from answering those lookups with the index above.
+CREATE INDEX IF NOT EXISTS "outbox_open_key_idx" ON "public"."outbox" (key, id) WHERE settled_at IS NULL;
+DROP INDEX IF EXISTS "public"."outbox_pending_key_idx", "public"."outbox_pending_nokey_idx";
 -- Retention: published and dead entries by settle time.
 CREATE INDEX IF NOT EXISTS "outbox_settled_idx" ON "public"."outbox" (settled_at) WHERE status <> 'pending';
 -- Dead letters, oldest first.

@@ -21,7 +21,8 @@ export interface SchemaNames {
   readonly keyIndex: string;
   readonly settledIndex: string;
   readonly deadIndex: string;
-  readonly keylessIndex: string;
+  /** Indexes of schema v2 that v3 no longer uses; migrate drops them. */
+  readonly formerIndexes: readonly string[];
   readonly fenceTable: string;
 }
 
@@ -57,13 +58,23 @@ export function resolveNames(options: SchemaOptions = {}): SchemaNames {
     qualifiedTable: `${quotedSchema}.${quoteIdent(table)}`,
     qualifiedFence: `${quotedSchema}.${quoteIdent(fenceTable)}`,
     pendingIndex: quoteIdent(`${table}_pending_idx`),
-    keyIndex: quoteIdent(`${table}_pending_key_idx`),
+    keyIndex: quoteIdent(`${table}_open_key_idx`),
     settledIndex: quoteIdent(`${table}_settled_idx`),
     deadIndex: quoteIdent(`${table}_dead_idx`),
-    keylessIndex: quoteIdent(`${table}_pending_nokey_idx`),
+    formerIndexes: [`${table}_pending_key_idx`, `${table}_pending_nokey_idx`].map(
+      (name) => `${quotedSchema}.${quoteIdent(name)}`,
+    ),
     fenceTable,
   };
 }
+
+/** Set by migrate on tables that have no autovacuum threshold of their own yet (yours are kept). */
+const autovacuumSettings = [
+  "autovacuum_vacuum_scale_factor = 0",
+  "autovacuum_vacuum_threshold = 10000",
+  "autovacuum_analyze_scale_factor = 0",
+  "autovacuum_analyze_threshold = 10000",
+].join(", ");
 
 /**
  * The DDL of the outbox, idempotent (`IF NOT EXISTS` everywhere). `sql/schema.sql` in the
@@ -71,7 +82,7 @@ export function resolveNames(options: SchemaOptions = {}): SchemaNames {
  */
 export function schemaSql(options: SchemaOptions = {}): string {
   const n = resolveNames(options);
-  return `-- @outbox/store-postgres schema v2 for ${n.qualifiedTable}. Idempotent: safe to run again.
+  return `-- @outbox/store-postgres schema v3 for ${n.qualifiedTable}. Idempotent: safe to run again.
 CREATE SCHEMA IF NOT EXISTS ${n.quotedSchema};
 
 CREATE TABLE IF NOT EXISTS ${n.qualifiedTable} (
@@ -92,16 +103,29 @@ CREATE TABLE IF NOT EXISTS ${n.qualifiedTable} (
   settled_at      timestamptz
 ) WITH (fillfactor = 50);
 
+-- v3: vacuum and analyze by row count, not by a fraction of a table that keeps growing: dead index
+-- entries left by acks stay few, so the claim's index scans stay short.
+DO $$ BEGIN
+  IF NOT EXISTS (
+    SELECT 1 FROM pg_class c, unnest(coalesce(c.reloptions, '{}')) AS o
+    WHERE c.oid = '${n.qualifiedTable}'::regclass AND o LIKE 'autovacuum_vacuum_threshold=%'
+  ) THEN
+    ALTER TABLE ${n.qualifiedTable} SET (${autovacuumSettings});
+  END IF;
+END $$;
+
 -- v2: the fence a lease was taken under; a claim with a newer token of that lock takes it over.
 ALTER TABLE ${n.qualifiedTable} ADD COLUMN IF NOT EXISTS lease_lock text;
 ALTER TABLE ${n.qualifiedTable} ADD COLUMN IF NOT EXISTS lease_token numeric;
 
--- Claim scan: pending entries in id order.
+-- v3: every claim statement has exactly one index it can use, whatever the statistics say.
+-- Claim windows: pending entries in id order.
 CREATE INDEX IF NOT EXISTS ${n.pendingIndex} ON ${n.qualifiedTable} (id) WHERE status = 'pending';
--- Key heads and runs: the oldest pending entries of a key, and the distinct pending keys.
-CREATE INDEX IF NOT EXISTS ${n.keyIndex} ON ${n.qualifiedTable} (key, id) WHERE status = 'pending' AND key IS NOT NULL;
--- Keyless pending entries, for claims that look past the oldest window.
-CREATE INDEX IF NOT EXISTS ${n.keylessIndex} ON ${n.qualifiedTable} (id) WHERE status = 'pending' AND key IS NULL;
+-- The claim's look past its windows: the first pending entry of each key, keyless entries last.
+-- "settled_at IS NULL" is pending said otherwise (every settle sets it, requeueing clears it); a
+-- predicate of its own keeps the planner from answering those lookups with the index above.
+CREATE INDEX IF NOT EXISTS ${n.keyIndex} ON ${n.qualifiedTable} (key, id) WHERE settled_at IS NULL;
+DROP INDEX IF EXISTS ${n.formerIndexes.join(", ")};
 -- Retention: published and dead entries by settle time.
 CREATE INDEX IF NOT EXISTS ${n.settledIndex} ON ${n.qualifiedTable} (settled_at) WHERE status <> 'pending';
 -- Dead letters, oldest first.

@@ -21,7 +21,9 @@ import {
   type Unsubscribe,
   WakeUpListeners,
 } from "@outbox/core";
-import { closedError, isConnectionError, storeError } from "./errors.js";
+import { claimSql, entryColumns } from "./claim.js";
+import { closedError, isConnectionError, sqlState, storeError } from "./errors.js";
+import { fenceColumns, fenceCte, fenceGuard } from "./fence.js";
 import {
   type ListenConnection,
   type PGliteListenApi,
@@ -81,6 +83,14 @@ export interface PostgresStoreOptions extends SchemaOptions {
    */
   asyncAcks?: boolean;
   /**
+   * Claims run on at most two connections of the store's own, opened with the pool's settings,
+   * whose sessions carry `statement_timeout = claimTimeoutMs` (and `jit = off`): a claim that runs
+   * longer fails with OUTBOX_STORE_UNAVAILABLE (`details.sqlState` "57014") and the relay claims
+   * again, while each claim stays one round trip. Default 5000. `false`: claims run on `pool`
+   * with its own sessions' settings. With `db`, claims always run on `db`.
+   */
+  claimTimeoutMs?: number | false;
+  /**
    * Run relay-side statements as named prepared statements (pg's `{ name, text, values }`), so
    * PostgreSQL parses and plans them once per connection. Default: true with `pool`, false with
    * `db` (PGlite has no such API). Turn off behind a transaction-mode PgBouncer older than 1.21.
@@ -98,19 +108,6 @@ export interface PostgresStoreOptions extends SchemaOptions {
   onError?: (error: OutboxError) => void;
 }
 
-// The byte count lets the client decode the base64 payload straight into the entry's own array.
-const entryColumns = (alias: string) => `${alias}.id::text AS id, ${alias}.topic, ${alias}.key,
-  encode(${alias}.payload, 'base64') AS payload, length(${alias}.payload) AS payload_bytes,
-  ${alias}.headers::text AS headers, coalesce(${alias}.idempotency_key, ${alias}.id::text) AS idempotency_key,
-  (extract(epoch FROM ${alias}.created_at) * 1000)::float8 AS created_at,
-  (extract(epoch FROM ${alias}.available_at) * 1000)::float8 AS available_at,
-  ${alias}.attempts, ${alias}.last_error`;
-
-/**
- * A claim first looks for key heads among the oldest `limit x this` pending entries; only when
- * that window holds too few claimable heads does it walk the distinct pending keys.
- */
-const claimWindowFactor = 4;
 /** Attempts of an idempotent statement whose connection failed (see #run). */
 const connectionRetries = 3;
 const channelPattern = /^[A-Za-z0-9_.:$-]+$/;
@@ -255,7 +252,11 @@ export class PostgresStore implements OutboxStore<Queryable> {
   readonly #sql: ReturnType<typeof buildStatements>;
   readonly #prepared: boolean;
   readonly #statementNames = new Map<string, string>();
-  #jitActive: Promise<boolean> | undefined;
+  readonly #claimStatements = new Map<string, string>();
+  /** Where the claim's next key walk starts: each walk goes on from where the last one stopped. */
+  #walkFrom = "";
+  readonly #claimPool: ClaimPool | null;
+  readonly #claimTimeoutMs: number | null;
 
   constructor(options: PostgresStoreOptions) {
     if (!options || (options.pool && options.db) || !(options.pool ?? options.db)) {
@@ -290,6 +291,11 @@ export class PostgresStore implements OutboxStore<Queryable> {
     };
     this.#sql = buildStatements(this.names);
     this.#prepared = options.preparedStatements ?? options.pool !== undefined;
+
+    const timeout = options.claimTimeoutMs ?? 5_000;
+    if (timeout !== false) positiveInteger(timeout, "claimTimeoutMs");
+    this.#claimPool = timeout === false || !this.#pool ? null : openClaimPool(this.#pool, timeout, this.#onError);
+    this.#claimTimeoutMs = this.#claimPool ? (timeout as number) : null;
 
     const pool = this.#pool;
     if (pool && typeof pool.on === "function") {
@@ -367,13 +373,17 @@ export class PostgresStore implements OutboxStore<Queryable> {
     const limit = positiveInteger(request.limit, "limit");
     const leaseMs = positiveInteger(request.leaseMs, "leaseMs");
     const now = this.#clock.now();
-    const params: unknown[] = [iso(now), iso(now + leaseMs), limit, request.claimer, limit * claimWindowFactor];
-    const rows = await this.#run(
-      "claim",
-      request.fence ? this.#sql.claimFenced : this.#sql.claim,
-      params,
-      request.fence,
-    );
+    const fenced = request.fence !== undefined;
+    const cacheKey = `${limit}:${fenced}`;
+    let sql = this.#claimStatements.get(cacheKey);
+    if (sql === undefined) {
+      sql = claimSql(this.names, limit, fenced);
+      this.#claimStatements.set(cacheKey, sql);
+    }
+    const params = [iso(now), iso(now + leaseMs), request.claimer, this.#walkFrom];
+    const rows = await this.#run("claim", sql, params, request.fence);
+    const walkNext = rows[0]?.walk_next;
+    if (typeof walkNext === "string") this.#walkFrom = walkNext;
     return rows.filter((row) => row.id !== null).map(toEntry);
   }
 
@@ -515,6 +525,7 @@ export class PostgresStore implements OutboxStore<Queryable> {
     if (this.#closed) return;
     this.#closed = true;
     await this.#wakeUps.close();
+    await this.#claimPool?.end();
     if (this.#pool && this.#poolErrorHandler) this.#pool.removeListener("error", this.#poolErrorHandler);
   }
 
@@ -524,13 +535,20 @@ export class PostgresStore implements OutboxStore<Queryable> {
    * hands out another): one killed backend then costs no lease-length delay.
    */
   async #run(operation: string, sql: string, params: unknown[], fence?: Fence, idempotent = false): Promise<Row[]> {
-    const send = operation === "claim" ? this.#claimQuery.bind(this) : this.#query.bind(this);
+    const db = operation === "claim" && this.#claimPool ? this.#claimPool : this.#db;
     if (fence) params.push(String(fence.lock), fence.token.toString());
     let rows: Row[] | undefined;
     for (let attempt = 1; rows === undefined; attempt++) {
       try {
-        rows = (await send(sql, params)).rows as Row[];
+        rows = (await this.#query(sql, params, db)).rows as Row[];
       } catch (error) {
+        if (operation === "claim" && sqlState(error) === "57014" && this.#claimTimeoutMs !== null) {
+          throw new OutboxError(
+            OutboxErrorCode.StoreUnavailable,
+            `claim ran longer than claimTimeoutMs (${this.#claimTimeoutMs} ms) and was cancelled`,
+            { cause: error, details: { operation, sqlState: "57014", timeoutMs: this.#claimTimeoutMs } },
+          );
+        }
         if (!idempotent || attempt >= connectionRetries || !isConnectionError(error) || this.#closed) {
           throw storeError(operation, error);
         }
@@ -561,41 +579,6 @@ export class PostgresStore implements OutboxStore<Queryable> {
     return (db as unknown as PgConfigQueryable).query({ name, text, values: params });
   }
 
-  /**
-   * The claim's worst-case row estimates (a run per key) cross `jit_above_cost`, and compiling
-   * it costs far more than running it (60-800 ms against ~5 ms). Where the server would JIT,
-   * the claim runs with `SET LOCAL jit = off` on a pooled connection of its own.
-   */
-  async #claimQuery(text: string, params: unknown[]): Promise<{ rows: unknown[] }> {
-    const pool = this.#pool;
-    if (!pool?.connect) return this.#query(text, params);
-    this.#jitActive ??= this.#db
-      .query("SELECT (pg_jit_available() AND current_setting('jit')::boolean) AS jit", [])
-      .then(({ rows }) => (rows[0] as Row | undefined)?.jit === true)
-      .catch(() => true);
-    if (!(await this.#jitActive)) return this.#query(text, params);
-    const client = await pool.connect();
-    // A checked-out client whose backend dies emits "error"; unheard, that would crash the process.
-    // The failing query rejects with it anyway.
-    const ignore = () => undefined;
-    client.on?.("error", ignore);
-    let failure: unknown;
-    try {
-      await client.query("BEGIN", []);
-      await client.query("SET LOCAL jit = off", []);
-      const result = await this.#query(text, params, client);
-      await client.query("COMMIT", []);
-      return result;
-    } catch (error) {
-      failure = error;
-      await client.query("ROLLBACK", []).catch(() => undefined);
-      throw error;
-    } finally {
-      client.removeListener?.("error", ignore);
-      client.release(isConnectionError(failure) ? (failure as Error) : undefined);
-    }
-  }
-
   #wake(): void {
     if (!this.#closed) this.#wakeUps.wake();
   }
@@ -603,6 +586,34 @@ export class PostgresStore implements OutboxStore<Queryable> {
   #assertOpen(): void {
     if (this.#closed) throw closedError();
   }
+}
+
+/** A pg Pool of the store's own for claims (see PostgresStoreOptions.claimTimeoutMs). */
+interface ClaimPool extends Queryable {
+  on(event: "connect", listener: (client: Queryable) => void): unknown;
+  on(event: "error", listener: (error: Error) => void): unknown;
+  end(): Promise<void>;
+}
+
+/**
+ * Opens the claim pool from the user's pool's class and options (pg-pool keeps both), so it
+ * reaches the same server with the same credentials. Null when the pool is not a pg Pool.
+ */
+function openClaimPool(pool: PgPoolLike, timeoutMs: number, onError: (error: OutboxError) => void): ClaimPool | null {
+  const PoolClass = (pool as { constructor?: unknown }).constructor;
+  if (typeof PoolClass !== "function" || typeof pool.options !== "object" || pool.options === null) return null;
+  if (typeof pool.connect !== "function" || !pool.Client) return null;
+  const claims = new (PoolClass as new (options: object) => ClaimPool)({ ...pool.options, max: 2 });
+  claims.on("connect", (client) => {
+    // Queued before the claim that made the pool connect: pg runs a client's queries in order.
+    // The claim's plan has one shape whatever its parameters (see claim.ts): plan it once per
+    // session, and never spend a claim's time compiling it.
+    client
+      .query(`SET statement_timeout = ${timeoutMs}; SET jit = off; SET plan_cache_mode = force_generic_plan`)
+      .catch(() => undefined);
+  });
+  claims.on("error", (error) => onError(storeError("idle claim connection", error)));
+  return claims;
 }
 
 function checkNul(prepared: readonly PreparedMessage[]): void {
@@ -626,18 +637,6 @@ function checkNul(prepared: readonly PreparedMessage[]): void {
 /** Every statement the store runs, built once per table (identifiers are validated and quoted). */
 function buildStatements(n: SchemaNames) {
   const t = n.qualifiedTable;
-  // The fence parameters always come last ($k lock name, $k+1 token): see #run. The upsert keeps
-  // the greater token and returns it, so a refusal reports the true newest token even when a
-  // newer leader's statement committed a moment ago.
-  const fenceCte = (k: number) => `fence AS (
-    INSERT INTO ${n.qualifiedFence} AS f (lock_name, token) VALUES ($${k}, $${k + 1}::numeric)
-    ON CONFLICT (lock_name) DO UPDATE SET token = greatest(f.token, excluded.token)
-    RETURNING token
-  )`;
-  const fenceColumns = (k: number) => `(SELECT count(*) FROM fence WHERE token = $${k + 1}::numeric)::int AS fence_ok,
-    (SELECT token::text FROM fence) AS newest_token`;
-  const fenceGuard = (k: number) => `AND EXISTS (SELECT 1 FROM fence WHERE token = $${k + 1}::numeric)`;
-
   const enqueueInsert = `ins AS (
     INSERT INTO ${t} (topic, key, payload, headers, idempotency_key, created_at, available_at)
     SELECT v.topic, v.key, decode(v.payload, 'base64'), v.headers::json, v.idem, $6::timestamptz, v.available_at
@@ -647,135 +646,6 @@ function buildStatements(n: SchemaNames) {
     RETURNING id
   )`;
 
-  /**
-   * The claim, in one statement (params: $1 now, $2 lease end, $3 limit, $4 claimer, $5 window,
-   * then the fence). Its cost does not grow with the backlog behind a key:
-   * 1. Key heads are looked for among the oldest pending entries, ids from the oldest to
-   *    (oldest + limit x 4). No pending entry lies below the oldest, so the first pending entry of
-   *    each key in that window is the key's head: one pass and a sort, no probe per entry, however
-   *    many entries of one key the window holds (keys compare bytewise, COLLATE "C": fast, and two
-   *    different keys never count as one). The oldest 2 x limit claimable heads are locked with
-   *    SKIP LOCKED in id order: a head another claim holds is skipped, and its key with it, so two
-   *    claimers never share a key.
-   * 2. Only when that window yields fewer than `limit` heads and more entries lie past it, a loose
-   *    index scan over (key, id) visits each pending key once for heads past the window (and the
-   *    keyless index supplies keyless ones).
-   * 3. Each head's run follows from the (key, id) index, a fair share of `limit` per key; the run
-   *    stops before its first successor that is not claimable or not lockable.
-   * Rows a scan has found are locked through their ctid (a TID scan: one page read per row, no
-   * second index descent). The version found is visible to this statement's snapshot, so it cannot
-   * be pruned meanwhile; a version updated since is followed to its newest one by the row lock,
-   * and the conditions are checked again there (READ COMMITTED), as for any FOR UPDATE.
-   * Claimable: available now and unleased, lease expired, or (with a fence) leased under an
-   * older token of the same lock: a new leader takes a deposed leader's entries over at once.
-   */
-  // Is there a pending entry of this key below `id`? Read downwards from `id`, never below the
-  // oldest pending id: acked entries not yet vacuumed sit at the bottom of a key's range.
-  const earlierPending = (key: string, id: string) => `SELECT 1 FROM ${t} p
-        WHERE p.key = ${key} AND p.status = 'pending' AND p.id < ${id} AND p.id >= (SELECT id FROM oldest)
-        ORDER BY p.key DESC, p.id DESC LIMIT 1`;
-  const claimable = (a: string, fenced: boolean) => `${a}.available_at <= $1::timestamptz
-    AND (${a}.lease_until IS NULL OR ${a}.lease_until <= $1::timestamptz${
-      fenced ? ` OR (${a}.lease_lock = $6 AND ${a}.lease_token < $7::numeric)` : ""
-    })`;
-  const claim = (fenced: boolean) => `WITH RECURSIVE ${fenced ? `${fenceCte(6)},` : ""}
-  oldest AS MATERIALIZED (
-    SELECT min(id) AS id FROM ${t} WHERE status = 'pending'
-  ),
-  edge AS MATERIALIZED (SELECT id + $5 AS id FROM oldest),
-  near_window AS MATERIALIZED (
-    SELECT DISTINCT ON (o.key IS NULL, coalesce(o.key, o.id::text) COLLATE "C")
-      o.id, o.ctid AS row, ${claimable("o", fenced)} AS ok
-    FROM ${t} o
-    WHERE o.status = 'pending' AND o.id >= (SELECT id FROM oldest) AND o.id < (SELECT id FROM edge)
-    ORDER BY o.key IS NULL, coalesce(o.key, o.id::text) COLLATE "C", o.id
-  ),
-  near_heads AS MATERIALIZED (
-    SELECT o.id, o.key FROM ${t} o
-    WHERE o.ctid = ANY (ARRAY(SELECT row FROM near_window WHERE ok ORDER BY id LIMIT 2 * $3))
-      AND o.status = 'pending' AND ${claimable("o", fenced)}
-      ${fenced ? fenceGuard(6) : ""}
-    ORDER BY o.id
-    LIMIT $3
-    FOR UPDATE OF o SKIP LOCKED
-  ),
-  past AS MATERIALIZED (
-    SELECT (SELECT count(*) FROM near_heads) < $3
-      AND EXISTS (SELECT 1 FROM ${t} WHERE status = 'pending' AND id >= (SELECT id FROM edge)) AS needed
-  ),
-  far_keys AS (
-    (SELECT max(key) AS key FROM ${t} WHERE status = 'pending' AND key IS NOT NULL AND (SELECT needed FROM past))
-    UNION ALL
-    SELECT (SELECT max(o.key) FROM ${t} o WHERE o.status = 'pending' AND o.key < f.key)
-    FROM far_keys f WHERE f.key IS NOT NULL
-  ),
-  far_candidates AS (
-    SELECT h.id FROM far_keys f
-    CROSS JOIN LATERAL (
-      SELECT p.id FROM ${t} p
-      WHERE p.status = 'pending' AND p.key = f.key AND p.id >= (SELECT id FROM edge)
-      ORDER BY p.key, p.id LIMIT 1
-    ) h
-    WHERE f.key IS NOT NULL
-      AND NOT EXISTS (${earlierPending("f.key", "(SELECT id FROM edge)")})
-  ),
-  far_heads AS MATERIALIZED (
-    SELECT o.id, o.key FROM ${t} o
-    WHERE o.id IN (SELECT id FROM far_candidates) AND o.status = 'pending' AND ${claimable("o", fenced)}
-      ${fenced ? fenceGuard(6) : ""}
-    ORDER BY o.id
-    LIMIT greatest($3 - (SELECT count(*) FROM near_heads), 0)
-    FOR UPDATE OF o SKIP LOCKED
-  ),
-  far_keyless AS MATERIALIZED (
-    SELECT o.id, o.key FROM ${t} o
-    WHERE (SELECT needed FROM past) AND o.status = 'pending' AND o.key IS NULL
-      AND o.id >= (SELECT id FROM edge) AND ${claimable("o", fenced)}
-      ${fenced ? fenceGuard(6) : ""}
-    ORDER BY o.id
-    LIMIT greatest($3 - (SELECT count(*) FROM near_heads), 0)
-    FOR UPDATE OF o SKIP LOCKED
-  ),
-  heads AS (
-    SELECT id, key FROM near_heads UNION ALL SELECT id, key FROM far_heads UNION ALL SELECT id, key FROM far_keyless
-  ),
-  share AS (
-    SELECT ceil($3::float8 / greatest(count(*), 1))::int - 1 AS n FROM heads WHERE key IS NOT NULL
-  ),
-  succ AS MATERIALIZED (
-    SELECT s.id, s.key, s.ok, s.row FROM heads h
-    CROSS JOIN LATERAL (
-      SELECT p.id, p.key, (${claimable("p", fenced)}) AS ok, p.ctid AS row FROM ${t} p
-      WHERE p.status = 'pending' AND p.key = h.key AND p.id > h.id
-      ORDER BY p.id LIMIT (SELECT n FROM share)
-    ) s
-    WHERE h.key IS NOT NULL
-  ),
-  succ_locked AS MATERIALIZED (
-    SELECT o.id, o.key FROM ${t} o
-    WHERE o.ctid = ANY (ARRAY(SELECT row FROM succ WHERE ok)) AND o.status = 'pending' AND ${claimable("o", fenced)}
-    FOR UPDATE OF o SKIP LOCKED
-  ),
-  stops AS (
-    SELECT s.key, min(s.id) AS stop FROM succ s LEFT JOIN succ_locked l ON l.id = s.id
-    WHERE l.id IS NULL GROUP BY s.key
-  ),
-  chosen AS (
-    SELECT id FROM heads
-    UNION ALL
-    SELECT l.id FROM succ_locked l LEFT JOIN stops st ON st.key = l.key WHERE st.stop IS NULL OR l.id < st.stop
-    ORDER BY id LIMIT $3
-  ),
-  claimed AS (
-    UPDATE ${t} o SET attempts = o.attempts + 1, claimed_by = $4, lease_until = $2::timestamptz,
-      lease_lock = ${fenced ? "$6" : "NULL"}, lease_token = ${fenced ? "$7::numeric" : "NULL"}
-    FROM chosen c WHERE o.id = c.id
-    RETURNING o.*
-  )
-  SELECT ${fenced ? `${fenceColumns(6)},` : ""} ${entryColumns("c")}
-  FROM (SELECT 1) AS one LEFT JOIN claimed c ON true
-  ORDER BY c.id`;
-
   return {
     enqueue: `WITH ${enqueueInsert} SELECT ins.id::text AS id FROM ins ORDER BY ins.id`,
     // One notification per statement, sent at commit of the caller's transaction.
@@ -783,9 +653,7 @@ function buildStatements(n: SchemaNames) {
       SELECT ins.id::text AS id FROM ins
       WHERE (SELECT count(*) FROM (SELECT pg_notify($8, '')) AS wake) = 1
       ORDER BY ins.id`,
-    claim: claim(false),
-    claimFenced: claim(true),
-    ack: (fenced: boolean, asyncCommit: boolean) => `WITH ${fenced ? `${fenceCte(3)},` : ""}
+    ack: (fenced: boolean, asyncCommit: boolean) => `WITH ${fenced ? `${fenceCte(n, 3)},` : ""}
     acked AS (
       UPDATE ${t} SET status = 'published', settled_at = $2::timestamptz, lease_until = NULL
       WHERE id = ANY($1::bigint[]) AND status = 'pending' ${fenced ? fenceGuard(3) : ""}
@@ -794,7 +662,7 @@ function buildStatements(n: SchemaNames) {
     SELECT ${fenced ? `${fenceColumns(3)},` : ""}
       (SELECT count(*) FROM acked WHERE key IS NOT NULL)::int AS keyed
       ${asyncCommit ? ", set_config('synchronous_commit', 'off', true) AS commit_mode" : ""}`,
-    retry: (fenced: boolean) => `WITH ${fenced ? `${fenceCte(5)},` : ""}
+    retry: (fenced: boolean) => `WITH ${fenced ? `${fenceCte(n, 5)},` : ""}
     updated AS (
       UPDATE ${t} o SET last_error = v.error, available_at = v.available_at, lease_until = NULL, claimed_by = NULL
       FROM unnest($1::bigint[], $2::text[], $3::timestamptz[]) AS v(id, error, available_at)
@@ -802,7 +670,7 @@ function buildStatements(n: SchemaNames) {
       RETURNING 1
     )
     SELECT ${fenced ? `${fenceColumns(5)},` : ""} (SELECT count(*) FROM updated)::int AS n`,
-    deadLetter: (fenced: boolean) => `WITH ${fenced ? `${fenceCte(5)},` : ""}
+    deadLetter: (fenced: boolean) => `WITH ${fenced ? `${fenceCte(n, 5)},` : ""}
     updated AS (
       UPDATE ${t} o SET status = 'dead', last_error = v.error, settled_at = $4::timestamptz, lease_until = NULL
       FROM unnest($1::bigint[], $2::text[]) AS v(id, error)
@@ -810,7 +678,7 @@ function buildStatements(n: SchemaNames) {
       RETURNING 1
     )
     SELECT ${fenced ? `${fenceColumns(5)},` : ""} (SELECT count(*) FROM updated)::int AS n`,
-    release: (fenced: boolean) => `WITH ${fenced ? `${fenceCte(3)},` : ""}
+    release: (fenced: boolean) => `WITH ${fenced ? `${fenceCte(n, 3)},` : ""}
     updated AS (
       UPDATE ${t} SET attempts = greatest(attempts - 1, 0), lease_until = NULL, claimed_by = NULL
       WHERE id = ANY($1::bigint[]) AND status = 'pending' AND claimed_by = $2 ${fenced ? fenceGuard(3) : ""}

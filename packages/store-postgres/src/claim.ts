@@ -1,0 +1,137 @@
+import { fenceColumns, fenceCte, fenceGuard } from "./fence.js";
+import type { SchemaNames } from "./schema.js";
+
+/** The claim reads the oldest `limit x this` pending entries... */
+export const nearWindowFactor = 4;
+/** ...and, only when they hold fewer than `limit` claimable entries, the next `limit x this`. */
+export const farWindowFactor = 16;
+/** ...and, only when both still hold fewer, the heads of up to `limit x this` keys past them. */
+export const walkFactor = 4;
+
+// The byte count lets the client decode the base64 payload straight into the entry's own array.
+export const entryColumns = (alias: string) => `${alias}.id::text AS id, ${alias}.topic, ${alias}.key,
+  encode(${alias}.payload, 'base64') AS payload, length(${alias}.payload) AS payload_bytes,
+  ${alias}.headers::text AS headers, coalesce(${alias}.idempotency_key, ${alias}.id::text) AS idempotency_key,
+  (extract(epoch FROM ${alias}.created_at) * 1000)::float8 AS created_at,
+  (extract(epoch FROM ${alias}.available_at) * 1000)::float8 AS available_at,
+  ${alias}.attempts, ${alias}.last_error`;
+
+/**
+ * The claim, one statement. Parameters: $1 now, $2 lease end, $3 claimer, $4 the key the walk
+ * starts at ('' for the first), then the fence ($5 lock, $6 token). `limit` is written into the
+ * text, so every plan, generic or not, knows how few rows each step reads. Result rows are the
+ * claimed entries, each also carrying `walk_next` (see step 4) and, fenced, the fence columns.
+ *
+ * Its cost is bounded by `limit` whatever the planner believes about the table: every step is a
+ * LIMITed scan in the order of one index (pending entries by id, or by key then id), a sort of
+ * rows already read, or a lookup by ctid or id. No join strategy is left to the planner, and no
+ * step can be answered without a sort by any index but the one it is written for (the trap of a
+ * plan built on stale statistics).
+ *
+ * 1. `near`: the oldest `4 x limit` pending entries, in id order. No pending entry lies below the
+ *    oldest one, so the entries of a key in the window are the first pending entries of that key,
+ *    in order: a key's run can be read off the window alone, with no probe per key.
+ * 2. An entry is open when it and every earlier entry of its key in the window are claimable
+ *    (available, and unleased, lease expired, or leased under an older token of this lock). A key
+ *    whose head is leased or waiting for a retry is closed entirely.
+ * 3. `far`: only when `near` has fewer than `limit` open entries (the oldest entries belong to
+ *    keys held by another relay, frozen or not, or waiting for a retry), the next `16 x limit`
+ *    pending entries are read too, and (1, 2) hold for both windows together.
+ * 4. Only when both windows together still hold fewer than `limit` open entries, the claim looks
+ *    past them, so keys held back behind a long wall of blocked entries still move:
+ *    `walk` visits up to `4 x limit` distinct keys in key order from `$4`, one index probe each,
+ *    for heads past the windows (one entry per key and claim); `walk_next` is where the next walk
+ *    starts (NULL: no walk ran, '': this one reached the last key). `keyless` reads the next
+ *    `16 x limit` keyless entries past the windows, each of them a run of its own.
+ * 5. Open entries are locked one by one in id order, through the ctid the scan saw (a nested
+ *    loop over the candidates: a LATERAL leaves the planner no other way), skipping rows another
+ *    claim holds, until `limit` are locked. A row updated since is followed to its newest
+ *    version and checked again, as any FOR UPDATE does.
+ * 6. A key's run stops before its first open entry that was not locked, so two claims never
+ *    share a key; what remains is leased.
+ */
+export function claimSql(n: SchemaNames, limit: number, fenced: boolean): string {
+  const t = n.qualifiedTable;
+  const walkSteps = limit * walkFactor;
+  const claimable = (a: string) => `${a}.available_at <= $1::timestamptz
+      AND (${a}.lease_until IS NULL OR ${a}.lease_until <= $1::timestamptz${
+        fenced ? ` OR (${a}.lease_lock = $5 AND ${a}.lease_token < $6::numeric)` : ""
+      })`;
+  const guard = fenced ? fenceGuard(5) : "";
+  // A keyed entry belongs to its key's run; a keyless entry is a run of its own.
+  const byRun = `PARTITION BY key COLLATE "C", (CASE WHEN key IS NULL THEN id END) ORDER BY id`;
+  const byId = (condition: string, rows: number) => `SELECT o.id, o.key, o.ctid AS row, ${claimable("o")} AS ok
+    FROM ${t} o
+    WHERE o.status = 'pending' ${condition} ${guard}
+    ORDER BY o.id LIMIT ${rows}`;
+  // "settled_at IS NULL" (pending, said otherwise) matches the predicate of the (key, id) index
+  // and not the one of the pending index, and ORDER BY key, id (no equality on key) is an order
+  // only that index yields without a sort: the planner has one index to walk keys with.
+  const nextKey = (from: string) => `SELECT o.key, o.id, o.ctid AS row, ${claimable("o")} AS ok
+      FROM ${t} o
+      WHERE o.settled_at IS NULL AND o.key IS NOT NULL AND ${from} ${guard}
+      ORDER BY o.key, o.id LIMIT 1`;
+  return `WITH RECURSIVE ${fenced ? `${fenceCte(n, 5)},` : ""}
+  near AS MATERIALIZED (${byId("", limit * nearWindowFactor)}),
+  near_open AS MATERIALIZED (
+    SELECT count(*) FILTER (WHERE open) AS n FROM (SELECT bool_and(ok) OVER (${byRun}) AS open FROM near) r
+  ),
+  far AS MATERIALIZED (${byId(
+    `AND o.id > (SELECT max(id) FROM near) AND (SELECT n FROM near_open) < ${limit}`,
+    limit * farWindowFactor,
+  )}),
+  windows AS MATERIALIZED (
+    SELECT id, key, row, bool_and(ok) OVER (${byRun}) AS open
+    FROM (SELECT * FROM near UNION ALL SELECT * FROM far) w
+  ),
+  walk AS (
+    SELECT 1 AS step, s.* FROM (${nextKey(`o.key >= $4 AND (SELECT count(*) FILTER (WHERE open) FROM windows) < ${limit}`)}) s
+    UNION ALL
+    SELECT w.step + 1, s.* FROM walk w CROSS JOIN LATERAL (${nextKey("o.key > w.key")}) s
+    WHERE w.step < ${walkSteps}
+  ),
+  keyless AS MATERIALIZED (
+    SELECT o.id, o.key, o.ctid AS row, ${claimable("o")} AS ok
+    FROM ${t} o
+    WHERE o.settled_at IS NULL AND o.key IS NULL AND o.id > (SELECT max(id) FROM windows)
+      AND (SELECT count(*) FILTER (WHERE open) FROM windows) < ${limit} ${guard}
+    ORDER BY o.key, o.id LIMIT ${limit * farWindowFactor}
+  ),
+  candidates AS MATERIALIZED (
+    SELECT id, key, row FROM windows WHERE open
+    UNION ALL
+    SELECT id, key, row FROM walk WHERE ok AND id > (SELECT max(id) FROM windows)
+    UNION ALL
+    SELECT id, key, row FROM keyless WHERE ok
+  ),
+  locked AS MATERIALIZED (
+    SELECT l.id FROM (SELECT row FROM candidates ORDER BY id) c
+    CROSS JOIN LATERAL (
+      SELECT o.id FROM ${t} o
+      WHERE o.ctid = c.row AND o.status = 'pending' AND ${claimable("o")}
+      FOR UPDATE OF o SKIP LOCKED
+    ) l
+    LIMIT ${limit}
+  ),
+  chosen AS (
+    SELECT id FROM (
+      SELECT id, bool_and(got) OVER (${byRun}) AS kept FROM (
+        SELECT id, max(key) AS key, bool_or(got) AS got FROM (
+          SELECT id, key, false AS got FROM candidates UNION ALL SELECT id, NULL, true FROM locked
+        ) m GROUP BY id
+      ) g
+    ) r
+    WHERE kept
+  ),
+  claimed AS (
+    UPDATE ${t} o SET attempts = o.attempts + 1, claimed_by = $3, lease_until = $2::timestamptz,
+      lease_lock = ${fenced ? "$5" : "NULL"}, lease_token = ${fenced ? "$6::numeric" : "NULL"}
+    WHERE o.id = ANY (ARRAY(SELECT id FROM chosen))
+    RETURNING o.*
+  )
+  SELECT ${fenced ? `${fenceColumns(5)},` : ""} ${entryColumns("c")},
+    (SELECT CASE WHEN count(*) = 0 THEN NULL WHEN count(*) < ${walkSteps} THEN '' ELSE max(key) END FROM walk)
+      AS walk_next
+  FROM (SELECT 1) AS one LEFT JOIN claimed c ON true
+  ORDER BY c.id`;
+}
