@@ -32,7 +32,7 @@ const now = new Date().toISOString();
 const client = await pool.connect();
 await client.query("SET jit = off");
 for (let i = 0; i < 3; i++) {
-  const { rows } = await client.query(`EXPLAIN (ANALYZE, BUFFERS) ${sql}`, [now, now, "x", ""]);
+  const { rows } = await client.query(`EXPLAIN (ANALYZE, BUFFERS) ${sql}`, [now, now, "x", "", "0"]);
   if (i === 2 || process.env.ALL) console.log(rows.map((r) => r["QUERY PLAN"]).join("\n"));
 }
 client.release();

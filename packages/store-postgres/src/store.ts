@@ -253,8 +253,9 @@ export class PostgresStore implements OutboxStore<Queryable> {
   readonly #prepared: boolean;
   readonly #statementNames = new Map<string, string>();
   readonly #claimStatements = new Map<string, string>();
-  /** Where the claim's next key walk starts: each walk goes on from where the last one stopped. */
+  /** Where the claim's next look past its window starts: each goes on where the last one stopped. */
   #walkFrom = "";
+  #keylessFrom = "0";
   readonly #claimPool: ClaimPool | null;
   readonly #claimTimeoutMs: number | null;
 
@@ -380,10 +381,11 @@ export class PostgresStore implements OutboxStore<Queryable> {
       sql = claimSql(this.names, limit, fenced);
       this.#claimStatements.set(cacheKey, sql);
     }
-    const params = [iso(now), iso(now + leaseMs), request.claimer, this.#walkFrom];
+    const params = [iso(now), iso(now + leaseMs), request.claimer, this.#walkFrom, this.#keylessFrom];
     const rows = await this.#run("claim", sql, params, request.fence);
-    const walkNext = rows[0]?.walk_next;
+    const { walk_next: walkNext, keyless_next: keylessNext } = rows[0] ?? {};
     if (typeof walkNext === "string") this.#walkFrom = walkNext;
+    if (typeof keylessNext === "string") this.#keylessFrom = keylessNext;
     return rows.filter((row) => row.id !== null).map(toEntry);
   }
 

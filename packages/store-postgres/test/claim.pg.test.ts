@@ -78,7 +78,7 @@ describe("claims under stale statistics", () => {
       expect(String(estimate.rows[0]["QUERY PLAN"]), "the statistics must be stale for this test").toMatch(/rows=1 /);
       for (const fenced of [false, true]) {
         const now = new Date().toISOString();
-        const params = fenced ? [now, now, "c", "", "lock", "1"] : [now, now, "c", ""];
+        const params = [now, now, "c", "", "0", ...(fenced ? ["lock", "1"] : [])];
         const { rows } = await admin.query(
           `EXPLAIN (FORMAT JSON) ${claimSql(resolveNames({ schema: table.schema }), 256, fenced)}`,
           params,
