@@ -73,6 +73,9 @@ export interface OutboxRelayOptions {
   random?: () => number;
 }
 
+/** How long stop() waits, after the drain timeout, for the store to take back what is unsettled. */
+const releaseGraceMs = 5_000;
+
 function positive(value: number, name: string): number {
   if (!Number.isFinite(value) || value <= 0) {
     throw new OutboxError(OutboxErrorCode.InvalidOptions, `${name} must be a positive number, got ${value}`);
@@ -114,6 +117,8 @@ export class OutboxRelay {
   readonly #inFlight = new Set<Promise<void>>();
   #cycleChain: Promise<unknown> = Promise.resolve();
   #wake = new AbortController();
+  /** Aborted when stop() stops waiting: publishes in flight end, and what is unsettled is released. */
+  #halt = new AbortController();
   #wokenEarly = false;
   #unsubscribe: Unsubscribe | null = null;
   #leader = false;
@@ -193,6 +198,7 @@ export class OutboxRelay {
     if (this.#running) return;
     this.#running = true;
     this.#wake = new AbortController();
+    this.#halt = new AbortController();
     if (this.#store.capabilities.wakeUps && this.#store.subscribe) {
       this.#store
         .subscribe(() => this.#wakeUp())
@@ -208,9 +214,12 @@ export class OutboxRelay {
   }
 
   /**
-   * Stops claiming, waits (up to drainTimeoutMs) for the in-flight batch to be published and
-   * settled, then releases the leader lock. Does not close the store or the publisher: they
-   * belong to the caller.
+   * Stops claiming and waits (up to drainTimeoutMs) for the batches in flight, claims included, to
+   * be published and settled. Past that it reports OUTBOX_DRAIN_TIMEOUT, stops the publishes
+   * still running and releases every entry not yet settled (a claim that returns later is
+   * released at once), waiting up to 5 s more for the store, so no lease outlives the relay.
+   * Then it releases the leader lock. Does not close the store or the publisher: they belong to
+   * the caller.
    */
   async stop(): Promise<void> {
     if (!this.#running && !this.#loop) return;
@@ -218,22 +227,14 @@ export class OutboxRelay {
     this.#wake.abort();
     const loop = this.#loop;
     this.#loop = null;
-    if (loop) {
-      const timeout = new AbortController();
-      const finished = await Promise.race([
-        loop.then(() => true),
-        this.#clock.sleep(this.#drainTimeoutMs, timeout.signal).then(() => false),
-      ]);
-      timeout.abort();
-      if (!finished) {
-        this.#report(
-          new OutboxError(
-            OutboxErrorCode.DrainTimeout,
-            `in-flight batch not settled within ${this.#drainTimeoutMs} ms`,
-          ),
-          "stop",
-        );
-      }
+    if (loop && !(await this.#settlesWithin(loop, this.#drainTimeoutMs))) {
+      const error = new OutboxError(
+        OutboxErrorCode.DrainTimeout,
+        `in-flight batches not settled within ${this.#drainTimeoutMs} ms: releasing them`,
+      );
+      this.#report(error, "stop");
+      this.#halt.abort(error);
+      await this.#settlesWithin(loop, releaseGraceMs);
     }
     const unsubscribe = this.#unsubscribe;
     this.#unsubscribe = null;
@@ -242,6 +243,16 @@ export class OutboxRelay {
     await this.#lock?.release();
     if (grant && this.#leader) this.#events.emit("leadershipLost", { grant, reason: "stopped" });
     this.#leader = false;
+  }
+
+  async #settlesWithin(work: Promise<void>, ms: number): Promise<boolean> {
+    const timeout = new AbortController();
+    const finished = await Promise.race([
+      work.then(() => true),
+      this.#clock.sleep(ms, timeout.signal).then(() => false),
+    ]);
+    timeout.abort();
+    return finished;
   }
 
   /**
@@ -405,6 +416,13 @@ export class OutboxRelay {
   }
 
   async #deliver(entries: OutboxEntry[], context: SettleContext): Promise<void> {
+    if (this.#halt.signal.aborted) {
+      // Claimed after stop() stopped waiting: give it back untouched.
+      const settlement = new RunSettlement();
+      settlement.released.push(...entries);
+      await this.#settleAll(settlement, context);
+      return;
+    }
     if (!this.#stillLeading(context.fence)) {
       // Deposed between claim and publish: publish nothing. The next leader's newer token takes
       // these leases over at once.
@@ -457,6 +475,9 @@ export class OutboxRelay {
         settlement.deadLetter(entry, error, "attempts-exhausted");
       } else if (outcome.status === "published") {
         settlement.acked.push(entry);
+      } else if (this.#halt.signal.aborted) {
+        // The relay is stopping: no attempt counted, no retry delay; another relay takes it now.
+        settlement.giveBack(entry);
       } else if (outcome.status === "permanent") {
         settlement.deadLetter(entry, outcome.error, "permanent");
       } else if (entry.attempts >= this.#retry.maxAttempts) {
@@ -537,7 +558,7 @@ export class OutboxRelay {
     });
     let outcomes: PublishOutcome[];
     try {
-      outcomes = await this.#publisher.publish(batch, { signal: lease.signal });
+      outcomes = await this.#publisher.publish(batch, { signal: AbortSignal.any([lease.signal, this.#halt.signal]) });
       if (!Array.isArray(outcomes) || outcomes.length !== batch.length) {
         throw new OutboxError(
           OutboxErrorCode.PublisherContract,
@@ -604,6 +625,11 @@ class RunSettlement {
 
   deadLetter(entry: OutboxEntry, error: unknown, reason: "permanent" | "attempts-exhausted"): void {
     this.dead.push({ entry, error, reason, item: { id: entry.id, error: describeError(error) } });
+    this.failed.fail(entry);
+  }
+
+  giveBack(entry: OutboxEntry): void {
+    this.released.push(entry);
     this.failed.fail(entry);
   }
 

@@ -250,6 +250,103 @@ describe("OutboxRelay loop", () => {
     expect(publisher.messages).toHaveLength(0);
   });
 
+  it("stop() past the drain timeout releases a claim that was still running: nothing stays leased", async () => {
+    const clock = new ManualClock();
+    const inner = new MemoryStore({ clock });
+    let claimCalled!: () => void;
+    const claiming = new Promise<void>((resolve) => {
+      claimCalled = resolve;
+    });
+    let answerClaim!: () => void;
+    const answer = new Promise<void>((resolve) => {
+      answerClaim = resolve;
+    });
+    // A claim the database answers only after the relay was told to stop.
+    const store: OutboxStore<never> = Object.assign(Object.create(inner) as MemoryStore, {
+      capabilities: { wakeUps: false, transactions: true },
+      claim: async (request: Parameters<MemoryStore["claim"]>[0]) => {
+        claimCalled();
+        await answer;
+        return inner.claim(request);
+      },
+      ack: inner.ack.bind(inner),
+      release: inner.release.bind(inner),
+      stats: inner.stats.bind(inner),
+    });
+    const publisher = new MemoryPublisher();
+    const relay = new OutboxRelay({ store, publisher, clock, drainTimeoutMs: 1_000 });
+    const errors: unknown[] = [];
+    relay.on("error", ({ error }) => errors.push(error));
+    await inner.transaction((tx) =>
+      inner.enqueue(
+        tx,
+        msgs(5, (i) => `k${i % 2}`),
+      ),
+    );
+    relay.start();
+    await claiming;
+    const stopped = relay.stop();
+    await clock.whenSleeping();
+    clock.advance(1_000);
+    await clock.whenSleeping();
+    answerClaim();
+    await stopped;
+    expect(errors.map((error) => (OutboxError.is(error) ? error.code : String(error)))).toEqual([
+      OutboxErrorCode.DrainTimeout,
+    ]);
+    expect(publisher.messages).toHaveLength(0);
+    expect(await inner.stats()).toMatchObject({ pending: 5, inFlight: 0 });
+    const again = await inner.claim({ claimer: "next", limit: 10, leaseMs: 1_000 });
+    expect(
+      again.map((entry) => entry.attempts),
+      "a release does not count the attempt",
+    ).toEqual([1, 1, 1, 1, 1]);
+  });
+
+  it("stop() past the drain timeout aborts a hanging publish and releases its entries", async () => {
+    const clock = new ManualClock();
+    const store = new MemoryStore({ clock });
+    let publishing!: () => void;
+    const started = new Promise<void>((resolve) => {
+      publishing = resolve;
+    });
+    // A broker that never confirms: only the signal ends the call.
+    const hanging: OutboxPublisher = {
+      publish: (entries, options) =>
+        new Promise((resolve) => {
+          publishing();
+          const signal = options?.signal;
+          signal?.addEventListener("abort", () => resolve(entries.map(() => transientFailure(signal.reason))));
+        }),
+      close: async () => undefined,
+    };
+    const relay = new OutboxRelay({ store, publisher: hanging, clock, drainTimeoutMs: 1_000 });
+    relay.on("error", () => undefined);
+    await store.transaction((tx) =>
+      store.enqueue(
+        tx,
+        msgs(3, () => "k"),
+      ),
+    );
+    const enqueuedAt = clock.now();
+    relay.start();
+    await started;
+    const stopped = relay.stop();
+    await clock.whenSleeping();
+    clock.advance(1_000);
+    await stopped;
+    expect(await store.stats()).toMatchObject({ pending: 3, inFlight: 0 });
+    const again = await store.claim({ claimer: "next", limit: 10, leaseMs: 1_000 });
+    expect(
+      again.map((entry) => [entry.attempts, entry.availableAt.getTime()]),
+      "released, not retried: no attempt counted, no retry delay",
+    ).toEqual([
+      [1, enqueuedAt],
+      [1, enqueuedAt],
+      [1, enqueuedAt],
+    ]);
+  });
+
   it("rejects bad options with OUTBOX_INVALID_OPTIONS", () => {
     const store = new MemoryStore();
     const publisher = new MemoryPublisher();
