@@ -9,8 +9,8 @@ CREATE TABLE IF NOT EXISTS "public"."outbox" (
   -- json, not jsonb: header values may hold any string, "\u0000" included, byte for byte.
   headers         json        NOT NULL DEFAULT '{}',
   idempotency_key text,
-  created_at      timestamptz NOT NULL,
-  available_at    timestamptz NOT NULL,
+  created_at      timestamptz NOT NULL DEFAULT now(),
+  available_at    timestamptz NOT NULL DEFAULT now(),
   status          text        NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'published', 'dead')),
   attempts        integer     NOT NULL DEFAULT 0,
   last_error      text,
@@ -27,6 +27,17 @@ DO $$ BEGIN
     WHERE c.oid = '"public"."outbox"'::regclass AND o LIKE 'autovacuum_vacuum_threshold=%'
   ) THEN
     ALTER TABLE "public"."outbox" SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000, autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 10000);
+  END IF;
+END $$;
+
+-- v3: a hand-written INSERT (topic, key, payload) is a valid entry. Checked first: ALTER TABLE
+-- takes a lock that would queue every statement on the table behind a long transaction.
+DO $$ BEGIN
+  IF EXISTS (
+    SELECT 1 FROM pg_attribute a
+    WHERE a.attrelid = '"public"."outbox"'::regclass AND a.attname = 'created_at' AND NOT a.atthasdef
+  ) THEN
+    ALTER TABLE "public"."outbox" ALTER COLUMN created_at SET DEFAULT now(), ALTER COLUMN available_at SET DEFAULT now();
   END IF;
 END $$;
 

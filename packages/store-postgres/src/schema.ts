@@ -93,8 +93,8 @@ CREATE TABLE IF NOT EXISTS ${n.qualifiedTable} (
   -- json, not jsonb: header values may hold any string, "\\u0000" included, byte for byte.
   headers         json        NOT NULL DEFAULT '{}',
   idempotency_key text,
-  created_at      timestamptz NOT NULL,
-  available_at    timestamptz NOT NULL,
+  created_at      timestamptz NOT NULL DEFAULT now(),
+  available_at    timestamptz NOT NULL DEFAULT now(),
   status          text        NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'published', 'dead')),
   attempts        integer     NOT NULL DEFAULT 0,
   last_error      text,
@@ -111,6 +111,17 @@ DO $$ BEGIN
     WHERE c.oid = '${n.qualifiedTable}'::regclass AND o LIKE 'autovacuum_vacuum_threshold=%'
   ) THEN
     ALTER TABLE ${n.qualifiedTable} SET (${autovacuumSettings});
+  END IF;
+END $$;
+
+-- v3: a hand-written INSERT (topic, key, payload) is a valid entry. Checked first: ALTER TABLE
+-- takes a lock that would queue every statement on the table behind a long transaction.
+DO $$ BEGIN
+  IF EXISTS (
+    SELECT 1 FROM pg_attribute a
+    WHERE a.attrelid = '${n.qualifiedTable}'::regclass AND a.attname = 'created_at' AND NOT a.atthasdef
+  ) THEN
+    ALTER TABLE ${n.qualifiedTable} ALTER COLUMN created_at SET DEFAULT now(), ALTER COLUMN available_at SET DEFAULT now();
   END IF;
 END $$;
 

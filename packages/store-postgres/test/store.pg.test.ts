@@ -115,6 +115,19 @@ describe("schema and configuration", () => {
     }
   });
 
+  it("a hand-written INSERT of topic, key and payload is an entry the relay claims", async () => {
+    const { store, schema, cleanup } = await setup();
+    try {
+      await admin.query(`INSERT INTO "${schema}".outbox (topic, key, payload) VALUES ('orders', 'k1', 'hello')`);
+      const [entry] = await store.claim({ claimer: "a", limit: 10, leaseMs: 60_000 });
+      expect(entry).toMatchObject({ topic: "orders", key: "k1", headers: {}, attempts: 1 });
+      expect(new TextDecoder().decode(entry?.payload)).toBe("hello");
+      expect(entry?.idempotencyKey).toBe(entry?.id);
+    } finally {
+      await cleanup();
+    }
+  });
+
   it("ships sql/schema.sql, identical to schemaSql() for the default names", async () => {
     const shipped = await readFile(new URL("../sql/schema.sql", import.meta.url), "utf8");
     expect(shipped).toBe(schemaSql());
