@@ -71,10 +71,13 @@ export function claimSql(n: SchemaNames, limit: number, fenced: boolean): string
     ORDER BY o.id LIMIT ${rows}`;
   // "settled_at IS NULL" (pending, said otherwise) matches the predicate of the (key, id) index
   // and not the one of the pending index, and ORDER BY key, id (no equality on key) is an order
-  // only that index yields without a sort: the planner has one index to walk keys with.
+  // only that index yields without a sort: the planner has one index to walk keys with. No pending
+  // entry lies below the oldest one, so index entries of settled rows below it (not yet vacuumed)
+  // are passed over inside the index, without a visit to the table.
   const nextKey = (from: string) => `SELECT o.key, o.id, o.ctid AS row, ${claimable("o")} AS ok
       FROM ${t} o
-      WHERE o.settled_at IS NULL AND o.key IS NOT NULL AND ${from} ${guard}
+      WHERE o.settled_at IS NULL AND o.key IS NOT NULL AND ${from}
+        AND o.id >= (SELECT min(id) FROM near) ${guard}
       ORDER BY o.key, o.id LIMIT 1`;
   return `WITH RECURSIVE ${fenced ? `${fenceCte(n, 6)},` : ""}
   near AS MATERIALIZED (${byId("", limit * nearWindowFactor)}),
