@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS `outbox` (
   PRIMARY KEY (id),
   -- Claim window and dead letters: entries of one status in id order.
   KEY outbox_pending_idx (status, id),
-  -- Key heads, runs, the distinct pending keys (loose index scan) and keyless entries.
+  -- Key heads and runs (ordered range scans from a cursor) and keyless entries.
   KEY outbox_key_idx (status, key_hash, id),
   -- Retention: settled entries by settle time (pending ones have none).
   KEY outbox_settled_idx (settled_at)

@@ -17,6 +17,30 @@ export function isLockConflict(error: unknown): boolean {
   return errno === ER_LOCK_DEADLOCK || errno === ER_LOCK_WAIT_TIMEOUT;
 }
 
+/** ER_STATEMENT_TIMEOUT (MariaDB, max_statement_time) and ER_QUERY_TIMEOUT (MySQL, MAX_EXECUTION_TIME). */
+const statementTimeoutErrnos = new Set([1969, 3024]);
+
+/** The server stopped the statement at its time limit. */
+export function isStatementTimeout(error: unknown): boolean {
+  const errno = mysqlErrno(error);
+  return errno !== undefined && statementTimeoutErrnos.has(errno);
+}
+
+/**
+ * A claim statement stopped at `statementTimeoutMs`: OUTBOX_STORE_UNAVAILABLE (the relay backs
+ * off and claims again), with `details.statementTimeoutMs` and the server's errno.
+ */
+export function timeoutError(operation: string, timeoutMs: number, cause: unknown): OutboxError {
+  const details: Record<string, unknown> = { operation, statementTimeoutMs: timeoutMs };
+  const errno = mysqlErrno(cause);
+  if (errno !== undefined) details.errno = errno;
+  return new OutboxError(
+    OutboxErrorCode.StoreUnavailable,
+    `${operation} failed: a statement ran past statementTimeoutMs (${timeoutMs} ms) and the server stopped it; nothing was leased`,
+    { cause, details },
+  );
+}
+
 /**
  * Every driver failure of a store operation becomes OUTBOX_STORE_UNAVAILABLE with the driver
  * error as `cause` (its `errno`, `code` and `sqlState` in `details` when present). OutboxErrors pass.

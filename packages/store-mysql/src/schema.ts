@@ -53,7 +53,7 @@ export function resolveNames(options: SchemaOptions = {}): SchemaNames {
   };
 }
 
-/** Index names (per table in MySQL, so fixed). The claim names two of them in FORCE INDEX hints. */
+/** Index names (per table in MySQL, so fixed). The claim names them in FORCE INDEX hints. */
 export const indexNames = {
   pending: "outbox_pending_idx",
   key: "outbox_key_idx",
@@ -95,7 +95,7 @@ export function schemaStatements(options: SchemaOptions = {}): string[] {
   PRIMARY KEY (id),
   -- Claim window and dead letters: entries of one status in id order.
   KEY ${indexNames.pending} (status, id),
-  -- Key heads, runs, the distinct pending keys (loose index scan) and keyless entries.
+  -- Key heads and runs (ordered range scans from a cursor) and keyless entries.
   KEY ${indexNames.key} (status, key_hash, id),
   -- Retention: settled entries by settle time (pending ones have none).
   KEY ${indexNames.settled} (settled_at)
