@@ -1,5 +1,6 @@
-// Adds up the vitest JSON reports of every package and prints one closing line:
-// "tests: N passed, N failed, N skipped". Exits non-zero when a report is missing or failed.
+// Adds up the vitest JSON reports of every package and the chaos run's report, and prints one
+// closing line: "tests: N passed, N failed, N skipped; chaos passed". Exits non-zero when a
+// report is missing or failed.
 // Failed tests are listed just above that line, with the head of their error, because CI keeps
 // only the tail of the output.
 import { existsSync, readdirSync, readFileSync } from "node:fs";
@@ -45,5 +46,23 @@ const headOf = (messages) =>
     .join("\n");
 for (const { where, error } of failures) console.log(`FAILED ${where}\n${headOf(error)}`);
 for (const name of missing) console.log(`no test report from ${name}`);
-console.log(`tests: ${passed} passed, ${failed} failed, ${skipped} skipped`);
-process.exit(failed > 0 || missing.length > 0 || passed === 0 ? 1 : 0);
+// The chaos run's report (packages/chaos, run after the package tests): one line per stack.
+const chaosFile = join(root, "packages", "chaos", "reports", "short.json");
+let chaosPassed = false;
+if (existsSync(chaosFile)) {
+  const chaos = JSON.parse(readFileSync(chaosFile, "utf8"));
+  chaosPassed = chaos.pass;
+  for (const stack of chaos.stacks) {
+    const r = stack.result;
+    const figures = r
+      ? `${r.committed} committed, ${r.lost} lost, ${r.duplicates} duplicates, ${r.inversions} inversions, ${r.staleFences} stale fences, p99 ${r.latency?.p99 ?? "-"} ms, ${r.windows.emptyUnexcused} empty windows outside faults`
+      : "no result";
+    console.log(
+      `chaos ${stack.stack}: ${stack.pass ? "PASS" : "FAIL"} (${figures})${stack.pass ? "" : `: ${stack.failures.join("; ").slice(0, 300)}`}`,
+    );
+  }
+} else console.log("no chaos report (packages/chaos/reports/short.json)");
+console.log(
+  `tests: ${passed} passed, ${failed} failed, ${skipped} skipped; chaos ${chaosPassed ? "passed" : "FAILED"}`,
+);
+process.exit(failed > 0 || missing.length > 0 || passed === 0 || !chaosPassed ? 1 : 0);

@@ -6,6 +6,13 @@ import { promisify } from "node:util";
 export const pgUrl = process.env.OUTBOX_PG_URL ?? "postgres://postgres:postgres@127.0.0.1:5432/outbox_test";
 export const redisUrl = process.env.OUTBOX_REDIS_URL ?? "redis://127.0.0.1:6379";
 export const kafkaBrokers = (process.env.OUTBOX_KAFKA_BROKERS ?? "127.0.0.1:9092").split(",");
+export const mysqlUrl = process.env.OUTBOX_MYSQL_URL ?? "mysql://outbox:outbox@127.0.0.1:3306/outbox_test";
+export const amqpUrl = process.env.OUTBOX_AMQP_URL ?? "amqp://guest:guest@127.0.0.1:5672";
+export const etcdHosts = (process.env.OUTBOX_ETCD_HOSTS ?? "127.0.0.1:2379").split(",");
+/** `host:port` of Google's Pub/Sub fake. */
+export const pubsubHost = process.env.OUTBOX_PUBSUB_EMULATOR_HOST ?? "127.0.0.1:8085";
+/** FerretDB (MongoDB wire protocol). */
+export const mongoUrl = process.env.OUTBOX_MONGODB_URL ?? "mongodb://127.0.0.1:27017";
 
 const servicesScript = fileURLToPath(new URL("../../../scripts/services.sh", import.meta.url));
 

@@ -8,29 +8,36 @@ import { createServer, type Server, Socket } from "node:net";
  * - `cut()`: resets every live connection and refuses new ones until `restore()`;
  * - `blackhole()`: keeps connections open but forwards nothing either way (a partition), and
  *   holds new ones the same way, until `restore()`, which resets them (as after a real partition).
+ *
+ * With `resetGapMs` (a `start` option), the resets of `drop()`, `cut()` and `restore()` go one
+ * connection at a time, that many ms apart, in the background (the calls still return at once):
+ * how a server or a middlebox usually kills connections. The mongodb driver, for one, wedges when
+ * every connection of a client is reset in the same instant (see store-mongodb's README).
  */
 export class TcpProxy {
   readonly #server: Server;
   readonly #pairs = new Set<[Socket, Socket]>();
   #refusing = false;
   #holding = false;
+  readonly #resetGapMs: number;
   readonly targetHost: string;
   readonly targetPort: number;
   port = 0;
 
-  private constructor(targetHost: string, targetPort: number) {
+  private constructor(targetHost: string, targetPort: number, resetGapMs: number) {
     this.targetHost = targetHost;
     this.targetPort = targetPort;
+    this.#resetGapMs = resetGapMs;
     this.#server = createServer((inbound) => this.#accept(inbound));
   }
 
   /** Starts a proxy to `target` (`host:port`). */
-  static async start(target: string): Promise<TcpProxy> {
+  static async start(target: string, options: { resetGapMs?: number } = {}): Promise<TcpProxy> {
     const colon = target.lastIndexOf(":");
     const port = Number(target.slice(colon + 1));
     if (colon <= 0 || !Number.isInteger(port) || port <= 0)
       throw new Error(`TcpProxy target must be host:port, got ${target}`);
-    const proxy = new TcpProxy(target.slice(0, colon), port);
+    const proxy = new TcpProxy(target.slice(0, colon), port, options.resetGapMs ?? 0);
     await new Promise<void>((resolve) => proxy.#server.listen(0, "127.0.0.1", resolve));
     const address = proxy.#server.address();
     proxy.port = typeof address === "object" && address ? address.port : 0;
@@ -49,13 +56,17 @@ export class TcpProxy {
 
   /** Resets every live connection and lets new ones through. Returns how many were reset. */
   drop(): number {
-    const dropped = this.#pairs.size;
-    for (const [inbound, outbound] of this.#pairs) {
-      inbound.destroy();
-      outbound.destroy();
-    }
+    const live = [...this.#pairs];
     this.#pairs.clear();
-    return dropped;
+    for (const [i, [inbound, outbound]] of live.entries()) {
+      const reset = () => {
+        inbound.destroy();
+        outbound.destroy();
+      };
+      if (this.#resetGapMs > 0 && i > 0) setTimeout(reset, i * this.#resetGapMs);
+      else reset();
+    }
+    return live.length;
   }
 
   /**
