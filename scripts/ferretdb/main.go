@@ -1,8 +1,12 @@
-// Command ferretdb-outbox runs FerretDB (embedded, SQLite backend) for the
-// @outbox/store-mongodb integration tests. Built and started by scripts/services.sh.
+// Command ferretdb-outbox runs FerretDB (embedded, PostgreSQL backend) for the
+// @outbox/store-mongodb integration tests and benchmarks. Built and started by scripts/services.sh.
 //
-//	ferretdb-outbox -listen 127.0.0.1:27017 -data /tmp/outbox-services/mongodb-data
+//	ferretdb-outbox -listen 127.0.0.1:27017 -postgresql-url postgres://postgres:postgres@127.0.0.1:5432/ferretdb
 //	ferretdb-outbox -listen 127.0.0.1:27017 -probe   # exit 0 when the server answers a ping
+//
+// The PostgreSQL backend, not SQLite: FerretDB's SQLite backend serialises writers on one
+// database file (SQLITE_BUSY under concurrent relays). Each MongoDB database becomes a schema
+// of the PostgreSQL database in -postgresql-url, and createIndexes creates PostgreSQL indexes.
 //
 // It stops cleanly on SIGTERM/SIGINT.
 package main
@@ -74,7 +78,7 @@ func probe(addr string) error {
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:27017", "TCP address to listen on")
-	data := flag.String("data", "", "SQLite data directory (must exist)")
+	pgURL := flag.String("postgresql-url", "", "PostgreSQL database FerretDB stores its data in (must exist)")
 	debug := flag.Bool("debug", false, "debug logging")
 	probeOnly := flag.Bool("probe", false, "only check that a server on -listen answers a ping")
 	flag.Parse()
@@ -84,8 +88,8 @@ func main() {
 		}
 		return
 	}
-	if *data == "" {
-		log.Fatal("-data is required")
+	if *pgURL == "" {
+		log.Fatal("-postgresql-url is required")
 	}
 
 	level := slog.LevelWarn
@@ -95,10 +99,10 @@ func main() {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
 	f, err := ferretdb.New(&ferretdb.Config{
-		Listener:  ferretdb.ListenerConfig{TCP: *listen},
-		Logger:    logger,
-		Handler:   "sqlite",
-		SQLiteURL: "file:" + *data + "/",
+		Listener:      ferretdb.ListenerConfig{TCP: *listen},
+		Logger:        logger,
+		Handler:       "postgresql",
+		PostgreSQLURL: *pgURL,
 	})
 	if err != nil {
 		log.Fatal(err)
@@ -106,7 +110,8 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	logger.Warn("ferretdb-outbox listening", "addr", *listen, "data", *data)
+	// The URL carries the password: log only where the data goes.
+	logger.Warn("ferretdb-outbox listening", "addr", *listen, "backend", "postgresql")
 	if err := f.Run(ctx); err != nil {
 		log.Fatal(err)
 	}

@@ -35,67 +35,93 @@ export function claimable(entry: Candidate, now: number, fence: SelectionFence |
   );
 }
 
-/** Per-key state while walking the pending entries in id order. */
-type KeyState = "run" | "closed";
-
 /**
  * Walks pending entries in id order and picks what one claim takes:
  * - a null-key entry when it is claimable;
  * - for a key, its head (the first pending entry of the key seen: the walk starts at the oldest
  *   pending entry overall) when claimable, then its successors while each is claimable: a *run*.
  *   The first entry of a key that is not claimable closes the key for this claim.
- * Stops at `limit`. Call `walk` again with the next page of pending entries to continue.
+ * Stops at `limit`. Call `walk` again with more pending entries (higher ids) to continue.
  */
 export class Selection {
   readonly #limit: number;
   readonly #now: number;
   readonly #fence: SelectionFence | undefined;
-  readonly #keys = new Map<string, KeyState>();
-  /** Heads and null-key entries (each contested on its own). */
-  readonly heads: Candidate[] = [];
-  /** Run successors, in id order (claimable only after their key's head was won). */
-  readonly successors: Candidate[] = [];
+  /** Keys that can take no more entries in this claim (their run ended or never started). */
+  readonly #closed = new Set<string>();
+  /** Keys whose head this claim picked: their next entries are successors. */
+  readonly #open = new Set<string>();
+  readonly #taken: ReadonlySet<number>;
+  #skip: number;
+  /** What the claim takes, in id order: heads, their runs and null-key entries. */
+  readonly picked: Candidate[] = [];
 
-  readonly #lost: ReadonlySet<number>;
-
-  /** `lost`: entries another claimer got first in an earlier round of this claim (not claimable). */
-  constructor(limit: number, now: number, fence: SelectionFence | undefined, lost: ReadonlySet<number> = new Set()) {
+  /**
+   * `taken`: entries an earlier round of this claim already leased or lost to another claimer.
+   * `skip`: claimable heads and null-key entries to pass over first (their keys are closed), so
+   * that claimers who lost the oldest entries to each other spread out instead of all moving on
+   * to the same next ones.
+   */
+  constructor(
+    limit: number,
+    now: number,
+    fence: SelectionFence | undefined,
+    taken: ReadonlySet<number> = new Set(),
+    skip = 0,
+  ) {
     this.#limit = limit;
     this.#now = now;
     this.#fence = fence;
-    this.#lost = lost;
-  }
-
-  get size(): number {
-    return this.heads.length + this.successors.length;
+    this.#taken = taken;
+    this.#skip = skip;
   }
 
   get full(): boolean {
-    return this.size >= this.#limit;
-  }
-
-  /** Keys that can take no more entries in this claim (their run ended or never started). */
-  closedKeys(): string[] {
-    return [...this.#keys].filter(([, state]) => state === "closed").map(([key]) => key);
+    return this.picked.length >= this.#limit;
   }
 
   walk(page: readonly Candidate[]): void {
     for (const entry of page) {
       if (this.full) return;
-      const ok = !this.#lost.has(entry.seq) && claimable(entry, this.#now, this.#fence);
-      if (entry.key === null) {
-        if (ok) this.heads.push(entry);
+      const key = entry.key;
+      if (key !== null && this.#closed.has(key)) continue;
+      const successor = key !== null && this.#open.has(key);
+      let ok = !this.#taken.has(entry.seq) && claimable(entry, this.#now, this.#fence);
+      if (ok && !successor && this.#skip > 0) {
+        this.#skip--;
+        ok = false;
+      }
+      if (!ok) {
+        if (key !== null) this.#closed.add(key);
         continue;
       }
-      const state = this.#keys.get(entry.key);
-      if (state === "closed") continue;
-      if (state === undefined) {
-        this.#keys.set(entry.key, ok ? "run" : "closed");
-        if (ok) this.heads.push(entry);
-        continue;
-      }
-      if (ok) this.successors.push(entry);
-      else this.#keys.set(entry.key, "closed");
+      this.picked.push(entry);
+      if (key !== null) this.#open.add(key);
     }
   }
+}
+
+/**
+ * What a claim keeps of the entries it leased: for each key, its entries up to the first
+ * candidate of that key it did not lease (a run is a prefix of the key's pending entries, so
+ * nothing past a gap may be published); every null-key entry it leased. `candidates` are in id
+ * order, and each key's first one is its head. The rest goes back.
+ */
+export function keepRuns(
+  candidates: readonly Candidate[],
+  leased: ReadonlySet<number>,
+): { keep: number[]; giveBack: number[] } {
+  const keep: number[] = [];
+  const giveBack: number[] = [];
+  const cut = new Set<string>();
+  for (const entry of candidates) {
+    const mine = leased.has(entry.seq);
+    if (entry.key === null || (mine && !cut.has(entry.key))) {
+      if (mine) keep.push(entry.seq);
+      continue;
+    }
+    cut.add(entry.key);
+    if (mine) giveBack.push(entry.seq);
+  }
+  return { keep, giveBack };
 }

@@ -39,7 +39,7 @@ import {
   mongoCode,
   storeError,
 } from "./errors.js";
-import { type Candidate, Selection } from "./select.js";
+import { type Candidate, keepRuns, Selection } from "./select.js";
 import { type ChangeStreamLike, ChangeStreamWakeSource } from "./wake.js";
 
 /** What `enqueue` takes: your ClientSession (inside `session.withTransaction`), or null without transactions. */
@@ -144,6 +144,24 @@ interface ServerInfo {
    * with its oplog enabled has them, without transactions).
    */
   readonly changeStreams: boolean;
+  /**
+   * A conditional single-document update is a compare-and-set, so claims arbitrate with the
+   * lease update itself: MongoDB, and mongo-java-server (every write command holds its
+   * collection's lock). The three below are false on FerretDB (`buildInfo.ferretdbVersion`):
+   * 1.x applies an update as read, filter, write back, so claims insert unique tickets first
+   * there (see #tickets).
+   */
+  readonly atomicUpdates: boolean;
+  /** `$group` has `$first`, for the claim's key heads past its window (FerretDB 1.x: no). */
+  readonly groupFirst: boolean;
+  /**
+   * Queries use the store's indexes (created at `init()`). FerretDB 1.x uses none but `_id`'s
+   * unique index, and that one only to write: it pushes equality filters down to PostgreSQL as
+   * jsonb containment (`@>`, which no btree index serves) and sorts in memory, so every query is
+   * a scan of the collection (EXPLAIN: Seq Scan). The store creates no indexes there (they would
+   * only slow its writes down) and reads every pending entry in one query per claim.
+   */
+  readonly secondaryIndexes: boolean;
 }
 
 /** Collection names: 1-100 characters, no "$", no U+0000. */
@@ -165,6 +183,8 @@ const candidateProjection = { key: 1, gen: 1, availableAt: 1, leaseUntil: 1, lea
 const sequenceRetries = 20;
 /** Rounds of one claim when concurrent claimers took some of its picks. */
 const claimRounds = 4;
+/** Candidates per batch when a claim reads every pending entry past its window (FerretDB 1.x). */
+const allBatch = 10_000;
 /** Statements per write command (see #bulk). */
 const bulkStatements = 8;
 
@@ -294,6 +314,13 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
   readonly #onError: (error: OutboxError) => void;
   readonly #subscribers: WakeUpListeners;
   readonly #keyed = new Set<number>();
+  /** Id reservations waiting for the next `$inc` (see #reserve). */
+  readonly #reservations: Array<{ count: number; resolve: (first: number) => void; reject: (e: unknown) => void }> = [];
+  #reserving = false;
+  /** Entries this store's claims in flight picked (see #claim). */
+  readonly #picking = new Set<number>();
+  /** Tickets this store lost, with when it first lost each (see #unstick); bounded. */
+  readonly #lostTickets = new Map<string, number>();
   /** The token this process last recorded per lock (saves the insert on every fenced call). */
   readonly #recorded = new Map<string, bigint>();
   #server: ServerInfo | null = null;
@@ -390,22 +417,33 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
         "transactions: true needs a replica set or a sharded cluster, and this server is standalone (no multi-document transactions): use transactions: false (see the README)",
       );
     }
-    await ensureIndexes(this.#entries as unknown as Collection, [
-      // The claim's window: the oldest pending entries; also dead entries oldest first.
-      { key: { status: 1, _id: 1 }, name: "outbox_status_id" },
-      // Key runs and the claim's pages past the window (key $nin the closed keys).
-      { key: { status: 1, key: 1, _id: 1 }, name: "outbox_status_key_id" },
-      // purge: settled entries by settle time.
-      { key: { status: 1, settledAt: 1 }, name: "outbox_status_settled" },
-    ]);
-    // purge removes the tickets of purged entries.
-    await ensureIndexes(this.#claims as unknown as Collection, [{ key: { seq: 1 }, name: "outbox_claims_seq" }]);
-    // The newest fencing token of a lock: its highest record.
-    await ensureIndexes(this.#fences as unknown as Collection, [
-      { key: { lock: 1, token: -1 }, name: "outbox_fences_lock_token" },
-    ]);
+    // FerretDB names itself in buildInfo. What the store knows of it is 1.24 (see ServerInfo and
+    // the README); any version is treated the same way, which is correct everywhere.
+    const ferretdb = typeof (await admin.command({ buildInfo: 1 })).ferretdbVersion === "string";
+    if (!ferretdb) {
+      await ensureIndexes(this.#entries as unknown as Collection, [
+        // The claim's window: the oldest pending entries; also dead entries oldest first.
+        { key: { status: 1, _id: 1 }, name: "outbox_status_id" },
+        // Past the window: each key's head ($group/$first: a distinct scan), null-key entries.
+        { key: { status: 1, key: 1, _id: 1 }, name: "outbox_status_key_id" },
+        // purge: settled entries by settle time.
+        { key: { status: 1, settledAt: 1 }, name: "outbox_status_settled" },
+      ]);
+      // purge removes the tickets of purged entries.
+      await ensureIndexes(this.#claims as unknown as Collection, [{ key: { seq: 1 }, name: "outbox_claims_seq" }]);
+      // The newest fencing token of a lock: its highest record.
+      await ensureIndexes(this.#fences as unknown as Collection, [
+        { key: { lock: 1, token: -1 }, name: "outbox_fences_lock_token" },
+      ]);
+    }
     const changeStreams = replicated || (this.#wakeUps && (await this.#probeChangeStreams()));
-    this.#server = { replicated, changeStreams };
+    this.#server = {
+      replicated,
+      changeStreams,
+      atomicUpdates: !ferretdb,
+      groupFirst: !ferretdb,
+      secondaryIndexes: !ferretdb,
+    };
   }
 
   /**
@@ -489,10 +527,15 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
         if (hasLabel(error, "TransientTransactionError") || hasLabel(error, "UnknownTransactionCommitResult")) {
           throw error;
         }
-        // A server whose $inc is not atomic (FerretDB 1.x) can hand two enqueuers the same ids.
+        // A server whose $inc is not atomic (FerretDB 1.x) or whose findAndModify can return
+        // another caller's result (mongo-java-server, rarely) hands two enqueuers the same ids.
         // Without a transaction, take back what this attempt inserted and reserve new ids.
         if (!inTransaction && isDuplicateKey(error) && attempt < sequenceRetries) {
-          const inserted = Number((error as { insertedCount?: unknown }).insertedCount ?? 0);
+          // An ordered insert stops at its first failed document: the ones before it are ours.
+          // Not the reply's count: mongo-java-server counts the failed document as inserted, and
+          // deleting by it would delete the other enqueuer's entry.
+          const failed = duplicateIndexes(error);
+          const inserted = failed.size > 0 ? Math.min(...failed) : 0;
           if (inserted > 0) {
             await this.#entries
               .deleteMany({ _id: { $in: docs.slice(0, inserted).map((doc) => doc._id) }, status: "pending", gen: 0 })
@@ -500,7 +543,7 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
                 throw storeError("enqueue", cleanup);
               });
           }
-          await this.#catchUp();
+          await this.#skipPast(first + docs.length - 1, docs.length * 2 ** Math.min(attempt - 1, 10));
           continue;
         }
         throw storeError("enqueue", error);
@@ -510,18 +553,52 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
     }
   }
 
-  /** Lost increments left the counter behind ids in use: move it past the highest one. */
-  async #catchUp(): Promise<void> {
+  /**
+   * After a duplicate id: moves the counter past `tried` (the highest id the failed attempt
+   * used) and `gap` more, doubling per retry. Lost increments (or a stale write-back) can leave
+   * the counter behind ids in use; jumping ahead finds free ids in a few retries without looking
+   * for the highest id in use, which FerretDB answers by reading the whole collection. Ids only
+   * need to grow; the gap costs nothing.
+   */
+  async #skipPast(tried: number, gap: number): Promise<void> {
     try {
-      const top = await this.#entries.findOne({}, { sort: { _id: -1 }, projection: { _id: 1 } });
-      if (top) await this.#sequence.updateOne({ _id: "entries" }, { $max: { value: long(Number(top._id)) } });
+      await this.#sequence.updateOne({ _id: "entries" }, { $max: { value: long(tried + gap) } });
     } catch (error) {
       throw storeError("enqueue", error);
     }
   }
 
-  /** Reserves `count` consecutive ids; returns the first. */
-  async #reserve(count: number): Promise<number> {
+  /**
+   * Reserves `count` consecutive ids; returns the first. One `$inc` at a time per store: the
+   * calls that arrive meanwhile share the next one, in arrival order. Concurrent enqueuers then
+   * pay one round trip between them, and on a server whose `$inc` is not atomic (FerretDB 1.x)
+   * they do not collide with each other (every collision costs a retry, see enqueue).
+   */
+  #reserve(count: number): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.#reservations.push({ count, resolve, reject });
+      if (this.#reservations.length === 1 && !this.#reserving) void this.#reserveWaiting();
+    });
+  }
+
+  async #reserveWaiting(): Promise<void> {
+    this.#reserving = true;
+    while (this.#reservations.length > 0) {
+      const batch = this.#reservations.splice(0);
+      try {
+        let first = await this.#reserveShared(batch.reduce((sum, r) => sum + r.count, 0));
+        for (const r of batch) {
+          r.resolve(first);
+          first += r.count;
+        }
+      } catch (error) {
+        for (const r of batch) r.reject(error);
+      }
+    }
+    this.#reserving = false;
+  }
+
+  async #reserveShared(count: number): Promise<number> {
     for (let attempt = 1; ; attempt++) {
       try {
         return await this.#reserveOnce(count);
@@ -547,6 +624,7 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
       throw storeError("enqueue", error);
     }
   }
+
   async claim(request: ClaimRequest): Promise<OutboxEntry[]> {
     this.#assertOpen();
     const limit = positiveInteger(request.limit, "limit");
@@ -564,12 +642,17 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
   }
 
   /**
-   * One claim: (1) walk the oldest pending entries in pages (the first page is a bounded window;
-   * later pages skip the keys already closed, so a blocked key's backlog is never walked) and
-   * pick heads, null-key entries and runs; (2) lease the heads and null-key entries with one
-   * conditional updateMany (each document re-checks that it is still claimable); (3) lease the
-   * run successors of the heads it won; a run is cut at the first successor it did not win;
-   * (4) read back what carries this claim's id.
+   * One claim, in three round trips when nobody competes: (1) read the candidates (the oldest
+   * pending entries, without payloads) and pick heads, runs and null-key entries; (2) lease the
+   * picks with one conditional updateMany (#leaseUpdate); (3) read back, with payloads, what now
+   * carries this claim's id. A run is cut at the first entry another claimer got, and what lies
+   * past the cut goes back; picks lost to a concurrent claimer are replaced from the same
+   * candidates, up to `claimRounds` times.
+   *
+   * FerretDB 1.x, in three round trips too: (1) read the window whole (#candidates); (2) insert
+   * tickets for the picks (#tickets: its updates are not atomic); (3) one lease update for the
+   * runs the tickets won (each of its updates reads all pending entries). No read-back, unless
+   * picks came from past the window.
    */
   async #claim(
     claimer: string,
@@ -579,143 +662,305 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
     fence: Fence | undefined,
     session: ClientSession | undefined,
   ): Promise<OutboxEntry[]> {
-    const pageSize = Math.max(64, limit * 4);
-    const pages: Candidate[][] = [];
-    let exhausted = false;
-    /** Walks the pages read so far (reading more while needed) with what earlier rounds lost. */
-    const select = async (lost: ReadonlySet<number>): Promise<Selection> => {
-      const selection = new Selection(limit, now, fence, lost);
-      for (const page of pages) selection.walk(page);
-      while (!selection.full && !exhausted) {
-        const filter: Filter<EntryDoc> = { status: "pending" };
-        const last = pages.at(-1)?.at(-1);
-        if (last) {
-          filter._id = { $gt: long(last.seq) };
-          const closed = selection.closedKeys();
-          if (closed.length > 0) filter.key = { $nin: closed };
-        }
-        const docs = await this.#entries
-          .find(filter, { projection: candidateProjection, sort: { _id: 1 }, limit: pageSize, session })
-          .toArray();
-        const page = docs.map(toCandidate);
-        pages.push(page);
-        selection.walk(page);
-        if (page.length < pageSize) exhausted = true;
-      }
-      return selection;
-    };
-
+    const { candidates, whole } = await this.#candidates(limit, now, fence, session);
+    const atomic = this.#server?.atomicUpdates === true;
     const claimId = randomUUID();
-    const token = fence ? tokenLong(fence) : null;
-    const until = new Date(now + leaseMs);
     const lease = {
       claimedBy: claimer,
       claimId,
-      leaseUntil: until,
+      leaseUntil: new Date(now + leaseMs),
       leaseLock: fence?.lock ?? null,
-      leaseToken: token,
+      leaseToken: fence ? tokenLong(fence) : null,
     };
-
-    /** Step 1 of a lease: the unique ticket `<seq>:<gen>`; who inserts it first won that state. */
-    const tickets = async (entries: readonly Candidate[]): Promise<Candidate[]> => {
-      if (entries.length === 0) return [];
-      const docs = entries.map((e) => ({ _id: `${e.seq}:${e.gen}`, seq: long(e.seq), claimId, until }));
-      let lost = new Set<number>();
-      try {
-        await this.#claims.insertMany(docs, { ordered: false, session });
-      } catch (error) {
-        lost = duplicateIndexes(error);
-        if (lost.size === 0) throw error;
-        await this.#unstick(
-          entries.filter((_, i) => lost.has(i)),
-          now,
-          session,
+    const won = new Set<number>();
+    // What this claim cannot take: what it won or lost in an earlier round, and what this store's
+    // other claims in flight (the relay runs two at once) picked: those it does not contest.
+    const taken = new Set(this.#picking);
+    const mine: number[] = [];
+    try {
+      for (let round = 0; round < claimRounds && won.size < limit; round++) {
+        // After losing picks to concurrent claimers (who read the same oldest entries), start at a
+        // random point instead of where they all would: see Selection's `skip`.
+        const skip = round === 0 ? 0 : Math.floor(Math.random() * limit);
+        const selection = new Selection(limit - won.size, now, fence, taken, skip);
+        selection.walk(candidates);
+        const picks = selection.picked;
+        if (picks.length === 0) break;
+        for (const e of picks) {
+          taken.add(e.seq);
+          this.#picking.add(e.seq);
+          mine.push(e.seq);
+        }
+        const got = atomic
+          ? await this.#leaseUpdate(picks, lease, session)
+          : await this.#tickets(picks, lease, now, session);
+        for (const seq of got) won.add(seq);
+        if (got.size === picks.length) break;
+      }
+      if (won.size === 0) return [];
+      const leased = atomic ? won : await this.#leaseTicketed(candidates, won, lease, session);
+      if (leased.size === 0) return [];
+      // The entries, with payloads: read back what carries this claim's id, except what the
+      // window brought whole (FerretDB: there tickets and the lease's count already say it is ours).
+      const known = [...leased].flatMap((seq) => {
+        const doc = whole?.get(seq);
+        return doc ? [{ ...doc, attempts: Number(doc.attempts) + 1 }] : [];
+      });
+      const missing = [...leased].filter((seq) => !whole?.has(seq));
+      const readBack =
+        missing.length === 0
+          ? []
+          : await this.#entries
+              .find(
+                { _id: { $in: longs(missing) }, claimId },
+                { limit: missing.length, batchSize: missing.length, session },
+              )
+              .toArray();
+      const docs = [...known, ...readBack].sort((a, b) => Number(a._id) - Number(b._id));
+      // What this claim holds (a takeover may have moved an entry on since the lease) cut to runs.
+      const { keep, giveBack } = keepRuns(candidates, new Set(docs.map((doc) => Number(doc._id))));
+      if (giveBack.length > 0) {
+        await this.#entries.updateMany(
+          { _id: { $in: longs(giveBack) }, claimId },
+          { $set: { claimedBy: null, claimId: null, leaseUntil: null }, $inc: { attempts: -1, gen: 1 } },
+          { session },
         );
       }
-      return entries.filter((_, i) => !lost.has(i));
-    };
-    /**
-     * Step 2: the lease itself, on the state the ticket names (gen unchanged since the read,
-     * atomic per document on MongoDB). Returns the seqs that now carry this claim's id.
-     */
-    const leases = async (entries: readonly Candidate[]): Promise<Set<number>> => {
-      if (entries.length === 0) return new Set();
-      // One statement per distinct gen (few: most entries are at 0), not one per entry.
-      const ops: AnyBulkWriteOperation<EntryDoc>[] = [...groupBy(entries, (e) => e.gen)].map(([gen, group]) => ({
-        updateMany: {
-          filter: { _id: { $in: longs(group.map((e) => e.seq)) }, status: "pending", gen },
-          update: { $set: lease, $inc: { attempts: 1, gen: 1 } },
-        },
-      }));
-      const modified = await this.#bulk(ops, session);
-      if (modified === entries.length) return new Set(entries.map((e) => e.seq));
-      const docs = await this.#entries
-        .find({ _id: { $in: longs(entries.map((e) => e.seq)) }, claimId }, { projection: { _id: 1 }, session })
-        .toArray();
-      return new Set(docs.map((doc) => Number(doc._id)));
-    };
-
-    // Rounds: concurrent claimers read the same oldest entries, so a claim that lost some of
-    // them picks the next ones from the same pages (a bounded number of times).
-    const won = new Set<number>();
-    const lost = new Set<number>();
-    for (let round = 0; round < claimRounds; round++) {
-      const selection = await select(lost);
-      const heads = selection.heads.filter((e) => !won.has(e.seq));
-      // Keys whose head this claim holds (from this round or an earlier one).
-      const headKeys = new Set(selection.heads.filter((h) => h.key !== null).map((h) => h.seq));
-      const gotHeads = await leases(await tickets(heads));
-      for (const e of heads) (gotHeads.has(e.seq) ? won : lost).add(e.seq);
-      const wonKeys = new Set(
-        selection.heads.filter((h) => h.key !== null && headKeys.has(h.seq) && won.has(h.seq)).map((h) => h.key),
-      );
-      const successors = selection.successors.filter((e) => wonKeys.has(e.key) && !won.has(e.seq));
-      if (successors.length > 0) {
-        const got = await leases(await tickets(successors));
-        const cut = new Set<string | null>();
-        const giveBack: number[] = [];
-        for (const entry of successors) {
-          if (cut.has(entry.key)) {
-            if (got.has(entry.seq)) giveBack.push(entry.seq);
-          } else if (got.has(entry.seq)) {
-            won.add(entry.seq);
-          } else {
-            lost.add(entry.seq);
-            cut.add(entry.key);
-          }
-        }
-        if (giveBack.length > 0) {
-          // A run is a prefix of its key: what lies past a successor we did not win goes back.
-          await this.#entries.updateMany(
-            { _id: { $in: longs(giveBack) }, claimId },
-            { $set: { claimedBy: null, claimId: null, leaseUntil: null }, $inc: { attempts: -1, gen: 1 } },
-            { session },
-          );
-          for (const seq of giveBack) lost.add(seq);
-        }
-      }
-      const lostThisRound = heads.length + successors.length > 0 && won.size < selection.size;
-      if (!lostThisRound || won.size >= limit) break;
+      const kept = new Set(keep);
+      return docs.filter((doc) => kept.has(Number(doc._id))).map(toEntry);
+    } finally {
+      for (const seq of mine) this.#picking.delete(seq);
     }
-    const claimed = [...won];
-    if (claimed.length === 0) return [];
+  }
+
+  /**
+   * The claim's candidates, in id order: a window of the oldest pending entries (the
+   * `(status, _id)` index, `4 x limit` of them, at least 64). No pending entry lies below the
+   * window, so the first entry of a key in it is the key's head. Only when the window is full
+   * and holds fewer than `limit` claimable entries (keys blocked by leases or retries) does the
+   * claim look past it (#beyond).
+   *
+   * FerretDB 1.x uses no index: it answers any query on pending entries by decoding them all,
+   * whole, and sorting in memory, whatever the limit or projection. There the window comes whole
+   * (`whole`: the claim needs no read-back for it), and past it the claim reads the rest of the
+   * pending entries at once (projected), instead of once per key.
+   */
+  async #candidates(
+    limit: number,
+    now: number,
+    fence: Fence | undefined,
+    session: ClientSession | undefined,
+  ): Promise<{ candidates: Candidate[]; whole?: Map<number, EntryDoc> }> {
+    const indexed = this.#server?.secondaryIndexes === true;
+    const pageSize = Math.max(64, limit * 4);
     const docs = await this.#entries
-      .find({ _id: { $in: longs(claimed) }, claimId }, { sort: { _id: 1 }, session })
+      .find(
+        { status: "pending" },
+        // One batch: the driver would otherwise fetch past 101 documents with a getMore.
+        {
+          ...(indexed ? { projection: candidateProjection } : {}),
+          sort: { _id: 1 },
+          limit: pageSize,
+          batchSize: pageSize,
+          session,
+        },
+      )
       .toArray();
-    return docs.map(toEntry);
+    const window = docs.map(toCandidate);
+    const whole = indexed ? undefined : new Map(docs.map((doc) => [Number(doc._id), doc]));
+    const last = window.at(-1);
+    if (window.length < pageSize || !last) return { candidates: window, whole };
+    const selection = new Selection(limit, now, fence);
+    selection.walk(window);
+    if (selection.full) return { candidates: window, whole };
+    const beyond = indexed
+      ? await this.#beyond(last.seq, pageSize, now, fence, session)
+      : (
+          await this.#entries
+            .find(
+              { status: "pending", _id: { $gt: long(last.seq) } },
+              { projection: candidateProjection, sort: { _id: 1 }, batchSize: allBatch, session },
+            )
+            .toArray()
+        ).map(toCandidate);
+    return { candidates: [...window, ...beyond], whole };
+  }
+
+  /**
+   * Candidates past the window (ids above `last`), at a cost bounded by the number of keys, never
+   * by how deep a blocked key's backlog is: every key's head (one per key: `$group`/`$first`
+   * after a `$sort` on the `(status, key, _id)` index, which MongoDB answers with a distinct scan),
+   * of which only those that may be claimable, oldest first, at most `count` (room for the
+   * claim's rounds); and as many of the oldest null-key entries that may be claimable (same
+   * index, `key: null`). Keys met in the window are left out: their heads lie in it. A head's
+   * successors past the window are not read: its run continues next claim.
+   */
+  async #beyond(
+    last: number,
+    count: number,
+    now: number,
+    fence: Fence | undefined,
+    session: ClientSession | undefined,
+  ): Promise<Candidate[]> {
+    const at = new Date(now);
+    // A superset of the claimable heads (the Selection decides): available, and unleased, or
+    // leased until now, or leased under this fence's lock (takeover by a newer token).
+    const free: Filter<EntryDoc>[] = [{ leaseUntil: null }, { leaseUntil: { $lte: at } }];
+    if (fence) free.push({ leaseLock: fence.lock });
+    const heads = await this.#entries
+      .aggregate<Partial<EntryDoc>>(
+        [
+          { $match: { status: "pending" } },
+          { $sort: { status: 1, key: 1, _id: 1 } },
+          {
+            $group: {
+              _id: "$key",
+              seq: { $first: "$_id" },
+              gen: { $first: "$gen" },
+              availableAt: { $first: "$availableAt" },
+              leaseUntil: { $first: "$leaseUntil" },
+              leaseLock: { $first: "$leaseLock" },
+              leaseToken: { $first: "$leaseToken" },
+            },
+          },
+          { $match: { _id: { $ne: null }, seq: { $gt: long(last) }, availableAt: { $lte: at }, $or: free } },
+          { $sort: { seq: 1 } },
+          { $limit: count },
+          {
+            $project: { _id: "$seq", key: "$_id", gen: 1, availableAt: 1, leaseUntil: 1, leaseLock: 1, leaseToken: 1 },
+          },
+        ],
+        // One more than the pipeline can return: the server sees the cursor exhausted (no getMore).
+        { batchSize: count + 1, session },
+      )
+      .toArray();
+    const nulls = await this.#entries
+      .find(
+        { status: "pending", key: null, _id: { $gt: long(last) }, availableAt: { $lte: at }, $or: free },
+        { projection: candidateProjection, sort: { _id: 1 }, limit: count, batchSize: count, session },
+      )
+      .toArray();
+    return [...heads, ...nulls].map(toCandidate).sort((a, b) => a.seq - b.seq);
+  }
+
+  /**
+   * Without atomic updates (FerretDB 1.x): leases the runs whose tickets this claim won whole,
+   * and deletes its tickets past a cut, which would otherwise hold those entries from every
+   * claimer until their lease time. Returns the seqs leased.
+   */
+  async #leaseTicketed(
+    candidates: readonly Candidate[],
+    won: ReadonlySet<number>,
+    lease: { claimId: string } & Partial<EntryDoc>,
+    session: ClientSession | undefined,
+  ): Promise<Set<number>> {
+    const { keep, giveBack } = keepRuns(candidates, won);
+    if (giveBack.length > 0) {
+      const gens = new Map(candidates.map((e) => [e.seq, e.gen]));
+      await this.#claims.deleteMany(
+        { _id: { $in: giveBack.map((seq) => `${seq}:${gens.get(seq)}`) }, claimId: lease.claimId },
+        { session },
+      );
+    }
+    const kept = new Set(keep);
+    return this.#leaseUpdate(
+      candidates.filter((e) => kept.has(e.seq)),
+      lease,
+      session,
+    );
+  }
+
+  /**
+   * Leases `entries` for this claim, each only in the state the claim read (pending, same `gen`:
+   * one statement per distinct gen, few), and returns the seqs it got. On MongoDB and
+   * mongo-java-server a conditional update is a compare-and-set, so this is the arbitration
+   * between concurrent claimers: one write per entry. FerretDB 1.x applies an update as read,
+   * filter, write back, so two claimers could both "win" one entry: there, only entries whose
+   * ticket this claim won come here.
+   */
+  async #leaseUpdate(
+    entries: readonly Candidate[],
+    lease: { claimId: string } & Partial<EntryDoc>,
+    session: ClientSession | undefined,
+  ): Promise<Set<number>> {
+    if (entries.length === 0) return new Set();
+    const ops: AnyBulkWriteOperation<EntryDoc>[] = [...groupBy(entries, (e) => e.gen)].map(([gen, group]) => ({
+      updateMany: {
+        filter: { _id: { $in: longs(group.map((e) => e.seq)) }, status: "pending", gen },
+        update: { $set: lease, $inc: { attempts: 1, gen: 1 } },
+      },
+    }));
+    const modified = await this.#bulk(ops, session);
+    if (modified === entries.length) return new Set(entries.map((e) => e.seq));
+    // Some went to a concurrent claimer (or were acked meanwhile): which ones we got.
+    const docs = await this.#entries
+      .find(
+        { _id: { $in: longs(entries.map((e) => e.seq)) }, claimId: lease.claimId },
+        { projection: { _id: 1 }, limit: entries.length, batchSize: entries.length, session },
+      )
+      .toArray();
+    return new Set(docs.map((doc) => Number(doc._id)));
+  }
+
+  /**
+   * Servers without atomic updates (FerretDB 1.x): one ticket `{_id: "<seq>:<gen>"}` per pick;
+   * who inserts it first has won that state of the entry (a unique `_id` is the one write
+   * FerretDB makes atomic). Returns the seqs this claim won.
+   */
+  async #tickets(
+    picks: readonly Candidate[],
+    lease: { claimId: string; leaseUntil: Date },
+    now: number,
+    session: ClientSession | undefined,
+  ): Promise<Set<number>> {
+    const docs = picks.map((e) => ({
+      _id: `${e.seq}:${e.gen}`,
+      seq: long(e.seq),
+      claimId: lease.claimId,
+      until: lease.leaseUntil,
+    }));
+    try {
+      // Ordered: it stops at the first ticket another claimer holds. FerretDB inserts a batch in one
+      // transaction and, when that fails, one document per transaction; unordered, one taken
+      // ticket would cost a commit per pick. The picks past it go to this claim's next round.
+      await this.#claims.insertMany(docs, { ordered: true, session });
+      return new Set(picks.map((e) => e.seq));
+    } catch (error) {
+      const failed = duplicateIndexes(error);
+      if (failed.size === 0) throw error;
+      const first = Math.min(...failed);
+      await this.#unstick([picks[first] as Candidate], now, lease.leaseUntil.getTime() - now, session);
+      return new Set(picks.slice(0, first).map((e) => e.seq));
+    }
   }
 
   /**
    * Entries whose ticket for their current state was taken but never followed by a lease (the
-   * claimer died in between, a few milliseconds): once that ticket's lease time has passed,
-   * bump the entry's gen so that the next claim competes for a fresh ticket.
+   * claimer died in between, a few milliseconds): once that ticket's lease time has passed, bump
+   * the entry's gen so that the next claim competes for a fresh ticket. A lost ticket is looked
+   * up only when this store lost the same one a lease time (`leaseMs`) earlier already: a live
+   * winner leases within milliseconds, and on FerretDB a read of tickets by id reads them all.
    */
-  async #unstick(entries: readonly Candidate[], now: number, session: ClientSession | undefined): Promise<void> {
+  async #unstick(
+    entries: readonly Candidate[],
+    now: number,
+    leaseMs: number,
+    session: ClientSession | undefined,
+  ): Promise<void> {
+    const due: string[] = [];
+    for (const e of entries) {
+      const ticket = `${e.seq}:${e.gen}`;
+      const since = this.#lostTickets.get(ticket);
+      if (since === undefined) {
+        if (this.#lostTickets.size >= maxTrackedIds) this.#lostTickets.clear();
+        this.#lostTickets.set(ticket, now);
+      } else if (now - since >= leaseMs) {
+        due.push(ticket);
+      }
+    }
+    if (due.length === 0) return;
     const expired = await this.#claims
-      .find(
-        { _id: { $in: entries.map((e) => `${e.seq}:${e.gen}`) }, until: { $lte: new Date(now) } },
-        { projection: { _id: 1 }, session },
-      )
+      .find({ _id: { $in: due }, until: { $lte: new Date(now) } }, { projection: { _id: 1 }, session })
       .toArray();
     if (expired.length === 0) return;
     const stale = new Set(expired.map((doc) => doc._id));
@@ -730,12 +975,14 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
       },
     }));
     await this.#bulk(ops, session);
+    for (const ticket of stale) this.#lostTickets.delete(ticket);
   }
 
   /**
-   * Runs write operations in commands of at most 8 statements. FerretDB 1.x holds one SQLite
-   * connection per statement until its command ends (plus one to write), so a long bulk command
-   * can exhaust its pool of 100 and hang the server; MongoDB pays a round trip per 8 groups.
+   * Runs write operations in commands of at most 8 statements. FerretDB 1.x keeps each
+   * statement's read (a PostgreSQL connection, from a pool of 50) open until its command ends and
+   * takes one more to write, so a long bulk command can exhaust the pool and hang the server;
+   * MongoDB pays a round trip per 8 groups (claims have one or two: statements go by `gen`).
    */
   async #bulk(ops: AnyBulkWriteOperation<EntryDoc>[], session: ClientSession | undefined): Promise<number> {
     let modified = 0;
@@ -748,19 +995,27 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
 
   async ack(ids: readonly string[], context: SettleContext): Promise<void> {
     this.#assertOpen();
-    const valid = validIds(ids);
+    // Once each: the claimer-only update below counts on matching every id.
+    const valid = [...new Set(validIds(ids))];
     if (valid.length === 0 && !context.fence) return;
     await this.init();
     const now = new Date(this.#clock.now());
     const modified = await this.#run("ack", true, () =>
       this.#withFence("ack", context.fence, async (session) => {
         if (valid.length === 0) return 0;
-        const result = await this.#entries.updateMany(
-          { _id: { $in: longs(valid) }, status: "pending", ...this.#guard(context.fence) },
-          { $set: { status: "published", settledAt: now, leaseUntil: null } },
-          { session },
-        );
-        return result.modifiedCount;
+        const filter: Filter<EntryDoc> = {
+          _id: { $in: longs(valid) },
+          status: "pending",
+          ...this.#guard(context.fence),
+        };
+        const published = { $set: { status: "published" as const, settledAt: now, leaseUntil: null } };
+        // The claimer acks what it holds, almost always. With its name in the filter, FerretDB
+        // reads only those entries (an equality it pushes down; `_id: {$in}` it does not), not
+        // every pending one. Anyone may ack, though: what that missed is acked by id alone.
+        const own = await this.#entries.updateMany({ ...filter, claimedBy: context.claimer }, published, { session });
+        if (own.matchedCount === valid.length) return own.modifiedCount;
+        const rest = await this.#entries.updateMany(filter, published, { session });
+        return own.modifiedCount + rest.modifiedCount;
       }),
     );
     // Acking a key's entry can make its successor claimable: wake this process's relay now.

@@ -31,11 +31,17 @@ function nextWake(ms = 5_000): { listener: () => void; woken: Promise<"woken" | 
 }
 
 describe("change streams (mongo-java-server, oplog on)", () => {
-  it("init() reads change streams and no transactions from the server", async () => {
+  it("init() reads change streams, no transactions, atomic updates and $first from the server", async () => {
     const { store: s, teardown } = await mongoHarness(new ManualClock(), client, {}, { sessions: false });
     try {
       expect(s.capabilities).toEqual({ wakeUps: true, transactions: false });
-      expect((s as MongoStore).server).toEqual({ replicated: false, changeStreams: true });
+      expect((s as MongoStore).server).toEqual({
+        replicated: false,
+        changeStreams: true,
+        atomicUpdates: true,
+        groupFirst: true,
+        secondaryIndexes: true,
+      });
     } finally {
       await teardown();
     }

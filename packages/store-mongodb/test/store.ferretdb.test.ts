@@ -18,7 +18,15 @@ it("init() finds no change streams on FerretDB (the probe is refused, the connec
   const store = createMongoStore({ client, db: testDb, collection: freshCollection(), transactions: false });
   try {
     await store.init();
-    expect(store.server).toEqual({ replicated: false, changeStreams: false });
+    // FerretDB 1.x: updates are read, filter, write back (claims use tickets), $group has no
+    // $first, and no query uses a secondary index (the store creates none there).
+    expect(store.server).toEqual({
+      replicated: false,
+      changeStreams: false,
+      atomicUpdates: false,
+      groupFirst: false,
+      secondaryIndexes: false,
+    });
     expect(store.capabilities).toEqual({ wakeUps: false, transactions: false });
     expect((await store.stats()).pending).toBe(0);
   } finally {

@@ -3,7 +3,7 @@ import { OutboxError, OutboxErrorCode } from "@outbox/core";
 import type { MongoClient } from "mongodb";
 import { describe, expect, it } from "vitest";
 import { createMongoStore } from "../src/index.js";
-import { type Candidate, Selection } from "../src/select.js";
+import { type Candidate, keepRuns, Selection } from "../src/select.js";
 import { ChangeStreamWakeSource } from "../src/wake.js";
 
 const entry = (seq: number, key: string | null, extra: Partial<Candidate> = {}): Candidate => ({
@@ -32,9 +32,7 @@ describe("Selection (the claim's rule)", () => {
       entry(9, "c"),
       entry(10, null),
     ]);
-    expect(s.heads.map((e) => e.seq)).toEqual([1, 4, 9, 10]);
-    expect(s.successors.map((e) => e.seq)).toEqual([3]);
-    expect(s.closedKeys().sort()).toEqual(["a", "b"]);
+    expect(s.picked.map((e) => e.seq)).toEqual([1, 3, 4, 9, 10]);
     expect(s.full).toBe(true);
   });
 
@@ -48,14 +46,23 @@ describe("Selection (the claim's rule)", () => {
       entry(4, null, { leaseUntil: 50, leaseLock: "L", leaseToken: 7n }),
       entry(5, null, { leaseUntil: 50 }),
     ]);
-    expect(s.heads.map((e) => e.seq)).toEqual([1, 5]);
+    expect(s.picked.map((e) => e.seq)).toEqual([1, 5]);
   });
 
   it("entries lost to another claimer close their key", () => {
     const s = new Selection(10, 100, undefined, new Set([1, 4]));
     s.walk([entry(1, "a"), entry(2, "a"), entry(3, "b"), entry(4, "b"), entry(5, "b")]);
-    expect(s.heads.map((e) => e.seq)).toEqual([3]);
-    expect(s.successors).toEqual([]);
+    expect(s.picked.map((e) => e.seq)).toEqual([3]);
+  });
+});
+
+describe("keepRuns (what a claim keeps of what it leased)", () => {
+  it("keeps each key's leased prefix and every leased null-key entry; gives back what lies past a gap", () => {
+    const candidates = [entry(1, "a"), entry(2, "a"), entry(3, "b"), entry(4, null), entry(5, "a"), entry(6, "b")];
+    // a: 1 leased, 2 went to another claimer, so 5 must not be published before 2.
+    expect(keepRuns(candidates, new Set([1, 3, 4, 5, 6]))).toEqual({ keep: [1, 3, 4, 6], giveBack: [5] });
+    // A key whose head another claimer got keeps nothing of it.
+    expect(keepRuns(candidates, new Set([2, 5, 7]))).toEqual({ keep: [], giveBack: [2, 5] });
   });
 });
 
@@ -147,7 +154,7 @@ function fakeReplicaSet(headToken: number) {
     },
     updateMany: async (_f: unknown, _u: unknown, o: { session?: unknown }) => {
       calls.push({ op: `${name}.updateMany`, session: o?.session });
-      return { modifiedCount: 1 };
+      return { matchedCount: 1, modifiedCount: 1 };
     },
   });
   const client = {
