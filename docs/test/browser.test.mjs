@@ -171,7 +171,8 @@ describe("docs site in chromium", () => {
     await page.waitForURL(/\/adapters\/(index\.html)?$/);
     await page.locator(".VPContent").getByRole("link", { name: "@outbox/store-postgres" }).click();
     await page.waitForURL(/\/adapters\/store-postgres(\.html)?$/);
-    assert.match((await page.locator(".VPContent h1").first().textContent()) ?? "", /@outbox\/store-postgres/);
+    // The URL changes before the page's content is swapped in: wait for its heading, not a moment.
+    await page.locator(".VPContent h1", { hasText: "@outbox/store-postgres" }).waitFor();
 
     await page.locator(".VPNavBar").getByRole("link", { name: "API" }).click();
     await page.waitForURL(/\/api\/(index\.html)?$/);
