@@ -256,7 +256,7 @@ export class PostgresStore implements OutboxStore<Queryable> {
   /** Where the claim's next look past its window starts: each goes on where the last one stopped. */
   #walkFrom = "";
   #keylessFrom = "0";
-  readonly #claimPool: ClaimPool | null;
+  readonly #claimSessions: ClaimSessions | null;
   readonly #claimTimeoutMs: number | null;
 
   constructor(options: PostgresStoreOptions) {
@@ -295,8 +295,9 @@ export class PostgresStore implements OutboxStore<Queryable> {
 
     const timeout = options.claimTimeoutMs ?? 5_000;
     if (timeout !== false) positiveInteger(timeout, "claimTimeoutMs");
-    this.#claimPool = timeout === false || !this.#pool ? null : openClaimPool(this.#pool, timeout, this.#onError);
-    this.#claimTimeoutMs = this.#claimPool ? (timeout as number) : null;
+    this.#claimSessions =
+      timeout === false || !this.#pool ? null : ClaimSessions.open(this.#pool, timeout, this.#onError);
+    this.#claimTimeoutMs = this.#claimSessions ? (timeout as number) : null;
 
     const pool = this.#pool;
     if (pool && typeof pool.on === "function") {
@@ -527,7 +528,7 @@ export class PostgresStore implements OutboxStore<Queryable> {
     if (this.#closed) return;
     this.#closed = true;
     await this.#wakeUps.close();
-    await this.#claimPool?.end();
+    await this.#claimSessions?.end();
     if (this.#pool && this.#poolErrorHandler) this.#pool.removeListener("error", this.#poolErrorHandler);
   }
 
@@ -537,12 +538,13 @@ export class PostgresStore implements OutboxStore<Queryable> {
    * hands out another): one killed backend then costs no lease-length delay.
    */
   async #run(operation: string, sql: string, params: unknown[], fence?: Fence, idempotent = false): Promise<Row[]> {
-    const db = operation === "claim" && this.#claimPool ? this.#claimPool : this.#db;
+    const sessions = operation === "claim" ? this.#claimSessions : null;
+    const send = () => (sessions ? sessions.run((db) => this.#query(sql, params, db)) : this.#query(sql, params));
     if (fence) params.push(String(fence.lock), fence.token.toString());
     let rows: Row[] | undefined;
     for (let attempt = 1; rows === undefined; attempt++) {
       try {
-        rows = (await this.#query(sql, params, db)).rows as Row[];
+        rows = (await send()).rows as Row[];
       } catch (error) {
         if (operation === "claim" && sqlState(error) === "57014" && this.#claimTimeoutMs !== null) {
           throw new OutboxError(
@@ -591,31 +593,62 @@ export class PostgresStore implements OutboxStore<Queryable> {
 }
 
 /** A pg Pool of the store's own for claims (see PostgresStoreOptions.claimTimeoutMs). */
-interface ClaimPool extends Queryable {
-  on(event: "connect", listener: (client: Queryable) => void): unknown;
+interface ClaimPool {
+  connect(): Promise<NonNullable<Awaited<ReturnType<NonNullable<PgPoolLike["connect"]>>>>>;
   on(event: "error", listener: (error: Error) => void): unknown;
   end(): Promise<void>;
 }
 
 /**
- * Opens the claim pool from the user's pool's class and options (pg-pool keeps both), so it
- * reaches the same server with the same credentials. Null when the pool is not a pg Pool.
+ * Claims' own sessions: opened from the user's pool's class and options (pg-pool keeps both), so
+ * they reach the same server with the same credentials, and set up once each before their first
+ * claim. The claim's plan has one shape whatever its parameters (see claim.ts): plan it once per
+ * session, and never spend a claim's time compiling it.
  */
-function openClaimPool(pool: PgPoolLike, timeoutMs: number, onError: (error: OutboxError) => void): ClaimPool | null {
-  const PoolClass = (pool as { constructor?: unknown }).constructor;
-  if (typeof PoolClass !== "function" || typeof pool.options !== "object" || pool.options === null) return null;
-  if (typeof pool.connect !== "function" || !pool.Client) return null;
-  const claims = new (PoolClass as new (options: object) => ClaimPool)({ ...pool.options, max: 2 });
-  claims.on("connect", (client) => {
-    // Queued before the claim that made the pool connect: pg runs a client's queries in order.
-    // The claim's plan has one shape whatever its parameters (see claim.ts): plan it once per
-    // session, and never spend a claim's time compiling it.
-    client
-      .query(`SET statement_timeout = ${timeoutMs}; SET jit = off; SET plan_cache_mode = force_generic_plan`)
-      .catch(() => undefined);
-  });
-  claims.on("error", (error) => onError(storeError("idle claim connection", error)));
-  return claims;
+class ClaimSessions {
+  readonly #pool: ClaimPool;
+  readonly #setUp = new WeakSet<object>();
+  readonly #settings: string;
+
+  static open(pool: PgPoolLike, timeoutMs: number, onError: (error: OutboxError) => void): ClaimSessions | null {
+    const PoolClass = (pool as { constructor?: unknown }).constructor;
+    if (typeof PoolClass !== "function" || typeof pool.options !== "object" || pool.options === null) return null;
+    if (typeof pool.connect !== "function" || !pool.Client) return null;
+    const claims = new (PoolClass as new (options: object) => ClaimPool)({ ...pool.options, max: 2 });
+    claims.on("error", (error) => onError(storeError("idle claim connection", error)));
+    return new ClaimSessions(claims, timeoutMs);
+  }
+
+  private constructor(pool: ClaimPool, timeoutMs: number) {
+    this.#pool = pool;
+    this.#settings = `SET statement_timeout = ${timeoutMs}; SET jit = off; SET plan_cache_mode = force_generic_plan`;
+  }
+
+  async run<T>(work: (session: Queryable) => Promise<T>): Promise<T> {
+    const client = await this.#pool.connect();
+    // A backend dying while the client is checked out makes it emit "error"; unheard, that would
+    // crash the process. The query in flight rejects with it anyway.
+    const ignore = () => undefined;
+    client.on?.("error", ignore);
+    let failure: unknown;
+    try {
+      if (!this.#setUp.has(client)) {
+        await client.query(this.#settings);
+        this.#setUp.add(client);
+      }
+      return await work(client);
+    } catch (error) {
+      failure = error;
+      throw error;
+    } finally {
+      client.removeListener?.("error", ignore);
+      client.release(isConnectionError(failure) ? (failure as Error) : undefined);
+    }
+  }
+
+  end(): Promise<void> {
+    return this.#pool.end();
+  }
 }
 
 function checkNul(prepared: readonly PreparedMessage[]): void {
