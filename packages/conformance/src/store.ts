@@ -321,6 +321,45 @@ export const storeChecks = {
       expect(again?.attempts, "release must not count an attempt").toBe(1);
     },
   },
+  "release-claimer": {
+    title: "releaseClaimer gives back exactly what one claimer still holds, without counting an attempt",
+    requires: (h) => (h.store.releaseClaimer ? null : "store has no optional releaseClaimer()"),
+    async run(h) {
+      const releaseClaimer = h.store.releaseClaimer?.bind(h.store) as NonNullable<OutboxStore["releaseClaimer"]>;
+      const lock = uniqueName("leader");
+      const fence = { lock, token: 3n };
+      const [k1, k2, keyless, j1] = await enqueue(h, [
+        message("rc", 1, "k"),
+        message("rc", 2, "k"),
+        message("rc", 3),
+        message("rc", 4, "j"),
+      ]);
+      // A claim whose reply was lost (r#1), and another claimer's entry that must stay leased.
+      const lost = await h.store.claim({ claimer: "r#1", limit: 2, leaseMs: 60_000, fence });
+      expect(idsOf(lost), "a claim with limit 2 must return the oldest run").toEqual([k1, k2]);
+      const held = await h.store.claim({ claimer: "b", limit: 1, leaseMs: 60_000, fence });
+      expect(idsOf(held), "the next claim must lease the oldest unleased entry").toEqual([keyless]);
+      expect(await releaseClaimer(ctx("r#2", fence)), "a claimer that holds nothing releases nothing").toBe(0);
+      await expectCode(
+        releaseClaimer(ctx("r#1", { lock, token: 2n })),
+        OutboxErrorCode.Fenced,
+        "releaseClaimer with an older token must be rejected",
+      );
+      expect(
+        await releaseClaimer(ctx("r#1", fence)),
+        "releaseClaimer must give back every entry the claimer still holds, and say how many",
+      ).toBe(2);
+      const again = await h.store.claim({ claimer: "c", limit: 10, leaseMs: 60_000, fence });
+      expect(
+        idsOf(again),
+        "the released run must be claimable at once, in order; another claimer's entry must stay leased",
+      ).toEqual([k1, k2, j1]);
+      expect(
+        again.map((entry) => entry.attempts),
+        "releaseClaimer must not count an attempt",
+      ).toEqual([1, 1, 1]);
+    },
+  },
   "drop-dead": {
     title: "dropDead deletes dead entries only, and says how many",
     requires: (h) => (h.store.dropDead ? null : "store has no optional dropDead()"),

@@ -97,6 +97,8 @@ export function deferred(): { promise: Promise<void>; resolve: () => void } {
  */
 export function wrapStore<Tx>(inner: OutboxStore<Tx>, overrides: Partial<OutboxStore<Tx>>): OutboxStore<Tx> {
   const subscribe = inner.subscribe?.bind(inner);
+  const dropDead = inner.dropDead?.bind(inner);
+  const releaseClaimer = inner.releaseClaimer?.bind(inner);
   return {
     capabilities: inner.capabilities,
     enqueue: (tx, messages) => inner.enqueue(tx, messages),
@@ -110,6 +112,8 @@ export function wrapStore<Tx>(inner: OutboxStore<Tx>, overrides: Partial<OutboxS
     purge: (request) => inner.purge(request),
     stats: () => inner.stats(),
     ...(subscribe ? { subscribe } : {}),
+    ...(dropDead ? { dropDead } : {}),
+    ...(releaseClaimer ? { releaseClaimer } : {}),
     close: () => inner.close(),
     ...overrides,
   };

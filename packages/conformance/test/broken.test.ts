@@ -206,6 +206,14 @@ describe("the kit catches broken stores (contract v2 rules)", () => {
     expect(await storeFailure(partial, "fenced-settles")).toContain("deadLetter with an older token must be rejected");
   });
 
+  it("a store whose releaseClaimer skips the fence check fails release-claimer", async () => {
+    const unfenced = brokenStore((inner) => ({
+      releaseClaimer: (context) => inner.releaseClaimer({ claimer: context.claimer }),
+    }));
+    expect(await failingStoreChecks(unfenced)).toContain("release-claimer");
+    expect(await storeFailure(unfenced, "release-claimer")).toContain("older token must be rejected");
+  });
+
   it("a store that leases first and checks the fence afterwards fails fenced-claim-atomic", async () => {
     const leaseThenCheck = brokenStore((inner) => ({
       claim: async (request) => {

@@ -66,7 +66,10 @@ export interface OutboxRelayOptions {
   retry?: Partial<RetryPolicy>;
   /** stop() waits this long for the in-flight batch. Default 10 s. */
   drainTimeoutMs?: number;
-  /** Identifies this relay's claims. Default: a random UUID. */
+  /**
+   * Identifies this relay's claims: each claim is made as `<id>#<n>` (its own claimer), so the
+   * entries of a claim whose reply was lost can be given back by that name. Default: a random UUID.
+   */
   id?: string;
   clock?: Clock;
   /** Source of randomness for retry jitter. */
@@ -83,9 +86,15 @@ function positive(value: number, name: string): number {
   return value;
 }
 
+/** A settle the store failed to answer is sent again after this, doubling up to the max. */
+const settleRetryFirstMs = 100;
+const settleRetryMaxMs = 2_000;
+
 interface ClaimedBatch {
   entries: OutboxEntry[];
   context: SettleContext;
+  /** The clock's time when the lease ends (counted from before the claim was sent). */
+  leaseEndsAt: number;
 }
 
 /**
@@ -131,6 +140,9 @@ export class OutboxRelay {
   #claimsFull = false;
   /** Claims running now. */
   #claiming = 0;
+  #claimCount = 0;
+  /** Claims that failed without an answer: they may have leased entries (see releaseClaimer). */
+  #unanswered: Array<{ claimer: string; leaseEndsAt: number }> = [];
   /** Where the claim path is (lock or claim), so a failure is reported with the right phase. */
   #phase: RelayPhase = "claim";
   #metrics = {
@@ -263,7 +275,7 @@ export class OutboxRelay {
   runOnce(): Promise<number> {
     const cycle = this.#cycleChain.then(async () => {
       const batch = await this.#claimBatch();
-      if (batch) await this.#deliver(batch.entries, batch.context);
+      if (batch) await this.#deliver(batch);
       return batch?.entries.length ?? 0;
     });
     this.#cycleChain = cycle.catch(() => undefined);
@@ -305,7 +317,7 @@ export class OutboxRelay {
         const batch = await this.#claimBatch();
         this.#claimSucceeded(batch);
         if (batch) {
-          this.#track(this.#deliver(batch.entries, batch.context));
+          this.#track(this.#deliver(batch));
           if (batch.entries.length >= this.#batchSize) delay = 0;
         }
         if (this.#keysUnblocked) delay = 0;
@@ -330,7 +342,7 @@ export class OutboxRelay {
       return;
     }
     this.#claimSucceeded(batch);
-    if (batch) await this.#deliver(batch.entries, batch.context);
+    if (batch) await this.#deliver(batch);
   }
 
   /** A background claim answered: the failure count resets, and a full batch means a backlog. */
@@ -408,19 +420,52 @@ export class OutboxRelay {
     const fence = await this.#currentFence();
     if (fence === null) return null;
     this.#phase = "claim";
-    const entries = await this.#settle(() =>
-      this.#store.claim({ claimer: this.id, limit: this.#batchSize, leaseMs: this.#leaseMs, fence }),
-    );
+    await this.#releaseUnanswered(fence);
+    this.#claimCount += 1;
+    const claimer = `${this.id}#${this.#claimCount}`;
+    const leaseEndsAt = this.#clock.now() + this.#leaseMs;
+    let entries: OutboxEntry[];
+    try {
+      entries = await this.#settle(() =>
+        this.#store.claim({ claimer, limit: this.#batchSize, leaseMs: this.#leaseMs, fence }),
+      );
+    } catch (error) {
+      if (OutboxError.is(error, OutboxErrorCode.StoreUnavailable)) this.#unanswered.push({ claimer, leaseEndsAt });
+      throw error;
+    }
     this.#metrics.claimed += entries.length;
-    return entries.length > 0 ? { entries, context: { claimer: this.id, fence } } : null;
+    return entries.length > 0 ? { entries, context: { claimer, fence }, leaseEndsAt } : null;
   }
 
-  async #deliver(entries: OutboxEntry[], context: SettleContext): Promise<void> {
+  /**
+   * A claim the store failed to answer may have committed (a connection reset after the commit,
+   * before the reply): its entries would wait out their lease, and their keys with them. Each is
+   * given back by its claimer name before the next claim, until its lease has ended anyway.
+   * Stores without `releaseClaimer` leave them to the lease.
+   */
+  async #releaseUnanswered(fence: Fence | undefined): Promise<void> {
+    const releaseClaimer = this.#store.releaseClaimer?.bind(this.#store);
+    if (!releaseClaimer || this.#unanswered.length === 0) return;
+    const now = this.#clock.now();
+    const pending = this.#unanswered.splice(0).filter((claim) => claim.leaseEndsAt > now);
+    for (const [index, claim] of pending.entries()) {
+      try {
+        await this.#settle(() => releaseClaimer({ claimer: claim.claimer, fence }));
+      } catch (error) {
+        // Fenced: a newer leader takes these leases over anyway. Otherwise try again next time.
+        if (!OutboxError.is(error, OutboxErrorCode.Fenced)) this.#unanswered.push(...pending.slice(index));
+        throw error;
+      }
+    }
+  }
+
+  async #deliver(batch: ClaimedBatch): Promise<void> {
+    const { entries, context } = batch;
     if (this.#halt.signal.aborted) {
       // Claimed after stop() stopped waiting: give it back untouched.
       const settlement = new RunSettlement();
       settlement.released.push(...entries);
-      await this.#settleAll(settlement, context);
+      await this.#settleAll(settlement, batch);
       return;
     }
     if (!this.#stillLeading(context.fence)) {
@@ -487,10 +532,11 @@ export class OutboxRelay {
         settlement.retry(entry, outcome.error, availableAt);
       }
     }
-    await this.#settleAll(settlement, context);
+    await this.#settleAll(settlement, batch);
   }
 
-  async #settleAll(settlement: RunSettlement, context: SettleContext): Promise<void> {
+  async #settleAll(settlement: RunSettlement, batch: ClaimedBatch): Promise<void> {
+    const { context } = batch;
     if (!this.#stillLeading(context.fence)) {
       // Deposed while publishing: no ack. The next leader republishes (a bounded duplicate);
       // the store's fence check would reject the ack anyway.
@@ -499,7 +545,7 @@ export class OutboxRelay {
     }
     const { acked, retries, dead, released } = settlement;
     if (acked.length > 0) {
-      await this.#settle(() =>
+      await this.#settleWithin(batch, () =>
         this.#store.ack(
           acked.map((entry) => entry.id),
           context,
@@ -510,7 +556,7 @@ export class OutboxRelay {
       this.#events.emit("published", { entries: acked });
     }
     if (retries.length > 0) {
-      await this.#settle(() =>
+      await this.#settleWithin(batch, () =>
         this.#store.retry(
           retries.map((retry) => retry.item),
           context,
@@ -522,7 +568,7 @@ export class OutboxRelay {
       }
     }
     if (dead.length > 0) {
-      await this.#settle(() =>
+      await this.#settleWithin(batch, () =>
         this.#store.deadLetter(
           dead.map((letter) => letter.item),
           context,
@@ -532,7 +578,7 @@ export class OutboxRelay {
       for (const { entry, error, reason } of dead) this.#events.emit("deadLettered", { entry, error, reason });
     }
     if (released.length > 0) {
-      await this.#settle(() =>
+      await this.#settleWithin(batch, () =>
         this.#store.release(
           released.map((entry) => entry.id),
           context,
@@ -578,8 +624,33 @@ export class OutboxRelay {
   }
 
   /**
-   * Store failures propagate (settle failures leave the entries leased: they are replayed after
-   * the lease). A fenced call means a newer leader exists: step down at once.
+   * A settle the store could not answer (connection lost, statement timeout) is sent again until
+   * the batch's lease ends: ack, retry, dead-letter and release are idempotent, and a reply lost
+   * to a reset connection must not hold the batch's keys for the rest of the lease. Other
+   * failures, a stop, a lost leadership or the lease's end propagate (the entries are replayed
+   * after the lease).
+   */
+  async #settleWithin(batch: ClaimedBatch, operation: () => Promise<void>): Promise<void> {
+    let waitMs = settleRetryFirstMs;
+    for (;;) {
+      try {
+        return await this.#settle(operation);
+      } catch (error) {
+        const hopeless =
+          !OutboxError.is(error, OutboxErrorCode.StoreUnavailable) ||
+          this.#halt.signal.aborted ||
+          !this.#stillLeading(batch.context.fence) ||
+          this.#clock.now() + waitMs >= batch.leaseEndsAt;
+        if (hopeless) throw error;
+        this.#report(error, "settle");
+        await this.#clock.sleep(waitMs, this.#halt.signal);
+        waitMs = Math.min(waitMs * 2, settleRetryMaxMs);
+      }
+    }
+  }
+
+  /**
+   * Store failures propagate. A fenced call means a newer leader exists: step down at once.
    */
   async #settle<T>(operation: () => Promise<T>): Promise<T> {
     try {

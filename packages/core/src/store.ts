@@ -110,6 +110,14 @@ export interface OutboxStore<Tx = unknown> {
   /** Returns claimed entries unpublished and unleased, e.g. on shutdown. */
   release(ids: readonly string[], context: SettleContext): Promise<void>;
   /**
+   * Optional: gives back every entry still leased to `context.claimer`, as `release` would (no
+   * attempt counted), and returns how many. The relay claims under a new claimer name each time
+   * and calls this for a claim that failed without an answer: it may have committed while its
+   * reply was lost (a connection reset), and its entries, with the rest of their keys, would
+   * otherwise wait out the lease. Under a fence, the same check as any settle.
+   */
+  releaseClaimer?(context: SettleContext): Promise<number>;
+  /**
    * Dead entries, oldest first (id order), at most `limit` (default 100). `after` pages on: only
    * entries after that id, the last one of the previous page.
    */

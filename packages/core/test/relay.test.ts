@@ -58,6 +58,7 @@ function flakyStore(inner: MemoryStore) {
     ack: inner.ack.bind(inner),
     retry: inner.retry.bind(inner),
     deadLetter: inner.deadLetter.bind(inner),
+    releaseClaimer: inner.releaseClaimer.bind(inner),
     stats: inner.stats.bind(inner),
   });
   return { store, state };
@@ -355,6 +356,139 @@ describe("OutboxRelay loop", () => {
         expect.objectContaining({ code: OutboxErrorCode.InvalidOptions }) as unknown as Error,
       );
     }
+  });
+});
+
+describe("OutboxRelay settles the store could not answer", () => {
+  /** A store whose ack fails with OUTBOX_STORE_UNAVAILABLE `failures` times (a reply lost to a reset). */
+  function lostAcks(failures: number) {
+    const clock = new ManualClock();
+    const inner = new MemoryStore({ clock });
+    const state = { ackTimes: [] as number[], failures };
+    const store: OutboxStore<never> = {
+      capabilities: inner.capabilities,
+      enqueue: () => Promise.reject(new Error("not used")),
+      claim: (request) => inner.claim(request),
+      ack: async (ids, context) => {
+        state.ackTimes.push(clock.now());
+        if (state.failures-- > 0) throw new OutboxError(OutboxErrorCode.StoreUnavailable, "connection reset");
+        await inner.ack(ids, context);
+      },
+      retry: (items, context) => inner.retry(items, context),
+      deadLetter: (items, context) => inner.deadLetter(items, context),
+      release: (ids, context) => inner.release(ids, context),
+      listDead: (options) => inner.listDead(options),
+      requeueDead: (ids) => inner.requeueDead(ids),
+      purge: (request) => inner.purge(request),
+      stats: () => inner.stats(),
+      close: () => inner.close(),
+    };
+    const errors: unknown[] = [];
+    const relay = new OutboxRelay({ store, publisher: new MemoryPublisher(), clock, leaseMs: 1_000 });
+    relay.on("error", ({ error }) => errors.push(error));
+    return { clock, inner, relay, state, errors };
+  }
+
+  /** Moves the clock on in 50 ms steps until the cycle has ended. */
+  async function finish(clock: ManualClock, cycle: Promise<number>): Promise<void> {
+    let ended = false;
+    const end = () => {
+      ended = true;
+    };
+    cycle.then(end, end);
+    while (!ended) {
+      clock.advance(50);
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  }
+
+  const gaps = (times: number[]) => times.slice(1).map((time, index) => time - (times[index] as number));
+
+  it("sends an ack again after a lost reply, so the entry does not wait out its lease", async () => {
+    const { clock, inner, relay, state, errors } = lostAcks(2);
+    await inner.transaction((tx) =>
+      inner.enqueue(
+        tx,
+        msgs(1, () => "k"),
+      ),
+    );
+    const cycle = relay.runOnce();
+    await finish(clock, cycle);
+    await expect(cycle).resolves.toBe(1);
+    expect(gaps(state.ackTimes)).toEqual([100, 200]);
+    expect((await inner.stats()).pending).toBe(0);
+    expect(errors).toHaveLength(2);
+    expect(errors.every((error) => OutboxError.is(error, OutboxErrorCode.StoreUnavailable))).toBe(true);
+  });
+
+  it("gives up when the lease would end first: the entry is replayed after it", async () => {
+    const { clock, inner, relay, state } = lostAcks(Number.POSITIVE_INFINITY);
+    await inner.transaction((tx) =>
+      inner.enqueue(
+        tx,
+        msgs(1, () => "k"),
+      ),
+    );
+    const cycle = relay.runOnce();
+    await finish(clock, cycle);
+    await expect(cycle).rejects.toMatchObject({ code: OutboxErrorCode.StoreUnavailable });
+    // 100 + 200 + 400 ms of waits; the next (800 ms) would pass the 1 s lease.
+    expect(gaps(state.ackTimes)).toEqual([100, 200, 400]);
+    expect((await inner.stats()).inFlight).toBe(1);
+  });
+});
+
+describe("OutboxRelay claims the store could not answer", () => {
+  it("gives back a claim whose reply was lost before claiming again: its entries go out at once", async () => {
+    const clock = new ManualClock();
+    const inner = new MemoryStore({ clock });
+    const claimers: string[] = [];
+    const released: string[] = [];
+    let loseReply = true;
+    const store: OutboxStore<never> = {
+      capabilities: inner.capabilities,
+      enqueue: () => Promise.reject(new Error("not used")),
+      claim: async (request) => {
+        claimers.push(request.claimer);
+        const entries = await inner.claim(request);
+        if (!loseReply) return entries;
+        loseReply = false;
+        // Committed, then the connection reset before the reply arrived.
+        throw new OutboxError(OutboxErrorCode.StoreUnavailable, "connection reset");
+      },
+      ack: (ids, context) => inner.ack(ids, context),
+      retry: (items, context) => inner.retry(items, context),
+      deadLetter: (items, context) => inner.deadLetter(items, context),
+      release: (ids, context) => inner.release(ids, context),
+      releaseClaimer: async (context) => {
+        released.push(context.claimer);
+        return inner.releaseClaimer(context);
+      },
+      listDead: (options) => inner.listDead(options),
+      requeueDead: (ids) => inner.requeueDead(ids),
+      purge: (request) => inner.purge(request),
+      stats: () => inner.stats(),
+      close: () => inner.close(),
+    };
+    const publisher = new MemoryPublisher();
+    const relay = new OutboxRelay({ store, publisher, clock, id: "r" });
+    await inner.transaction((tx) =>
+      inner.enqueue(
+        tx,
+        msgs(2, () => "k"),
+      ),
+    );
+    await expect(relay.runOnce()).rejects.toMatchObject({ code: OutboxErrorCode.StoreUnavailable });
+    expect((await inner.stats()).inFlight).toBe(2);
+    // No time passes: without the give-back, both entries would wait out the 30 s lease.
+    await expect(relay.runOnce()).resolves.toBe(2);
+    expect(claimers).toEqual(["r#1", "r#2"]);
+    expect(released).toEqual(["r#1"]);
+    expect(publisher.messages).toHaveLength(2);
+    expect((await inner.stats()).pending).toBe(0);
+    // Given back once: a later claim has nothing left to give back.
+    await relay.runOnce();
+    expect(released).toEqual(["r#1"]);
   });
 });
 

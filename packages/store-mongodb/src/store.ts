@@ -1109,6 +1109,24 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
     this.#untrack(valid);
   }
 
+  async releaseClaimer(context: SettleContext): Promise<number> {
+    this.#assertOpen();
+    await this.init();
+    const released = await this.#run("releaseClaimer", true, () =>
+      this.#withFence("releaseClaimer", context.fence, async (session) => {
+        const result = await this.#entries.updateMany(
+          { status: "pending", claimedBy: context.claimer, ...this.#guard(context.fence) },
+          // As release: claimed entries have attempts >= 1 (the claim counted one).
+          { $set: { leaseUntil: null, claimedBy: null, claimId: null }, $inc: { attempts: -1, gen: 1 } },
+          { session },
+        );
+        return result.modifiedCount;
+      }),
+    );
+    if (released > 0) this.#wake();
+    return released;
+  }
+
   async listDead(options: ListDeadOptions = {}): Promise<OutboxEntry[]> {
     this.#assertOpen();
     const limit = positiveInteger(options.limit ?? 100, "limit");

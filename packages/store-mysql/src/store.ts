@@ -716,6 +716,26 @@ export class MySqlStore implements OutboxStore<MySqlQueryable> {
     );
   }
 
+  async releaseClaimer(context: SettleContext): Promise<number> {
+    this.#assertOpen();
+    checkFence(context.fence);
+    const claimer = checkClaimer(context.claimer);
+    const { rows } = await this.#withRetries("releaseClaimer", true, () =>
+      runStatement(this.#pool, this.#sql.heldBy, [bytes(claimer)]),
+    );
+    const held = rows.map((row) => String(row.id));
+    if (held.length === 0 && !context.fence) return 0;
+    // By id, as release: the rows' own claimed_by check keeps a row taken over since untouched.
+    const released = await this.#settle(
+      "releaseClaimer",
+      context.fence,
+      (fenced) => (held.length === 0 ? null : this.#sql.release(held.length, fenced)),
+      [...held, bytes(claimer)],
+    );
+    if (released > 0) this.#wake();
+    return released;
+  }
+
   async listDead(options: ListDeadOptions = {}): Promise<OutboxEntry[]> {
     this.#assertOpen();
     const limit = positiveInteger(options.limit ?? 100, "limit");
@@ -1144,6 +1164,10 @@ function buildStatements(n: SchemaNames) {
     release: (count: number, fenced: boolean) => `UPDATE ${t} FORCE INDEX (PRIMARY) SET
       attempts = GREATEST(attempts - 1, 0), lease_until = NULL, claimed_by = NULL, lease_lock = NULL, lease_token = NULL
       WHERE id IN ${inList(count)} AND status = 0 AND claimed_by = ${TXT}${fenceCheck(fenced)}`,
+    // One claimer's rows have no index of their own: a consistent read of the pending entries
+    // (no locks; a claim whose reply was lost is rare, and its entries are among the oldest).
+    heldBy: `SELECT CAST(o.id AS CHAR) AS id FROM ${t} o FORCE INDEX (${indexNames.pending})
+      WHERE o.status = 0 AND o.claimed_by = ${TXT} ORDER BY o.id`,
     listDead: `SELECT ${entry} FROM ${t} o FORCE INDEX (${indexNames.pending})
       WHERE o.status = 2 AND o.id > ? ORDER BY o.id LIMIT ?`,
     dropDead: (count: number) => `DELETE FROM ${t} WHERE id IN ${inList(count)} AND status = 2`,

@@ -125,11 +125,7 @@ export function claimSql(n: SchemaNames, limit: number, fenced: boolean): string
   ),
   chosen AS (
     SELECT id FROM (
-      SELECT id, bool_and(got) OVER (${byRun}) AS kept FROM (
-        SELECT id, max(key) AS key, bool_or(got) AS got FROM (
-          SELECT id, key, false AS got FROM candidates UNION ALL SELECT id, NULL, true FROM locked
-        ) m GROUP BY id
-      ) g
+      SELECT id, bool_and(id = ANY (ARRAY(SELECT id FROM locked))) OVER (${byRun}) AS kept FROM candidates
     ) r
     WHERE kept
   ),

@@ -457,6 +457,20 @@ export class PostgresStore implements OutboxStore<Queryable> {
     );
   }
 
+  async releaseClaimer(context: SettleContext): Promise<number> {
+    this.#assertOpen();
+    const rows = await this.#run(
+      "releaseClaimer",
+      this.#sql.releaseClaimer(context.fence !== undefined),
+      [context.claimer],
+      context.fence,
+      true,
+    );
+    const released = Number(rows[0]?.n ?? 0);
+    if (released > 0) this.#wake();
+    return released;
+  }
+
   async listDead(options: ListDeadOptions = {}): Promise<OutboxEntry[]> {
     this.#assertOpen();
     const limit = positiveInteger(options.limit ?? 100, "limit");
@@ -720,6 +734,15 @@ function buildStatements(n: SchemaNames) {
       RETURNING 1
     )
     SELECT ${fenced ? `${fenceColumns(3)},` : ""} (SELECT count(*) FROM updated)::int AS n`,
+    // No index leads to one claimer's rows: this reads the pending index (a claim whose reply
+    // was lost is rare, and its entries are among the oldest pending).
+    releaseClaimer: (fenced: boolean) => `WITH ${fenced ? `${fenceCte(n, 2)},` : ""}
+    updated AS (
+      UPDATE ${t} SET attempts = greatest(attempts - 1, 0), lease_until = NULL, claimed_by = NULL
+      WHERE status = 'pending' AND claimed_by = $1 ${fenced ? fenceGuard(2) : ""}
+      RETURNING 1
+    )
+    SELECT ${fenced ? `${fenceColumns(2)},` : ""} (SELECT count(*) FROM updated)::int AS n`,
     listDead: `SELECT ${entryColumns("o")} FROM ${t} o WHERE o.status = 'dead' AND o.id > $2::bigint ORDER BY o.id LIMIT $1`,
     dropDead: `WITH gone AS (DELETE FROM ${t} WHERE id = ANY($1::bigint[]) AND status = 'dead' RETURNING 1)
     SELECT (SELECT count(*) FROM gone)::int AS n`,

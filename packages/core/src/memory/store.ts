@@ -200,6 +200,19 @@ export class MemoryStore implements OutboxStore<MemoryTransaction> {
     }
   }
 
+  async releaseClaimer(context: SettleContext): Promise<number> {
+    this.#assertOpen();
+    this.#checkFence(context.fence);
+    const leased = [...this.#rows.values()].filter(
+      (row) => row.status === "pending" && row.claimer === context.claimer,
+    );
+    await this.release(
+      leased.map((row) => String(row.seq)),
+      context,
+    );
+    return leased.length;
+  }
+
   async listDead(options: ListDeadOptions = {}): Promise<OutboxEntry[]> {
     this.#assertOpen();
     const after = options.after === undefined ? -1 : Number(options.after);
