@@ -15,4 +15,5 @@ export {
   PubSubPublisher,
   type PubSubPublisherOptions,
   type PubSubTopicLike,
+  pubsubReconnectOptions,
 } from "./publisher.js";

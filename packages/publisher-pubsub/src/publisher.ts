@@ -17,7 +17,7 @@ import {
   routeEntry,
   transientFailure,
 } from "@outbox/core";
-import { classifyPubSubError, isPausedKeyError, type PubSubFailure } from "./classify.js";
+import { classifyPubSubError, GrpcStatus, isPausedKeyError, type PubSubFailure } from "./classify.js";
 
 /** A message as `Topic.publishMessage` takes it. */
 export interface PubSubMessage {
@@ -76,8 +76,8 @@ export interface PubSubPublisherOptions {
   maxMessageBytes?: number;
   /**
    * Upper bound of one publish() call; entries unconfirmed then are reported transient (and may
-   * still reach Pub/Sub: at-least-once). Also the client's retry budget per request (gax
-   * `timeout`). Keep it below the relay's lease (30 s by default). Default 20_000.
+   * still reach Pub/Sub: at-least-once). Also the client's retry budget per request (its retries
+   * of at most 5 s each). Keep it below the relay's lease (30 s by default). Default 20_000.
    */
   timeoutMs?: number;
   /** Overrides the client's batching per topic. Default: {@link defaultBatching}. */
@@ -85,6 +85,50 @@ export interface PubSubPublisherOptions {
   /** Overrides the classification of a publish error; return undefined to keep the default. */
   classifyError?: (error: unknown) => PubSubFailure | undefined;
 }
+
+/** What the client retries a publish on: its own defaults for Publish. */
+const retryCodes = [
+  GrpcStatus.ABORTED,
+  GrpcStatus.CANCELLED,
+  GrpcStatus.DEADLINE_EXCEEDED,
+  GrpcStatus.INTERNAL,
+  GrpcStatus.RESOURCE_EXHAUSTED,
+  GrpcStatus.UNAVAILABLE,
+  GrpcStatus.UNKNOWN,
+];
+
+/**
+ * The client's retries within `timeoutMs`. Each attempt gets at most 5 s (a bare `timeout` would
+ * give the first attempt all of it: a request sent on a connection that a network fault left
+ * half-open then waits out the whole budget, and the key's later messages queue behind it), and
+ * retries follow each other within a second.
+ */
+function publishRetry(timeoutMs: number) {
+  const attemptMs = Math.min(5_000, timeoutMs);
+  return {
+    retryCodes,
+    backoffSettings: {
+      initialRetryDelayMillis: 100,
+      retryDelayMultiplier: 1.3,
+      maxRetryDelayMillis: 1_000,
+      initialRpcTimeoutMillis: attemptMs,
+      rpcTimeoutMultiplier: 1,
+      maxRpcTimeoutMillis: attemptMs,
+      totalTimeoutMillis: timeoutMs,
+    },
+  };
+}
+
+/**
+ * gRPC channel options for your `PubSub` client: reconnect within 1 s of a network fault's end.
+ * gRPC's own reconnect backoff grows 1.6x per failed attempt up to 120 s, so after a few seconds of
+ * refused connections the client may wait several more before trying again.
+ * `new PubSub({ projectId, ...pubsubReconnectOptions })`.
+ */
+export const pubsubReconnectOptions = Object.freeze({
+  "grpc.initial_reconnect_backoff_ms": 250,
+  "grpc.max_reconnect_backoff_ms": 1_000,
+});
 
 interface Send {
   readonly index: number;
@@ -150,7 +194,7 @@ export class PubSubPublisher implements OutboxPublisher {
       batching: { ...defaultBatching, ...options.batching },
       // The client's retry budget per request (its default is 600 s): an outage becomes a
       // transient outcome instead of a request that outlives the relay's lease.
-      gaxOpts: { timeout: this.#timeoutMs },
+      gaxOpts: { retry: publishRetry(this.#timeoutMs) },
     };
     const custom = options.classifyError;
     this.#classify = custom ? (error) => custom(error) ?? classifyPubSubError(error) : classifyPubSubError;

@@ -342,3 +342,31 @@ describe("lifecycle", () => {
     expect(() => createPubSubPublisher({ pubsub, topic: "x" as never })).toThrow(/OUTBOX_INVALID_OPTIONS/);
   });
 });
+
+describe("the client's retry budget", () => {
+  function optionsFor(timeoutMs?: number) {
+    let given: unknown;
+    const pubsub: PubSubClientLike = {
+      topic(name, options) {
+        given = options;
+        return new ScriptedTopic(name, async () => {});
+      },
+    };
+    const publisher = createPubSubPublisher({ pubsub, ...(timeoutMs === undefined ? {} : { timeoutMs }) });
+    return publisher.publish([makeEntry({ topic: "t", key: "a" })]).then(() => {
+      const retry = (given as { gaxOpts: { retry: { backoffSettings: Record<string, number> } } }).gaxOpts.retry;
+      return retry.backoffSettings;
+    });
+  }
+
+  it("gives each attempt at most 5 s of timeoutMs, so a request stuck on a half-open connection is sent again", async () => {
+    const backoff = await optionsFor();
+    expect(backoff.totalTimeoutMillis).toBe(20_000);
+    expect(backoff.maxRpcTimeoutMillis).toBe(5_000);
+    expect(backoff.maxRetryDelayMillis).toBeLessThanOrEqual(1_000);
+    const short = await optionsFor(2_000);
+    expect([short.initialRpcTimeoutMillis, short.maxRpcTimeoutMillis, short.totalTimeoutMillis]).toEqual([
+      2_000, 2_000, 2_000,
+    ]);
+  });
+});

@@ -5,7 +5,7 @@
 import { PubSub, v1 } from "@google-cloud/pubsub";
 import { OutboxHeader } from "@outbox/core";
 import { createEtcdLockBackend } from "@outbox/lock-etcd";
-import { createPubSubPublisher } from "@outbox/publisher-pubsub";
+import { createPubSubPublisher, pubsubReconnectOptions } from "@outbox/publisher-pubsub";
 import { createMongoStore } from "@outbox/store-mongodb";
 import { mongoUrl, pubsubHost } from "@outbox/test-support/services";
 import { sleep } from "@outbox/test-support/wait";
@@ -96,7 +96,8 @@ export const stack: Stack = {
   settings: {
     store:
       "createMongoStore({ client, db, collection, transactions: false }): FerretDB 1.x has no transactions, so the producer's enqueue is not in a multi-document transaction; otherwise defaults (polling: no change streams)",
-    publisher: "createPubSubPublisher({ pubsub }): defaults; a subscription with message ordering",
+    publisher:
+      "createPubSubPublisher({ pubsub }): defaults; the PubSub client with pubsubReconnectOptions (as the README recommends); a subscription with message ordering",
     lock: "createEtcdLockBackend({ client }): defaults; Etcd3 client with dialTimeout 1000",
     client: "MongoClient with serverSelectionTimeoutMS 5000",
   },
@@ -121,7 +122,8 @@ export const stack: Stack = {
     };
   },
   async openPublisher(endpoint) {
-    const pubsub = new PubSub({ projectId, apiEndpoint: endpoint, emulatorMode: true });
+    // As the package README recommends: reconnect within 1 s of a network fault's end.
+    const pubsub = new PubSub({ projectId, apiEndpoint: endpoint, emulatorMode: true, ...pubsubReconnectOptions });
     return createPubSubPublisher({ pubsub });
   },
   async openLock() {
