@@ -120,7 +120,22 @@ export default defineConfig({
     },
     search: { provider: "local" },
     socialLinks: [{ icon: "github", link: "https://github.com/outbox-ts/outbox" }],
-    editLink: { pattern: "https://github.com/outbox-ts/outbox/edit/main/docs/:path", text: "Edit this page" },
+    editLink: {
+      // Generated pages have no file of their own under docs/: link to what generates them. The
+      // function runs in the browser too, so it uses nothing from outside itself.
+      pattern: ({ filePath }) => {
+        const repo = "https://github.com/outbox-ts/outbox";
+        const api = /^api\/@outbox\/([a-z0-9-]+)\.md$/.exec(filePath);
+        if (api) return `${repo}/edit/main/packages/${api[1]}/src/index.ts`;
+        const page = /^adapters\/([a-z0-9-]+)\.md$/.exec(filePath);
+        if (page && page[1] !== "index") return `${repo}/edit/main/packages/${page[1]}/README.md`;
+        if (/^(api|adapters)\/|^(benchmarks|stack-picker)\.md$/.test(filePath)) {
+          return `${repo}/edit/main/docs/scripts/generate.mjs`;
+        }
+        return `${repo}/edit/main/docs/${filePath}`;
+      },
+      text: "Edit this page",
+    },
     outline: { level: [2, 3] },
     footer: { message: "MIT licensed" },
   },

@@ -12,6 +12,7 @@ import { chromium } from "playwright-core";
 
 const docs = resolve(fileURLToPath(new URL("..", import.meta.url)));
 const dist = join(docs, ".vitepress", "dist");
+const repoRoot = resolve(docs, "..");
 const shots = join(docs, ".screenshots");
 const executablePath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const types = {
@@ -128,8 +129,20 @@ describe("docs site in chromium", () => {
           heading: document.querySelector(".VPContent h1, .VPHero .name")?.textContent?.trim() ?? "",
           ids: [...document.querySelectorAll("[id]")].map((element) => element.id),
           links: [...document.querySelectorAll(".VPContent a[href*='#']")].map((a) => a.href),
+          edit: document.querySelector(".VPDocFooter a.edit-link-button")?.href ?? null,
+          // Code that needs a sideways scrollbar at 1280 px (lines wrap: none should).
+          wideCode: [...document.querySelectorAll(".vp-doc pre")]
+            .filter((pre) => pre.scrollWidth > pre.clientWidth + 1)
+            .map((pre) => pre.textContent?.split("\n").find((line) => line.length > 70) ?? ""),
         }));
         if (!found.heading) failures.push(`${path}: no heading`);
+        // "Edit this page" leads to a file of the repository (generated pages: their source).
+        if (found.edit) {
+          const file = new URL(found.edit).pathname.replace(/^\/outbox-ts\/outbox\/(edit|blob)\/main\//, "");
+          if (!existsSync(join(repoRoot, file)))
+            failures.push(`${path}: "Edit this page" links to ${file}, no such file`);
+        }
+        for (const line of found.wideCode) failures.push(`${path}: a code block scrolls sideways at 1280 px: ${line}`);
         ids.set(key(url), new Set(found.ids));
         for (const href of found.links) {
           const target = new URL(href);

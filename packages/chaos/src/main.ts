@@ -98,6 +98,12 @@ for (const id of stacks) {
   for (const line of [...(result?.lostSample ?? []), ...(result?.inversionSample ?? [])]) log(`    ${line}`);
   for (const line of result?.staleFenceSample ?? []) log(`    ${line}`);
   if (!report.pass) for (const line of report.relays.errorSample.slice(0, 8)) log(`    relay error: ${line}`);
+  const retried = Object.entries(report.relays.retries.causes);
+  if (retried.length > 0) {
+    const total = retried.reduce((sum, [, count]) => sum + count, 0);
+    log(`  retries: ${total} (most attempts of one entry: ${report.relays.retries.mostAttempts}); causes:`);
+    for (const [cause, count] of retried.slice(0, 6)) log(`    ${count}x ${cause}`);
+  }
   if ((!report.pass || values.records) && report.records) {
     const file = out.replace(/\.json$/, `-${report.stack}-records.json`);
     mkdirSync(dirname(file), { recursive: true });

@@ -94,7 +94,10 @@ const relay = new OutboxRelay({
   leader: { backend: lock.backend, name: names.lock, ttlMs: Number(env("CHAOS_TTL_MS")) },
 });
 relay.on("published", ({ entries }) => send({ published: entries.length }));
-relay.on("retried", () => send({ retried: 1 }));
+// The cause, with numbers masked so that the orchestrator can count causes, and the attempt.
+relay.on("retried", ({ entry, error }) =>
+  send({ retried: describeError(error).replace(/\d+/g, "N").slice(0, 160), attempts: entry.attempts }),
+);
 relay.on("deadLettered", ({ entry, error }) => send({ dead: entry.id, error: describeError(error) }));
 relay.on("error", ({ error, phase }) => send({ error: `${phase}: ${describeError(error)}` }));
 relay.on("leadershipGained", ({ grant }) => send({ leader: String(grant.token) }));

@@ -67,6 +67,8 @@ export interface StackReport {
     readonly deadLettered: string[];
     readonly errors: number;
     readonly errorSample: string[];
+    /** Entries given a retry, per cause (numbers masked), and the most attempts one of them had. */
+    readonly retries: { readonly causes: Record<string, number>; readonly mostAttempts: number };
   };
   readonly recorderErrors: string[];
   readonly drainMs: number;
@@ -125,6 +127,8 @@ export async function runStack(stack: Stack, config: RunConfig, log: (line: stri
   const unexpectedExits: string[] = [];
   const deadLettered: string[] = [];
   const errorSample: string[] = [];
+  const retryCauses = new Map<string, number>();
+  let mostAttempts = 0;
   let errors = 0;
   let refusals = 0;
   let leaderships = 0;
@@ -172,6 +176,10 @@ export async function runStack(stack: Stack, config: RunConfig, log: (line: stri
       }
       if (typeof message.lost === "string" && slot.child === child) slot.token = null;
       if (typeof message.session === "number") slot.sessions.add(message.session);
+      if (typeof message.retried === "string") {
+        retryCauses.set(message.retried, (retryCauses.get(message.retried) ?? 0) + 1);
+        mostAttempts = Math.max(mostAttempts, Number(message.attempts) || 0);
+      }
       if (typeof message.error === "string") {
         errors++;
         if (message.dead !== undefined) deadLettered.push(`${id}: entry ${message.dead}: ${message.error}`);
@@ -442,6 +450,10 @@ export async function runStack(stack: Stack, config: RunConfig, log: (line: stri
       deadLettered,
       errors,
       errorSample,
+      retries: {
+        causes: Object.fromEntries([...retryCauses].sort((a, b) => b[1] - a[1])),
+        mostAttempts,
+      },
     },
     recorderErrors: admin?.recorder.errors.slice(0, 20) ?? [],
     drainMs,

@@ -1,12 +1,12 @@
 import { readFileSync } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
-import { type DeadFilter, deadDrop, deadList, deadRequeue, deadShow } from "./commands/dead.js";
+import { type DeadFilter, deadDrop, deadList, deadRequeue, deadShow, defaultMaxPayloadBytes } from "./commands/dead.js";
 import { migrateCommand } from "./commands/migrate.js";
 import { purge } from "./commands/purge.js";
 import { runRelay } from "./commands/relay.js";
 import { status } from "./commands/status.js";
 import { parseDuration, parseMoment, parsePositiveInt } from "./duration.js";
-import { codeOf, ExitCode, exitCodeOf, usageError } from "./errors.js";
+import { classifyError, codeOf, ExitCode, exitCodeOf, usageError } from "./errors.js";
 import { type CliIO, processIO } from "./io.js";
 import { createLogger, type Logger, type LogLevel, logLevels } from "./log.js";
 import { redactText, serializeError } from "./redact.js";
@@ -60,6 +60,13 @@ function optionalDuration(text: string | undefined, option: string): number | un
   return text === undefined ? undefined : parseDuration(text, option);
 }
 
+/** "off" (or 0) turns a readiness check off: undefined. */
+function offOr(text: string, parse: (text: string) => number): number | undefined {
+  const trimmed = text.trim().toLowerCase();
+  if (trimmed === "off" || trimmed === "0" || trimmed === "none") return undefined;
+  return parse(text);
+}
+
 function optionalInt(text: string | undefined, option: string): number | undefined {
   return text === undefined ? undefined : parsePositiveInt(text, option);
 }
@@ -73,6 +80,7 @@ export async function main(argv: readonly string[], ioOverrides: Partial<CliIO> 
   let exitCode: number = ExitCode.Ok;
   let json = false;
   let runtime: Runtime | undefined;
+  let commandName: string | undefined;
 
   const stderrLogger = (level: LogLevel = "warn"): Logger =>
     createLogger({ level, write: (line) => io.stderr.write(line), now: io.now });
@@ -83,6 +91,7 @@ export async function main(argv: readonly string[], ioOverrides: Partial<CliIO> 
   const globalsOf = (command: Command): GlobalOptions => {
     const globals = command.optsWithGlobals() as GlobalOptions;
     json = globals.json === true;
+    commandName = command.name();
     return globals;
   };
 
@@ -108,7 +117,16 @@ export async function main(argv: readonly string[], ioOverrides: Partial<CliIO> 
     .option("--host <address>", "address the HTTP server binds", "0.0.0.0")
     .addOption(new Option("--log-level <level>", "least severe log level written").choices(logLevels).default("info"))
     .option("--stats-interval <duration>", "how often the backlog is read from the store for /readyz and gauges", "5s")
-    .option("--ready-max-lag <duration>", "/readyz answers 503 while the oldest pending entry is older than this")
+    .option(
+      "--ready-max-lag <duration>",
+      "/readyz answers 503 while the oldest pending entry is older than this (off: never)",
+      "5m",
+    )
+    .option(
+      "--ready-max-failures <n>",
+      "/readyz answers 503 after this many failed publish attempts (or claim cycles) in a row (off: never)",
+      "3",
+    )
     .option("--batch-size <n>", "entries claimed per cycle (overrides the config)")
     .option("--max-in-flight <n>", "batches published at once (maxInFlightBatches)")
     .option("--poll <duration>", "wait between polls when idle (pollMs)")
@@ -125,7 +143,8 @@ export async function main(argv: readonly string[], ioOverrides: Partial<CliIO> 
         port,
         host: String(flags.host),
         statsIntervalMs: parseDuration(flags.statsInterval, "--stats-interval"),
-        readyMaxLagMs: optionalDuration(flags.readyMaxLag, "--ready-max-lag"),
+        readyMaxLagMs: offOr(flags.readyMaxLag, (text) => parseDuration(text, "--ready-max-lag")),
+        readyMaxFailures: offOr(flags.readyMaxFailures, (text) => parsePositiveInt(text, "--ready-max-failures")),
         defaultMetrics: flags.defaultMetrics !== false,
         overrides: {
           batchSize: optionalInt(flags.batchSize, "--batch-size"),
@@ -144,8 +163,9 @@ export async function main(argv: readonly string[], ioOverrides: Partial<CliIO> 
       try {
         exitCode = await runRelay(await load(globals, logger), options, io, logger);
       } catch (error) {
-        logger.error("relay failed to start", { error });
-        throw error;
+        const classified = classifyError(error, runtime?.origin(), "relay");
+        logger.error("relay failed to start", { error: classified });
+        throw classified;
       }
     });
 
@@ -178,14 +198,21 @@ export async function main(argv: readonly string[], ioOverrides: Partial<CliIO> 
     });
   dead
     .command("show")
-    .description("one dead entry in full: headers, last error, payload (text, or base64)")
+    .description("one dead entry: headers, last error, payload (text, or base64; the first 4 KiB unless --full)")
     .argument("<id>", "entry id")
     .option("--scan <n>", "dead entries searched, oldest first", "10000")
+    .option(
+      "--max-payload <bytes>",
+      "payload bytes shown at most (the rest is cut, and said so)",
+      String(defaultMaxPayloadBytes),
+    )
+    .option("--full", "the whole payload, however large")
     .action(async (id: string, flags, command: Command) => {
       const globals = globalsOf(command);
       const scan = parsePositiveInt(flags.scan, "--scan");
+      const maxPayloadBytes = flags.full === true ? undefined : parsePositiveInt(flags.maxPayload, "--max-payload");
       const rt = await load(globals, stderrLogger());
-      await deadShow(await rt.store(), id, { scan, json }, io);
+      await deadShow(await rt.store(), id, { scan, json, maxPayloadBytes }, io);
     });
   for (const [name, run, help] of [
     ["requeue", deadRequeue, "make dead entries pending again (fresh attempt count): the relay republishes them"],
@@ -244,8 +271,9 @@ export async function main(argv: readonly string[], ioOverrides: Partial<CliIO> 
       // Help and version exit 0; every parse error (unknown command or flag, missing value) is usage.
       return error.exitCode === 0 ? ExitCode.Ok : ExitCode.Usage;
     }
-    exitCode = exitCodeOf(error);
-    reportError(error, json, io);
+    const classified = classifyError(error, runtime?.origin(), commandName);
+    exitCode = exitCodeOf(classified);
+    reportError(classified, json, io);
   } finally {
     await runtime?.close();
   }
@@ -266,4 +294,6 @@ function reportError(error: unknown, json: boolean, io: CliIO): void {
     io.stderr.write(`  caused by: ${redactText(cause instanceof Error ? cause.message : String(cause))}\n`);
     cause = (cause as { cause?: unknown } | null)?.cause;
   }
+  const hint = (error as { details?: { hint?: unknown } } | null)?.details?.hint;
+  if (typeof hint === "string") io.stderr.write(`  hint: ${redactText(hint)}\n`);
 }

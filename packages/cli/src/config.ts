@@ -1,7 +1,14 @@
 import { existsSync } from "node:fs";
 import { isAbsolute, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
-import type { LockBackend, OutboxPublisher, OutboxRelayOptions, OutboxStore } from "@outbox/core";
+import {
+  type LockBackend,
+  OutboxError,
+  OutboxErrorCode,
+  type OutboxPublisher,
+  type OutboxRelayOptions,
+  type OutboxStore,
+} from "@outbox/core";
 import { configError } from "./errors.js";
 
 /** A value, or a function (sync or async) that makes it when a command first needs it. */
@@ -165,6 +172,10 @@ export async function resolveAdapter<T>(
   try {
     value = typeof slot === "function" ? await (slot as () => T | Promise<T>)() : slot;
   } catch (error) {
+    // A configuration error that names its field (OUTBOX_KAFKA_BROKERS, ...) stays as it is.
+    if (OutboxError.is(error, OutboxErrorCode.InvalidOptions) && (error.details as { field?: unknown }).field) {
+      throw error;
+    }
     // A factory that throws is the configuration's fault (bad option), or the environment's.
     throw configError(field, "its factory threw", error);
   }

@@ -10,5 +10,6 @@ export {
 } from "./config.js";
 export { CliError, CliErrorCode, ExitCode } from "./errors.js";
 export { metricNames } from "./metrics.js";
+export { NotReadyReason, readinessDefaults } from "./readiness.js";
 export { redact, redactText, redactUrl } from "./redact.js";
 export { postgresPurgeEstimate, stackEnv } from "./stack.js";

@@ -15,6 +15,11 @@ export interface CliIO {
   now: () => number;
   /** Calls `listener` on SIGTERM/SIGINT; returns a function that stops listening. */
   onSignal: (listener: (signal: NodeJS.Signals) => void) => () => void;
+  /**
+   * Sends process warnings (`process.emitWarning`, Node's own) to `listener` instead of Node's
+   * default stderr printer, so a JSON log stays JSON; returns a function that restores it.
+   */
+  onWarning: (listener: (warning: Error) => void) => () => void;
 }
 
 export function processIO(): CliIO {
@@ -29,6 +34,16 @@ export function processIO(): CliIO {
       for (const signal of signals) process.on(signal, listener);
       return () => {
         for (const signal of signals) process.off(signal, listener);
+      };
+    },
+    onWarning(listener) {
+      // Node prints warnings through a 'warning' listener of its own (onWarning); set it aside.
+      const printers = process.listeners("warning");
+      for (const printer of printers) process.off("warning", printer);
+      process.on("warning", listener);
+      return () => {
+        process.off("warning", listener);
+        for (const printer of printers) process.on("warning", printer);
       };
     },
   };

@@ -136,14 +136,17 @@ export class RelayMetrics {
         this.set(relayMetrics()?.leader ? 1 : 0);
       },
     });
+    // Labelled by lock: prom-client writes an unlabelled gauge as 0 even after reset(), and 0
+    // would read as a token. With a label and no value set, the series is absent.
     new Gauge({
       name: metricNames.fenceToken,
-      help: "The fencing token of this relay's current leadership (absent when not leading or without election).",
+      help: "The fencing token of this relay's current leadership, by lock (absent when not leading or without election).",
+      labelNames: ["lock"],
       registers,
       collect() {
         this.reset();
         const fence = options.fence();
-        if (fence) this.set(Number(fence.token));
+        if (fence) this.set({ lock: fence.lock }, Number(fence.token));
       },
     });
     new Gauge({

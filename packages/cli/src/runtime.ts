@@ -1,8 +1,8 @@
 import type { LockBackend, OutboxPublisher, OutboxStore } from "@outbox/core";
 import { findConfigFile, loadConfigFile, type OutboxCliConfig, resolveAdapter } from "./config.js";
-import { configError } from "./errors.js";
+import { type ConfigOrigin, configError } from "./errors.js";
 import type { Logger } from "./log.js";
-import { configFromEnv } from "./stack.js";
+import { configFromEnv, stackEnv } from "./stack.js";
 
 export interface RuntimeSource {
   /** "file" (with its path) or "env" (the built-in PostgreSQL + Kafka stack). */
@@ -27,6 +27,25 @@ export class Runtime {
     this.config = config;
     this.source = source;
     this.#logger = logger;
+  }
+
+  /** Where the store's connection and table are configured, for the hints of configuration errors. */
+  origin(): ConfigOrigin {
+    if (this.source.kind === "env") {
+      return {
+        connection: stackEnv.databaseUrl,
+        connectionText: stackEnv.databaseUrl,
+        table: stackEnv.table,
+        tableText: `${stackEnv.schema} and ${stackEnv.table}`,
+      };
+    }
+    const file = this.source.path ?? "the config file";
+    return {
+      connection: "store",
+      connectionText: `the store's database client in ${file}`,
+      table: "store",
+      tableText: `the store's schema and table in ${file}`,
+    };
   }
 
   static async load(

@@ -76,6 +76,33 @@ export function postgresPurgeEstimate(
   };
 }
 
+/** host:port, the host a name, an IPv4 address or a bracketed IPv6 address. */
+const brokerPattern = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$/;
+
+/**
+ * OUTBOX_DATABASE_URL must be a PostgreSQL URL (what pg's connectionString takes): anything else
+ * would reach the driver as a host name ("getaddrinfo ENOTFOUND base") and look like an outage.
+ */
+function checkDatabaseUrl(url: string): void {
+  const hint = `set ${stackEnv.databaseUrl} to a URL such as postgres://user@host:5432/database`;
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch (error) {
+    throw configError(stackEnv.databaseUrl, "is not a URL", error, { hint });
+  }
+  if (!["postgres:", "postgresql:", "socket:"].includes(parsed.protocol)) {
+    throw configError(
+      stackEnv.databaseUrl,
+      `expected a postgres:// URL, got the scheme ${parsed.protocol}`,
+      undefined,
+      {
+        hint,
+      },
+    );
+  }
+}
+
 function kafkaLogCreator(logger: Logger) {
   // kafkajs levels: NOTHING 0, ERROR 1, WARN 2, INFO 4, DEBUG 5.
   return () =>
@@ -97,6 +124,7 @@ function kafkaLogCreator(logger: Logger) {
 export function configFromEnv(env: Record<string, string | undefined>, logger: Logger): OutboxCliConfig | undefined {
   const url = env[stackEnv.databaseUrl];
   if (!url) return undefined;
+  checkDatabaseUrl(url);
   const schema = env[stackEnv.schema] || undefined;
   const table = env[stackEnv.table] || undefined;
   const leaderMode = (env[stackEnv.leader] ?? "none").toLowerCase();
@@ -136,6 +164,17 @@ export function configFromEnv(env: Record<string, string | undefined>, logger: L
         .map((broker) => broker.trim())
         .filter(Boolean);
       if (brokers.length === 0) throw configError(stackEnv.kafkaBrokers, "is required to publish (host:port,...)");
+      const malformed = brokers.find((broker) => !brokerPattern.test(broker));
+      if (malformed !== undefined) {
+        throw configError(
+          stackEnv.kafkaBrokers,
+          `expected host:port,host:port, got ${JSON.stringify(malformed)}`,
+          undefined,
+          {
+            hint: `set ${stackEnv.kafkaBrokers} to the brokers' host:port list, e.g. kafka-0:9092,kafka-1:9092`,
+          },
+        );
+      }
       const { Kafka } = await importPeer<KafkajsModule>("kafkajs", stackEnv.kafkaBrokers);
       const { createKafkaPublisher } = await importPeer<PublisherKafkaModule>(
         "@outbox/publisher-kafka",

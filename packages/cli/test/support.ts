@@ -31,6 +31,8 @@ export interface InProcessRun {
   readonly stderr: Capture;
   /** Sends SIGTERM (or another signal) to the in-process command. */
   signal(name?: NodeJS.Signals): void;
+  /** Emits a process warning to the in-process command (the real process' warnings stay vitest's). */
+  warn(warning: Error): void;
 }
 
 /** Runs `outbox <args>` in this process with captured output and a fake signal source. */
@@ -47,12 +49,17 @@ export function runInProcess(args: string[], env: Record<string, string | undefi
       signals.on("signal", listener);
       return () => signals.off("signal", listener);
     },
+    onWarning(listener) {
+      signals.on("warning", listener);
+      return () => signals.off("warning", listener);
+    },
   };
   return {
     code: main(args, io),
     stdout,
     stderr,
     signal: (name = "SIGTERM") => signals.emit("signal", name),
+    warn: (warning) => signals.emit("warning", warning),
   };
 }
 

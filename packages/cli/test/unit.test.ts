@@ -1,10 +1,20 @@
-import { MemoryPublisher, MemoryStore, OutboxErrorCode, type OutboxStore, systemClock } from "@outbox/core";
+import {
+  MemoryPublisher,
+  MemoryStore,
+  OutboxErrorCode,
+  type OutboxStore,
+  permanentFailure,
+  published,
+  systemClock,
+  transientFailure,
+} from "@outbox/core";
 import { waitFor } from "@outbox/test-support/wait";
 import { beforeEach, describe, expect, it } from "vitest";
 import { validateConfig } from "../src/config.js";
 import { parseDuration, parseMoment } from "../src/duration.js";
 import { CliErrorCode, ExitCode } from "../src/errors.js";
 import { createLogger } from "../src/log.js";
+import { NotReadyReason, notReadyReasons, PublishHealth } from "../src/readiness.js";
 import { redact, redactText, redactUrl } from "../src/redact.js";
 import { configFromEnv } from "../src/stack.js";
 import { globalConfigPath, run, runInProcess, setTestConfig } from "./support.js";
@@ -419,5 +429,84 @@ describe("outbox relay (in-process, in-memory adapters)", () => {
     const lines = relay.stdout.json<{ msg: string; level: string }>();
     expect(lines.map((line) => line.msg)).toEqual(expect.arrayContaining(["relay started", "draining", "stopped"]));
     expect(lines.find((line) => line.msg === "stopped")).toMatchObject({ drained: true, published: 50 });
+  });
+});
+
+describe("readiness", () => {
+  const base: Parameters<typeof notReadyReasons>[0] = {
+    draining: false,
+    running: true,
+    backlog: { stats: { pending: 3, inFlight: 0, dead: 0, oldestPendingAt: new Date(0) }, ok: true },
+    claimFailures: 0,
+    publish: { failedInARow: 0, lastError: null },
+    now: 60_000,
+    maxLagMs: 120_000,
+    maxFailures: 3,
+  };
+  const codesOf = (input: Partial<typeof base>) => notReadyReasons({ ...base, ...input }).map((reason) => reason.code);
+
+  it("names each reason by a stable code", () => {
+    expect(codesOf({})).toEqual([]);
+    expect(codesOf({ draining: true })).toEqual([NotReadyReason.Draining]);
+    expect(codesOf({ running: false })).toEqual([NotReadyReason.NotRunning]);
+    expect(codesOf({ backlog: { stats: null, ok: false } })).toEqual([NotReadyReason.StoreNotReached]);
+    expect(codesOf({ backlog: { ...base.backlog, ok: false } })).toEqual([NotReadyReason.StoreFailing]);
+    expect(codesOf({ claimFailures: 3 })).toEqual([NotReadyReason.ClaimsFailing]);
+    expect(codesOf({ publish: { failedInARow: 3, lastError: "down" } })).toEqual([NotReadyReason.PublishFailing]);
+    expect(codesOf({ now: 120_001 })).toEqual([NotReadyReason.LagAboveMax]);
+  });
+
+  it("publish failures count only while entries are pending; undefined limits turn checks off", () => {
+    const empty = { stats: { pending: 0, inFlight: 0, dead: 0, oldestPendingAt: null }, ok: true };
+    expect(codesOf({ backlog: empty, publish: { failedInARow: 9, lastError: null } })).toEqual([]);
+    expect(
+      codesOf({ maxFailures: undefined, claimFailures: 9, publish: { failedInARow: 9, lastError: null } }),
+    ).toEqual([]);
+    expect(codesOf({ maxLagMs: undefined, now: 10 ** 12 })).toEqual([]);
+  });
+
+  it("a publish call fails when nothing was published and an entry failed transiently, or when it threw", () => {
+    const health = new PublishHealth(() => 0);
+    health.record([transientFailure(new Error("down")), transientFailure(new Error("down"))]);
+    health.record({ error: new Error("thrown") });
+    expect(health).toMatchObject({ failedInARow: 2, attempts: 2, lastError: "thrown" });
+    health.record([permanentFailure(new Error("too large"))]);
+    expect(health.failedInARow).toBe(0);
+    health.record([transientFailure(new Error("down"))]);
+    health.record([published(), transientFailure(new Error("down"))]);
+    expect(health.failedInARow).toBe(0);
+  });
+});
+
+describe("process warnings in the relay's JSON log", () => {
+  it("go to stdout as a JSON line, not to stderr", async () => {
+    setTestConfig({ store: new MemoryStore(), publisher: new MemoryPublisher(), relay: { pollMs: 10 } });
+    const relay = runInProcess([
+      "relay",
+      "--config",
+      globalConfigPath,
+      "--port",
+      "0",
+      "--host",
+      "127.0.0.1",
+      "--no-default-metrics",
+    ]);
+    await waitFor(
+      () => relay.stdout.json<{ msg: string }>().some((line) => line.msg === "relay started"),
+      10_000,
+      "the relay to start",
+    );
+    const warning = new Error("-1796623872782 is a negative number.");
+    warning.name = "TimeoutNegativeWarning";
+    warning.stack = `${warning.name}: ${warning.message}\n    at RequestQueue.scheduleCheckPendingRequests (/x/node_modules/kafkajs/src/network/requestQueue/index.js:317:37)`;
+    relay.warn(warning);
+    relay.signal("SIGTERM");
+    expect(await relay.code).toBe(ExitCode.Ok);
+    const line = relay.stdout
+      .json<{ msg: string; level: string; warning?: { name: string }; note?: string }>()
+      .find((candidate) => candidate.msg === "process warning");
+    expect(line).toMatchObject({ level: "warn", warning: { name: "TimeoutNegativeWarning" } });
+    expect(typeof line?.note).toBe("string");
+    expect(relay.stderr.text).toBe("");
   });
 });

@@ -73,8 +73,27 @@ function payloadText(payload: Uint8Array): string | null {
   }
 }
 
+/** Bytes of a payload `dead show` prints unless told `--full` (or another `--max-payload`). */
+export const defaultMaxPayloadBytes = 4_096;
+
+/**
+ * The first `max` bytes of a payload (all of it when `max` is undefined), cut back to a whole
+ * UTF-8 character when the payload is text, so the shown part still decodes.
+ */
+export function payloadPart(payload: Uint8Array, max: number | undefined): { bytes: Uint8Array; truncated: boolean } {
+  if (max === undefined || payload.byteLength <= max) return { bytes: payload, truncated: false };
+  let end = max;
+  if (payloadText(payload) !== null) {
+    // Continuation bytes are 10xxxxxx: back off to the start of the character the cut splits.
+    while (end > 0 && ((payload[end] as number) & 0xc0) === 0x80) end--;
+  }
+  return { bytes: payload.subarray(0, end), truncated: true };
+}
+
 /** An entry as JSON: dates ISO, payload as base64 plus text when it is valid UTF-8. */
-export function entryJson(entry: OutboxEntry, withPayload: boolean): Record<string, unknown> {
+export function entryJson(entry: OutboxEntry, withPayload: boolean, maxPayloadBytes?: number): Record<string, unknown> {
+  const isText = withPayload && payloadText(entry.payload) !== null;
+  const { bytes, truncated } = payloadPart(entry.payload, withPayload ? maxPayloadBytes : undefined);
   return {
     id: entry.id,
     topic: entry.topic,
@@ -87,7 +106,11 @@ export function entryJson(entry: OutboxEntry, withPayload: boolean): Record<stri
     headers: entry.headers,
     payloadBytes: entry.payload.byteLength,
     ...(withPayload
-      ? { payloadText: payloadText(entry.payload), payloadBase64: Buffer.from(entry.payload).toString("base64") }
+      ? {
+          payloadText: isText ? payloadText(bytes) : null,
+          payloadBase64: Buffer.from(bytes).toString("base64"),
+          payloadTruncated: truncated,
+        }
       : {}),
   };
 }
@@ -131,7 +154,12 @@ export async function deadList(
   );
 }
 
-export async function deadShow(store: AnyStore, id: string, options: DeadScan & { json: boolean }, io: CliIO) {
+export async function deadShow(
+  store: AnyStore,
+  id: string,
+  options: DeadScan & { json: boolean; maxPayloadBytes: number | undefined },
+  io: CliIO,
+) {
   const { entries, complete } = await readDead(store, options.scan, (candidate) => candidate.id === id);
   const entry = entries.find((candidate) => candidate.id === id);
   if (!entry) {
@@ -141,17 +169,22 @@ export async function deadShow(store: AnyStore, id: string, options: DeadScan & 
       { id, scanned: entries.length },
     );
   }
-  const json = entryJson(entry, true);
+  const json = entryJson(entry, true, options.maxPayloadBytes);
   if (options.json) {
     writeJson(io.stdout, json);
     return;
   }
   for (const [name, value] of Object.entries(json)) {
-    if (name === "payloadText" || name === "payloadBase64") continue;
+    if (name === "payloadText" || name === "payloadBase64" || name === "payloadTruncated") continue;
     io.stdout.write(`${`${name}`.padEnd(16)}${typeof value === "object" ? JSON.stringify(value) : String(value)}\n`);
   }
   const text = json.payloadText;
   io.stdout.write(text === null ? `payload (base64)\n${String(json.payloadBase64)}\n` : `payload\n${String(text)}\n`);
+  if (json.payloadTruncated === true) {
+    const shown =
+      text === null ? Buffer.from(String(json.payloadBase64), "base64").byteLength : Buffer.byteLength(String(text));
+    io.stdout.write(`… truncated: ${shown} of ${entry.payload.byteLength} bytes shown (--full for all of it)\n`);
+  }
 }
 
 interface Selection {

@@ -36,9 +36,11 @@ export async function purge(store: OutboxStore<never>, options: PurgeOptions, io
     try {
       estimate = await options.estimate(cutoff);
     } catch (error) {
-      io.stderr.write(
-        `purge: the estimate failed, showing progress in time only (${error instanceof Error ? error.message : String(error)})\n`,
-      );
+      // With --json, stderr carries only the error document.
+      if (!options.json)
+        io.stderr.write(
+          `purge: the estimate failed, showing progress in time only (${error instanceof Error ? error.message : String(error)})\n`,
+        );
     }
   }
   let from: number;

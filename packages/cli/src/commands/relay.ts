@@ -1,8 +1,9 @@
-import { OutboxError, OutboxErrorCode, OutboxRelay, type OutboxRelayOptions, type StoreStats } from "@outbox/core";
-import { ExitCode } from "../errors.js";
+import { OutboxError, OutboxErrorCode, OutboxRelay, type OutboxRelayOptions } from "@outbox/core";
+import { classifyError, ExitCode } from "../errors.js";
 import type { CliIO } from "../io.js";
 import type { Logger } from "../log.js";
 import { type BacklogSnapshot, RelayMetrics } from "../metrics.js";
+import { lagMsOf, notReadyReasons, PublishHealth } from "../readiness.js";
 import type { Runtime } from "../runtime.js";
 import { ProbeServer } from "../server.js";
 
@@ -10,8 +11,10 @@ export interface RelayCommandOptions {
   port: number;
   host: string;
   statsIntervalMs: number;
-  /** /readyz fails when the oldest pending entry is older than this. */
+  /** /readyz fails when the oldest pending entry is older than this (undefined: never). */
   readyMaxLagMs?: number;
+  /** /readyz fails after this many failed publish attempts (or claim cycles) in a row (undefined: never). */
+  readyMaxFailures?: number;
   defaultMetrics: boolean;
   /** Flags that override the config's `relay` settings. */
   overrides: Partial<
@@ -42,17 +45,18 @@ export async function runRelay(
   let drainTimedOut = false;
   let relay: OutboxRelay | null = null;
 
-  const lagMs = (stats: StoreStats | null) =>
-    stats?.oldestPendingAt ? Math.max(0, io.now() - stats.oldestPendingAt.getTime()) : 0;
-  const readiness = () => {
-    const reasons: string[] = [];
-    if (draining) reasons.push("draining");
-    if (!relay?.running && !draining) reasons.push("relay not running");
-    if (!backlog.ok) reasons.push(backlog.stats ? "store stats failing" : "store not reached yet");
-    if (options.readyMaxLagMs !== undefined && lagMs(backlog.stats) > options.readyMaxLagMs)
-      reasons.push("lag above --ready-max-lag");
-    return reasons;
-  };
+  const publishHealth = new PublishHealth(io.now);
+  const readiness = () =>
+    notReadyReasons({
+      draining,
+      running: relay?.running === true,
+      backlog,
+      claimFailures: relay?.metrics().consecutiveFailures ?? 0,
+      publish: publishHealth,
+      now: io.now(),
+      maxLagMs: options.readyMaxLagMs,
+      maxFailures: options.readyMaxFailures,
+    });
 
   const metrics = new RelayMetrics({
     backlog: () => backlog,
@@ -66,7 +70,7 @@ export async function runRelay(
     ...relaySettings,
     ...Object.fromEntries(Object.entries(options.overrides).filter(([, value]) => value !== undefined)),
     store,
-    publisher: metrics.timePublisher(publisher),
+    publisher: publishHealth.wrap(metrics.timePublisher(publisher)),
     leader: lock ? { backend: lock, ...leaderSettings } : undefined,
   });
   const running = relay;
@@ -115,6 +119,18 @@ export async function runRelay(
     log.error("relay error", { phase, error });
   });
 
+  // Readiness changes are logged as they are noticed (at each stats poll), with the reasons.
+  let lastReadiness: string | undefined;
+  const logReadiness = () => {
+    if (draining) return;
+    const reasons = readiness();
+    const codes = reasons.map((reason) => reason.code).join(",");
+    if (codes === lastReadiness) return;
+    lastReadiness = codes;
+    if (reasons.length === 0) log.info("ready");
+    else log.warn("not ready", { reasons });
+  };
+
   // Backlog figures for /readyz and the gauges: polled, so a scrape never waits on the store.
   const poller = new AbortController();
   const pollStats = async () => {
@@ -127,6 +143,7 @@ export async function runRelay(
         if (backlog.ok || !backlog.stats) log.warn("store stats failed", { error });
         backlog = { stats: backlog.stats, ok: false };
       }
+      logReadiness();
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, options.statsIntervalMs);
         poller.signal.addEventListener("abort", () => {
@@ -136,6 +153,16 @@ export async function runRelay(
       });
     }
   };
+
+  // A configuration problem (the table missing, a URL the driver rejects) ends the start with
+  // exit 2 and a hint, instead of a relay that retries it forever; an outage does not.
+  try {
+    backlog = { stats: await store.stats(), ok: true };
+  } catch (error) {
+    const classified = classifyError(error, runtime.origin(), "relay");
+    if (classified !== error) throw classified;
+    log.warn("store stats failed", { error });
+  }
 
   const server = new ProbeServer({
     healthz: () => ({
@@ -151,11 +178,15 @@ export async function runRelay(
         body: {
           ready: reasons.length === 0,
           reasons,
+          limits: {
+            maxLagSeconds: options.readyMaxLagMs === undefined ? null : options.readyMaxLagMs / 1000,
+            maxFailures: options.readyMaxFailures ?? null,
+          },
           relayId: running.id,
           leader: relayMetrics.leader,
           leaderElection: lock !== undefined,
           fence: fence ? { lock: fence.lock, token: fence.token.toString() } : null,
-          lagSeconds: lagMs(stats) / 1000,
+          lagSeconds: lagMsOf(stats, io.now()) / 1000,
           pending: stats?.pending ?? null,
           inFlight: stats?.inFlight ?? null,
           dead: stats?.dead ?? null,
@@ -163,6 +194,10 @@ export async function runRelay(
           published: relayMetrics.published,
           lastPublishedAt: relayMetrics.lastPublishedAt?.toISOString() ?? null,
           consecutiveFailures: relayMetrics.consecutiveFailures,
+          publishAttempts: publishHealth.attempts,
+          publishFailuresInARow: publishHealth.failedInARow,
+          lastPublishError: publishHealth.lastError,
+          lastPublishFailureAt: publishHealth.lastFailureAt?.toISOString() ?? null,
         },
       };
     },
@@ -196,6 +231,7 @@ export async function runRelay(
     }
   });
 
+  const stopWarnings = io.onWarning((warning) => log.warn("process warning", warningFields(warning)));
   const polling = pollStats();
   running.start();
   log.info("relay started", {
@@ -212,11 +248,15 @@ export async function runRelay(
   log.info("draining", { signal, inFlight: backlog.stats?.inFlight ?? null });
   const outcome = await Promise.race([running.stop().then(() => "stopped" as const), forcedExit]);
   stopListening();
-  if (outcome === "forced") return ExitCode.Failure;
+  if (outcome === "forced") {
+    stopWarnings();
+    return ExitCode.Failure;
+  }
   poller.abort();
   await polling;
   await runtime.close();
   await server.close();
+  stopWarnings();
   const final = running.metrics();
   log.info("stopped", {
     drained: !drainTimedOut,
@@ -226,4 +266,20 @@ export async function runRelay(
     errors: final.errors,
   });
   return drainTimedOut ? ExitCode.Failure : ExitCode.Ok;
+}
+
+/**
+ * A process warning as log fields. kafkajs 2.2.4 sets a negative timeout on every connection
+ * (its RequestQueue computes `throttledUntil - Date.now()` with `throttledUntil` still -1, its
+ * "never throttled" value; tulios/kafkajs#1751), which Node 24 reports as a
+ * TimeoutNegativeWarning once per process: harmless (Node uses 1 ms), and said so.
+ */
+export function warningFields(warning: Error): Record<string, unknown> {
+  const fields: Record<string, unknown> = {
+    warning: { name: warning.name, message: warning.message, code: (warning as { code?: unknown }).code },
+  };
+  if (warning.name === "TimeoutNegativeWarning" && /kafkajs/.test(warning.stack ?? "")) {
+    fields.note = "kafkajs schedules a timer with a negative delay (tulios/kafkajs#1751); harmless";
+  }
+  return fields;
 }
