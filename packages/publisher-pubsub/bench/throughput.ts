@@ -25,7 +25,12 @@ const PAYLOAD = 1_024;
 const pgUrl = process.env.OUTBOX_PG_URL ?? "postgres://postgres:postgres@127.0.0.1:5432/outbox_test";
 const endpoint = process.env.OUTBOX_PUBSUB_EMULATOR_HOST ?? "127.0.0.1:8085";
 
-const pubsub = new PubSub({ projectId: "outbox-bench", apiEndpoint: endpoint, emulatorMode: true });
+const pubsub = new PubSub({
+  projectId: "outbox-bench",
+  apiEndpoint: endpoint,
+  emulatorMode: true,
+  universeDomain: "googleapis.com",
+});
 const pool = new pg.Pool({ connectionString: pgUrl, max: 4 });
 const id = () => globalThis.crypto.randomUUID().slice(0, 8);
 const payloads = Array.from({ length: 64 }, () => randomBytes(PAYLOAD));

@@ -45,6 +45,10 @@ async function harness(): Promise<PublisherHarness> {
       if (proxy.cut() === 0) throw new Error("no connection to drop");
       proxy.restore();
     },
+    // The next request the client sends (the publish) is not forwarded and its connection is reset:
+    // the client pauses the ordering key, which the publisher must resume.
+    // Repeated, to outlast the client's own retries of the request.
+    failNextPublish: async () => proxy.dropOnNextSend(() => true, 8),
     async teardown() {
       await publisher.close();
       for (const reader of readers.values()) await reader.close();

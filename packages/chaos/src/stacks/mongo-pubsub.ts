@@ -123,7 +123,13 @@ export const stack: Stack = {
   },
   async openPublisher(endpoint) {
     // As the package README recommends: reconnect within 1 s of a network fault's end.
-    const pubsub = new PubSub({ projectId, apiEndpoint: endpoint, emulatorMode: true, ...pubsubReconnectOptions });
+    const pubsub = new PubSub({
+      projectId,
+      apiEndpoint: endpoint,
+      emulatorMode: true,
+      universeDomain: "googleapis.com",
+      ...pubsubReconnectOptions,
+    });
     return createPubSubPublisher({ pubsub });
   },
   async openLock() {
@@ -134,7 +140,12 @@ export const stack: Stack = {
     const client = mongoClient(`${mongoUrl}/?directConnection=true`, "chaos-admin");
     const store = createMongoStore({ client, db: database, collection: names.table, transactions: false });
     await store.init();
-    const pubsub = new PubSub({ projectId, apiEndpoint: pubsubHost, emulatorMode: true });
+    const pubsub = new PubSub({
+      projectId,
+      apiEndpoint: pubsubHost,
+      emulatorMode: true,
+      universeDomain: "googleapis.com",
+    });
     await pubsub.createTopic(names.topic);
     const subscription = `${names.topic}-chaos`;
     await pubsub.createSubscription(names.topic, subscription, { enableMessageOrdering: true });

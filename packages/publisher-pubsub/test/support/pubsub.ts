@@ -11,9 +11,12 @@ import { waitFor } from "@outbox/test-support/wait";
 export const emulatorHost = process.env.OUTBOX_PUBSUB_EMULATOR_HOST ?? "127.0.0.1:8085";
 export const projectId = "outbox-test";
 
-/** A client of the fake server (or of `endpoint`, e.g. a proxy in front of it). */
+/**
+ * A client of the fake server (or of `endpoint`, e.g. a proxy in front of it). The project id and the
+ * universe domain given, the client never asks Google's metadata server for either.
+ */
 export function newPubSub(endpoint = emulatorHost): PubSub {
-  return new PubSub({ projectId, apiEndpoint: endpoint, emulatorMode: true });
+  return new PubSub({ projectId, apiEndpoint: endpoint, emulatorMode: true, universeDomain: "googleapis.com" });
 }
 
 export function uniqueTopic(prefix = "outbox-test"): string {

@@ -15,6 +15,7 @@ const pubsub = new PubSub({
   projectId: process.env.E2E_PROJECT_ID ?? "outbox-test",
   apiEndpoint: process.env.E2E_PUBSUB_ENDPOINT,
   emulatorMode: true,
+  universeDomain: "googleapis.com",
 });
 const publisher = createPubSubPublisher({ pubsub, timeoutMs: Number(process.env.E2E_PUBLISH_TIMEOUT_MS ?? 8_000) });
 const relay = new OutboxRelay({
