@@ -1,11 +1,16 @@
 // A client pointed at the emulator stays on loopback: it must not look up or reach Google's
 // metadata server (metadata.google.internal, 169.254.169.254) or anything else but the emulator.
-import dns from "node:dns";
-import net from "node:net";
+import { createRequire } from "node:module";
+import type { Socket } from "node:net";
 import { makeEntry } from "@outbox/conformance";
 import { afterEach, expect, it, vi } from "vitest";
 import { createPubSubPublisher } from "../src/index.js";
 import { newPubSub, uniqueTopic } from "./support/pubsub.js";
+
+// The modules' own objects (what net and the HTTP clients call), not read-only ESM namespaces.
+const require = createRequire(import.meta.url);
+const dns = require("node:dns") as typeof import("node:dns");
+const net = require("node:net") as typeof import("node:net");
 
 afterEach(() => {
   vi.restoreAllMocks();
@@ -30,9 +35,9 @@ it("publishes through the emulator without looking up or connecting to any other
     return (lookup as (...args: unknown[]) => unknown)(hostname, ...rest);
   }) as typeof dns.lookup);
   const connect = net.Socket.prototype.connect;
-  vi.spyOn(net.Socket.prototype, "connect").mockImplementation(function (this: net.Socket, ...args: unknown[]) {
+  vi.spyOn(net.Socket.prototype, "connect").mockImplementation(function (this: Socket, ...args: unknown[]) {
     contacted.push(hostOf(args));
-    return (connect as (...inner: unknown[]) => net.Socket).apply(this, args);
+    return (connect as (...inner: unknown[]) => Socket).apply(this, args);
   } as typeof net.Socket.prototype.connect);
   const emitWarning = process.emitWarning;
   vi.spyOn(process, "emitWarning").mockImplementation(((warning: string | Error, ...rest: unknown[]) => {
