@@ -48,6 +48,19 @@ export interface PublisherHarness {
    * restart a server that other tests use: the kit never asks a harness to restart one.
    */
   dropConnection?(): Promise<void>;
+  /**
+   * Optional: fields of an entry for `topic` the broker fails *for now* (a full queue that rejects
+   * publishes, a partition without a leader...): the publisher must report it `transient`. Without
+   * it, `key-runs-transient` is skipped.
+   */
+  transientFailure?(topic: string): Promise<Pick<OutboxEntry, "topic" | "payload" | "key">>;
+  /**
+   * Optional: arms a failure *inside the broker client*: the next publish request this publisher
+   * sends fails after it left the publisher (the harness cuts the connection it travels on before
+   * the broker answers, e.g. a `TcpProxy` that resets on the next write, or the broker rejects
+   * it). Later requests go through (the client reconnects). Without it, `broker-failure` is skipped.
+   */
+  failNextPublish?(): Promise<void>;
   /** Closes the publisher and everything the harness opened (consumers, admin clients, topics). */
   teardown(): Promise<void>;
 }
@@ -196,6 +209,154 @@ export const publisherChecks = {
         ids.filter((id) => id === b1.idempotencyKey || id === b2.idempotencyKey),
         "another key's run in the same call must arrive whole and in order",
       ).toEqual([b1.idempotencyKey, b2.idempotencyKey]);
+    },
+  },
+  "key-runs-transient": {
+    title: "after a transiently failed entry, the rest of its key's run in that call is held back too",
+    requires: (h) => (h.transientFailure ? null : "harness provides no transientFailure()"),
+    async run(h) {
+      const topic = await h.topic();
+      const badFields = await (h.transientFailure as NonNullable<PublisherHarness["transientFailure"]>)(topic);
+      const a1 = makeEntry({ topic, key: "a", headers: { "x-seq": "1" } });
+      const a2 = makeEntry({ ...badFields, key: "a", headers: { "x-seq": "2" } });
+      const a3 = makeEntry({ topic, key: "a", headers: { "x-seq": "3" } });
+      const b1 = makeEntry({ topic, key: "b" });
+      const b2 = makeEntry({ topic, key: "b" });
+      const outcomes = await h.publisher.publish([a1, b1, a2, b2, a3]);
+      expect(statuses(outcomes), "outcomes must be one per entry, in input order").toEqual([
+        "published",
+        "published",
+        "transient",
+        "published",
+        "transient",
+      ]);
+      const received = await h.receive(topic, 3, 30_000);
+      const ids = received.map((m) => m.idempotencyKey);
+      expect(
+        ids,
+        "after a transiently failed entry of a key, no later entry of that key in the same call may reach the broker " +
+          "(it would overtake the failed one when the relay retries it): report it heldBack()",
+      ).not.toContain(a3.idempotencyKey);
+      expect(
+        ids.filter((id) => id === b1.idempotencyKey || id === b2.idempotencyKey),
+        "another key's run in the same call must arrive whole and in order",
+      ).toEqual([b1.idempotencyKey, b2.idempotencyKey]);
+    },
+  },
+  "broker-failure": {
+    title: "a publish failing inside the broker client is transient, keeps the run contract, and the key recovers",
+    requires: (h) => (h.failNextPublish ? null : "harness provides no failNextPublish()"),
+    async run(h) {
+      const topic = await h.topic();
+      const warmUp = makeEntry({ topic, key: "warm-up" });
+      expect(statuses(await h.publisher.publish([warmUp])), "publishing must work before the failure").toEqual([
+        "published",
+      ]);
+      const run = Array.from({ length: 6 }, (_, i) =>
+        makeEntry({ topic, key: "cut", headers: { "x-seq": String(i) } }),
+      );
+      const other = makeEntry({ topic, key: "other", headers: { "x-seq": "0" } });
+      await (h.failNextPublish as NonNullable<PublisherHarness["failNextPublish"]>)();
+      const outcomes = await h.publisher.publish([...run.slice(0, 3), other, ...run.slice(3)]);
+      expect(outcomes, "publish must return exactly one outcome per entry").toHaveLength(run.length + 1);
+      for (const outcome of outcomes) {
+        expect(
+          outcome.status,
+          "a publish that failed inside the broker client (a closed channel, a lost connection) is transient, never " +
+            "permanent: it is not the entry's fault",
+        ).not.toBe("permanent");
+      }
+      const runOutcomes = statuses([...outcomes.slice(0, 3), ...outcomes.slice(4)]);
+      expect(
+        statuses(outcomes),
+        "failNextPublish() must make this publish fail inside the client (at least one entry not published): the " +
+          "harness's failure never reached it, or the client absorbed it (fail its retries too)",
+      ).not.toEqual(outcomes.map(() => "published"));
+      const firstFailed = runOutcomes.indexOf("transient");
+      if (firstFailed >= 0) {
+        expect(
+          runOutcomes.slice(firstFailed),
+          "after a failed entry of a key, the rest of its run in that call must not be reported published",
+        ).toEqual(runOutcomes.slice(firstFailed).map(() => "transient"));
+      }
+      // Retry what failed, in order, as the relay would, until the key recovers.
+      let pending = run.filter((_, i) => runOutcomes[i] !== "published");
+      if (outcomes[3]?.status !== "published") pending = [other, ...pending];
+      for (let attempt = 0; attempt < 30 && pending.length > 0; attempt++) {
+        const retried = statuses(await h.publisher.publish(pending));
+        expect(retried, "failures while the client recovers are transient, never permanent").not.toContain("permanent");
+        pending = pending.filter((_, i) => retried[i] !== "published");
+        if (pending.length > 0) await new Promise((resolve) => setTimeout(resolve, 500));
+      }
+      expect(
+        pending.map((e) => e.id),
+        "after a failure inside the client, the same key must publish again within 15 s (a broker-side ordering key " +
+          "paused by the failed send must be resumed)",
+      ).toEqual([]);
+      const received = await h.receive(topic, run.length + 2, 30_000);
+      const firstSeen = new Map<string, number>();
+      received.forEach((m, i) => {
+        if (!firstSeen.has(m.idempotencyKey)) firstSeen.set(m.idempotencyKey, i);
+      });
+      for (const entry of [warmUp, other, ...run]) {
+        expect(firstSeen.has(entry.idempotencyKey), `entry ${entry.id} must reach the consumer after recovery`).toBe(
+          true,
+        );
+      }
+      const arrival = run.map((e) => firstSeen.get(e.idempotencyKey) as number);
+      expect(
+        arrival,
+        "the key's entries must first arrive in publish order: nothing of a key may reach the broker after an " +
+          "earlier entry of it failed in the same call",
+      ).toEqual([...arrival].sort((a, b) => a - b));
+    },
+  },
+  "round-trip-edges": {
+    title:
+      "edge values (empty-string key, unicode key, NUL in header values, empty and binary payloads) arrive exactly",
+    async run(h) {
+      const topic = await h.topic();
+      const entries = [
+        makeEntry({ topic, key: "", payload: new TextEncoder().encode("empty key") }),
+        makeEntry({ topic, key: "ключ-日本-🔑", payload: new TextEncoder().encode("unicode key") }),
+        makeEntry({ topic, key: "nul", headers: { "x-nul": "a\u0000b", "x-tail-nul": "\u0000" } }),
+        makeEntry({ topic, key: "empty", payload: new Uint8Array(0), headers: { "x-unicode": "日本語 🚀" } }),
+        makeEntry({ topic, key: "binary", payload: new Uint8Array([0, 255, 0, 1, 0xc3, 0x28]) }),
+      ];
+      const outcomes = await h.publisher.publish(entries);
+      expect(outcomes, "publish must return exactly one outcome per entry").toHaveLength(entries.length);
+      const sent = entries.filter((_entry, i) => {
+        const outcome = outcomes[i] as PublishOutcome;
+        if (outcome.status === "published") return true;
+        expect(
+          outcome.status === "permanent" && OutboxError.is(outcome.error) ? outcome.error.code : outcome,
+          `an entry the broker cannot carry exactly (entry ${i}) must be published or refused as permanent with ` +
+            "an OutboxError OUTBOX_INVALID_ENTRY, never altered",
+        ).toBe(OutboxErrorCode.InvalidEntry);
+        return false;
+      });
+      const received = await h.receive(topic, sent.length, 30_000);
+      for (const entry of entries) {
+        const match = received.find((m) => m.idempotencyKey === entry.idempotencyKey);
+        if (!sent.includes(entry)) {
+          expect(match, "a refused entry must not reach the broker").toBeUndefined();
+          continue;
+        }
+        expect(match, `the consumer must receive entry ${entry.id}`).toBeDefined();
+        const message = match as ReceivedMessage;
+        expect(message.key, `the key must arrive exactly (${JSON.stringify(entry.key)}: "" is not null)`).toBe(
+          entry.key,
+        );
+        expect(
+          bytesEqual(message.payload, entry.payload),
+          `the payload bytes must arrive unchanged (entry ${entry.id})`,
+        ).toBe(true);
+        for (const [name, value] of Object.entries(entry.headers)) {
+          expect(message.headers[name], `header "${name}" must arrive unchanged (NUL and unicode included)`).toBe(
+            value,
+          );
+        }
+      }
     },
   },
   "outcome-order": {

@@ -18,6 +18,7 @@ import {
   deferred,
   expectCode,
   keyOrderViolations,
+  text,
   uniqueName,
 } from "./util.js";
 
@@ -28,6 +29,12 @@ export interface StoreHarness<Tx> {
   transaction<T>(work: (tx: Tx) => Promise<T>): Promise<T>;
   /** The clock the store was created with. */
   readonly clock: ManualClock;
+  /**
+   * Optional: a second, independent store instance on the same namespace and clock (another
+   * relay's client: its own connections, nothing shared in memory), closed by `teardown`. Lets
+   * `give-back-attempts` race claims across instances; without it they race on one instance.
+   */
+  peer?(): Promise<OutboxStore<Tx>>;
   /** Drops the namespace and closes clients. */
   teardown(): Promise<void>;
 }
@@ -136,6 +143,205 @@ export const storeChecks = {
         await h.store.claim({ claimer: "c", limit: 10, leaseMs: 1000 }),
         "a rejected enqueue must write nothing, not even its valid neighbours",
       ).toEqual([]);
+    },
+  },
+  "round-trip-edges": {
+    title:
+      "edge values (empty-string key, unicode key, NUL in header values, empty payload) come back exactly or are refused",
+    async run(h) {
+      const topic = uniqueName("rte");
+      const cases: Array<{ name: string; message: OutboxMessage; bytes: Uint8Array }> = [
+        { name: "empty-string key", message: { topic, key: "", payload: "k" }, bytes: text("k") },
+        {
+          name: "unicode key",
+          message: { topic, key: "ключ-日本-🔑", payload: "u" },
+          bytes: text("u"),
+        },
+        {
+          name: "NUL in a header value",
+          message: { topic, key: "nul", payload: "n", headers: { "x-nul": "a\u0000b", "x-tail-nul": "\u0000" } },
+          bytes: text("n"),
+        },
+        {
+          name: "empty payload and binary bytes",
+          message: { topic, key: "bin", payload: new Uint8Array(0), headers: { "x-unicode": "日本語 🚀" } },
+          bytes: new Uint8Array(0),
+        },
+        {
+          name: "binary payload with NULs",
+          message: { topic, key: "bin", payload: new Uint8Array([0, 255, 0, 1, 0xc3, 0x28]) },
+          bytes: new Uint8Array([0, 255, 0, 1, 0xc3, 0x28]),
+        },
+      ];
+      for (const { name, message: input, bytes } of cases) {
+        const outcome = await enqueue(h, input).then(
+          (ids) => ({ ids, error: null as unknown }),
+          (error: unknown) => ({ ids: [] as string[], error }),
+        );
+        if (outcome.error !== null) {
+          expect(
+            OutboxError.is(outcome.error) ? outcome.error.code : outcome.error,
+            `a value the store cannot keep exactly (${name}) must be refused with OUTBOX_INVALID_ENTRY at enqueue, ` +
+              "never fail otherwise",
+          ).toBe(OutboxErrorCode.InvalidEntry);
+          expect(
+            await h.store.claim({ claimer: "c", limit: 10, leaseMs: 1_000 }),
+            `a refused entry (${name}) must write nothing`,
+          ).toEqual([]);
+          continue;
+        }
+        const claimed = await h.store.claim({ claimer: "c", limit: 10, leaseMs: 1_000 });
+        expect(idsOf(claimed), `the entry (${name}) must be claimable under its id`).toEqual(outcome.ids);
+        const entry = claimed[0] as OutboxEntry;
+        expect(entry.key, `the store must keep the key exactly (${name}): not null, not trimmed`).toBe(
+          input.key ?? null,
+        );
+        expect(entry.headers, `the store must keep header values exactly (${name})`).toEqual(input.headers ?? {});
+        expect(bytesEqual(entry.payload, bytes), `the store must keep payload bytes exactly (${name})`).toBe(true);
+        await h.store.ack(idsOf(claimed), ctx("c"));
+      }
+    },
+  },
+  "key-run-gap": {
+    title: "a key's run stops at a successor that cannot be claimed yet (delayed, retrying or leased elsewhere)",
+    async run(h) {
+      const later = new Date(h.clock.now() + 10_000);
+      // Delayed: k's second entry is not available until later; the third is.
+      const [d1, d2, d3] = await enqueue(h, [
+        message("gap", 1, "delayed"),
+        { ...message("gap", 2, "delayed"), availableAt: later },
+        message("gap", 3, "delayed"),
+      ]);
+      const [free] = await enqueue(h, message("gap", 4, "free"));
+      const first = await h.store.claim({ claimer: "a", limit: 10, leaseMs: 60_000 });
+      expect(
+        idsOf(first),
+        "a key's run ends before its first entry that is not available yet: the entry behind it must wait " +
+          "(never e3 before e2), and other keys still go",
+      ).toEqual([d1, free]);
+      await h.store.ack(idsOf(first), ctx("a"));
+      expect(
+        await h.store.claim({ claimer: "a", limit: 10, leaseMs: 60_000 }),
+        "a key whose head is not available yet yields nothing, not its available successors",
+      ).toEqual([]);
+      h.clock.advance(10_000);
+      const second = await h.store.claim({ claimer: "a", limit: 10, leaseMs: 60_000 });
+      expect(idsOf(second), "once available, the key's run resumes at the delayed entry, in order").toEqual([d2, d3]);
+      expect(
+        second.map((e) => e.attempts),
+        "entries passed over by an earlier claim must not have counted an attempt",
+      ).toEqual([1, 1]);
+      await h.store.ack(idsOf(second), ctx("a"));
+
+      // Retrying: the middle entry of a run waits for its retry; its neighbours are given back.
+      const [r1, r2, r3] = await enqueue(h, [
+        message("gap", 5, "retry"),
+        message("gap", 6, "retry"),
+        message("gap", 7, "retry"),
+      ]);
+      const run = await h.store.claim({ claimer: "a", limit: 10, leaseMs: 60_000 });
+      expect(idsOf(run), "a run of available entries is claimed whole").toEqual([r1, r2, r3]);
+      await h.store.retry([{ id: r2 as string, error: "x", availableAt: new Date(h.clock.now() + 5_000) }], ctx("a"));
+      await h.store.release([r1 as string, r3 as string], ctx("a"));
+      expect(
+        idsOf(await h.store.claim({ claimer: "b", limit: 10, leaseMs: 60_000 })),
+        "a run ends before a successor that waits for its retry: e1 only, never e3 while e2 waits",
+      ).toEqual([r1]);
+      await h.store.ack([r1 as string], ctx("b"));
+      h.clock.advance(5_000);
+      const resumed = await h.store.claim({ claimer: "b", limit: 10, leaseMs: 60_000 });
+      expect(idsOf(resumed), "after the retry time the run resumes at the retried entry").toEqual([r2, r3]);
+      expect(
+        resumed.map((e) => e.attempts),
+        "the retried entry counts its second attempt; the released one was given back without an attempt",
+      ).toEqual([2, 1]);
+      await h.store.ack(idsOf(resumed), ctx("b"));
+
+      // Leased elsewhere: the middle entry is still leased to another claimer.
+      const [l1, l2, l3] = await enqueue(h, [
+        message("gap", 8, "leased"),
+        message("gap", 9, "leased"),
+        message("gap", 10, "leased"),
+      ]);
+      const held = await h.store.claim({ claimer: "a", limit: 10, leaseMs: 60_000 });
+      expect(idsOf(held), "a run of available entries is claimed whole").toEqual([l1, l2, l3]);
+      await h.store.release([l1 as string, l3 as string], ctx("a"));
+      const other = await h.store.claim({ claimer: "b", limit: 10, leaseMs: 60_000 });
+      expect(
+        idsOf(other),
+        "a run ends before a successor leased by another claimer: never e3 while e2 is leased",
+      ).not.toContain(l3);
+      expect(idsOf(other), "a run ends before a successor leased by another claimer: e1 only").toEqual([l1]);
+      await h.store.ack([l1 as string], ctx("b"));
+      await h.store.ack([l2 as string], ctx("a"));
+      const tail = await h.store.claim({ claimer: "b", limit: 10, leaseMs: 60_000 });
+      expect(idsOf(tail), "once the leased entry is settled the run goes on").toEqual([l3]);
+      expect(tail[0]?.attempts, "an entry passed over behind a leased one must not have counted an attempt").toBe(1);
+    },
+  },
+  "give-back-attempts": {
+    title: "entries a claim leased and gave back (a run cut by its limit, a gap or a racing claimer) count no attempt",
+    async run(h) {
+      // Runs cut by the limit: what is not returned must not have counted an attempt.
+      await enqueue(
+        h,
+        Array.from({ length: 9 }, (_, i) => message("gba", i, i < 6 ? "long" : `short-${i}`)),
+      );
+      const cut = await h.store.claim({ claimer: "a", limit: 2, leaseMs: 60_000 });
+      expect(cut.length, "a claim returns at most its limit").toBeLessThanOrEqual(2);
+      await h.store.ack(idsOf(cut), ctx("a"));
+      const returned = new Map<string, number>();
+      for (const entry of cut) returned.set(entry.id, 1);
+      const rest = await h.store.claim({ claimer: "b", limit: 100, leaseMs: 60_000 });
+      for (const entry of rest) {
+        expect(
+          entry.attempts,
+          `entry ${entry.id} was never returned by a claim before, so it must be on attempt 1: successors a ` +
+            "claim leased and gave back (its run cut by the limit) must not count an attempt",
+        ).toBe(1);
+      }
+      await h.store.ack(idsOf(rest), ctx("b"));
+
+      // Racing claimers over hot keys: every attempt an entry shows must be a claim that returned it.
+      const claimers = h.peer
+        ? [h.store, await h.peer(), h.store, await h.peer()]
+        : [h.store, h.store, h.store, h.store];
+      const keys = ["h0", "h1", "h2"];
+      await enqueue(
+        h,
+        Array.from({ length: 60 }, (_, i) => message("gba-race", i, keys[i % keys.length] as string)),
+      );
+      let settled = 0;
+      for (let round = 0; round < 40 && settled < 60; round++) {
+        const batches = await Promise.all(
+          claimers.map((store, i) => store.claim({ claimer: `racer-${i}`, limit: 3, leaseMs: 1_000 })),
+        );
+        for (const [i, batch] of batches.entries()) {
+          for (const entry of batch) {
+            const count = (returned.get(entry.id) ?? 0) + 1;
+            returned.set(entry.id, count);
+            expect(
+              entry.attempts,
+              `entry ${entry.id} was returned by ${count} claim(s) but shows ${entry.attempts} attempts: entries a ` +
+                "claim leased and gave back (a run cut where a racing claimer got an entry) must not count an attempt",
+            ).toBe(count);
+          }
+          // Racer 0 acks; the others let their leases run out, so entries come back and race again.
+          if (i === 0 && batch.length > 0) {
+            await h.store.ack(idsOf(batch), ctx("racer-0"));
+            settled += batch.length;
+          }
+        }
+        h.clock.advance(1_000);
+      }
+      const left = await claimAndAckAll(h.store as OutboxStore<never>, ctx("z"));
+      for (const entry of left) {
+        expect(
+          entry.attempts,
+          `entry ${entry.id} shows ${entry.attempts} attempts but was returned by ${returned.get(entry.id) ?? 0} ` +
+            "claim(s) before: given-back entries must not count an attempt",
+        ).toBe((returned.get(entry.id) ?? 0) + 1);
+      }
     },
   },
   "rollback-leaves-nothing": {

@@ -1,10 +1,13 @@
 import {
+  heldBack,
+  KeyFailures,
   type LockBackend,
   ManualClock,
   MemoryLockBackend,
   MemoryPublisher,
   MemoryStore,
   type MemoryTransaction,
+  type OutboxEntry,
   OutboxError,
   OutboxErrorCode,
   type OutboxPublisher,
@@ -693,3 +696,346 @@ async function memoryHarness(
     teardown: async () => {},
   };
 }
+
+// Issue 22: runs across a gap, attempts on give-back, transient failures inside a run, failures
+// inside the broker client, round-trip exactness.
+
+/**
+ * A small array store for the run rules, whose claim has the bug of selecting from the
+ * *claimable* entries only (a SQL `WHERE available_at <= now AND unleased` before the run is
+ * computed): an entry that cannot be claimed yet vanishes, and the run goes on past it.
+ * "drops-leased" filters out leased entries only; "contract" walks every pending entry, as the
+ * contract says.
+ */
+function filterFirstStore(mode: "contract" | "drops-unavailable" | "drops-leased") {
+  return async (clock: ManualClock): Promise<StoreHarness<Tx>> => {
+    interface Row {
+      id: number;
+      topic: string;
+      key: string | null;
+      payload: Uint8Array;
+      headers: Record<string, string>;
+      availableAt: number;
+      attempts: number;
+      claimer: string | null;
+      leaseUntil: number;
+      status: "pending" | "published";
+      lastError: string | null;
+    }
+    const rows: Row[] = [];
+    const carrier = new MemoryStore({ clock });
+    const owned = (id: string, claimer: string) =>
+      rows.find((r) => r.id === Number(id) && r.status === "pending" && r.claimer === claimer);
+    const store: OutboxStore<Tx> = {
+      ...wrapStore(carrier, {}),
+      capabilities: { wakeUps: false, transactions: false },
+      async enqueue(tx, messages) {
+        const list = Array.isArray(messages) ? messages : [messages];
+        // Validation only: the carrier store stages nothing we read.
+        await carrier.enqueue(tx, list);
+        return list.map((m) => {
+          const id = rows.length + 1;
+          rows.push({
+            id,
+            topic: m.topic,
+            key: m.key ?? null,
+            payload: typeof m.payload === "string" ? new TextEncoder().encode(m.payload) : m.payload,
+            headers: { ...m.headers },
+            availableAt: m.availableAt?.getTime() ?? clock.now(),
+            attempts: 0,
+            claimer: null,
+            leaseUntil: 0,
+            status: "pending",
+            lastError: null,
+          });
+          return String(id);
+        });
+      },
+      async claim(request) {
+        const now = clock.now();
+        const claimable = (r: Row) => r.availableAt <= now && r.leaseUntil <= now;
+        const pending = rows.filter((r) => r.status === "pending");
+        const walked =
+          mode === "contract"
+            ? pending
+            : pending.filter((r) => (mode === "drops-leased" ? r.leaseUntil <= now : r.availableAt <= now));
+        const closed = new Set<string>();
+        const out = [];
+        for (const row of walked) {
+          if (out.length >= request.limit) break;
+          if (row.key !== null && closed.has(row.key)) continue;
+          if (!claimable(row)) {
+            if (row.key !== null) closed.add(row.key);
+            continue;
+          }
+          row.attempts += 1;
+          row.claimer = request.claimer;
+          row.leaseUntil = now + request.leaseMs;
+          out.push({
+            id: String(row.id),
+            topic: row.topic,
+            key: row.key,
+            payload: row.payload,
+            headers: { ...row.headers },
+            idempotencyKey: String(row.id),
+            createdAt: new Date(now),
+            availableAt: new Date(row.availableAt),
+            attempts: row.attempts,
+            lastError: row.lastError,
+          });
+        }
+        return out;
+      },
+      async ack(ids) {
+        for (const id of ids) {
+          const row = rows.find((r) => r.id === Number(id));
+          if (row) row.status = "published";
+        }
+      },
+      async retry(items, context) {
+        for (const item of items) {
+          const row = owned(item.id, context.claimer);
+          if (!row) continue;
+          Object.assign(row, { availableAt: item.availableAt.getTime(), leaseUntil: 0, claimer: null });
+          row.lastError = item.error;
+        }
+      },
+      async release(ids, context) {
+        for (const id of ids) {
+          const row = owned(id, context.claimer);
+          if (row) Object.assign(row, { attempts: row.attempts - 1, leaseUntil: 0, claimer: null });
+        }
+      },
+    };
+    return { store, clock, transaction: (work) => carrier.transaction(work), teardown: () => carrier.close() };
+  };
+}
+
+async function runStoreCheck(
+  create: (clock: ManualClock) => Promise<StoreHarness<Tx>>,
+  id: keyof typeof storeChecks,
+): Promise<{ passed: boolean; message: string }> {
+  const { passed, errors } = await runChecks(
+    { [id]: storeChecks[id] } as Pick<typeof storeChecks, typeof id>,
+    () => create(new ManualClock()) as Promise<StoreHarness<unknown>>,
+    (h) => h.teardown(),
+    { timeoutMs: 20_000 },
+  );
+  return { passed: passed.includes(id), message: String((errors[id] as Error | undefined)?.message ?? "") };
+}
+
+describe("the kit catches broken stores (issue 22 rules)", () => {
+  it("a store whose run continues past an entry that cannot be claimed yet fails key-run-gap", async () => {
+    expect(await runStoreCheck(filterFirstStore("contract"), "key-run-gap")).toEqual({ passed: true, message: "" });
+    const broken = await runStoreCheck(filterFirstStore("drops-unavailable"), "key-run-gap");
+    expect(broken.passed).toBe(false);
+    expect(broken.message).toContain("not available yet");
+  });
+
+  it("a store whose run continues past a successor leased by another claimer fails key-run-gap", async () => {
+    const broken = await runStoreCheck(filterFirstStore("drops-leased"), "key-run-gap");
+    expect(broken.passed).toBe(false);
+    expect(broken.message).toContain("never e3 while e2 is leased");
+  });
+
+  it("a store that gives back the surplus of a cut run with its attempt still counted fails give-back-attempts", async () => {
+    // Leases twice what the claim returns and gives the rest back, but the attempt it counted stays.
+    const countsGiveBack = brokenStore((inner) => {
+      const extra = new Map<string, number>();
+      return {
+        claim: async (request) => {
+          const leased = await inner.claim({ ...request, limit: request.limit * 2 });
+          const kept = leased.slice(0, request.limit);
+          const surplus = leased.slice(request.limit);
+          await inner.release(
+            surplus.map((e) => e.id),
+            { claimer: request.claimer, fence: request.fence },
+          );
+          for (const e of surplus) extra.set(e.id, (extra.get(e.id) ?? 0) + 1);
+          return kept.map((e) => ({ ...e, attempts: e.attempts + (extra.get(e.id) ?? 0) }));
+        },
+      };
+    });
+    expect(await failingStoreChecks(countsGiveBack)).toContain("give-back-attempts");
+    expect((await runStoreCheck(countsGiveBack, "give-back-attempts")).message).toContain("must not count an attempt");
+  });
+
+  it("a store that turns an empty-string key into null, or strips NUL from header values, fails round-trip-edges", async () => {
+    const nullsEmptyKeys = brokenStore((inner) => ({
+      enqueue: (tx, messages) =>
+        inner.enqueue(
+          tx,
+          (Array.isArray(messages) ? messages : [messages]).map((m) => ({ ...m, key: m.key || null })),
+        ),
+    }));
+    const broken = await runStoreCheck(nullsEmptyKeys, "round-trip-edges");
+    expect(broken.passed).toBe(false);
+    expect(broken.message).toContain("empty-string key");
+    const stripsNul = brokenStore((inner) => ({
+      claim: async (request) =>
+        (await inner.claim(request)).map((e) => ({
+          ...e,
+          headers: Object.fromEntries(Object.entries(e.headers).map(([n, v]) => [n, v.replaceAll("\u0000", "")])),
+        })),
+    }));
+    expect((await runStoreCheck(stripsNul, "round-trip-edges")).message).toContain("NUL in a header value");
+    // A store that refuses what it cannot keep, with OUTBOX_INVALID_ENTRY, passes.
+    const refusesNul = brokenStore((inner) => ({
+      enqueue: async (tx, messages) => {
+        const list = Array.isArray(messages) ? messages : [messages];
+        if (list.some((m) => Object.values<string>(m.headers ?? {}).some((v) => v.includes("\u0000")))) {
+          throw new OutboxError(OutboxErrorCode.InvalidEntry, "NUL in a header value");
+        }
+        return inner.enqueue(tx, list);
+      },
+    }));
+    expect((await runStoreCheck(refusesNul, "round-trip-edges")).passed).toBe(true);
+    // ...but any other error is not a refusal.
+    const throwsOther = brokenStore((inner) => ({
+      enqueue: async (tx, messages) => {
+        const list = Array.isArray(messages) ? messages : [messages];
+        if (list.some((m) => Object.values<string>(m.headers ?? {}).some((v) => v.includes("\u0000")))) {
+          throw new Error("invalid byte sequence for encoding UTF8: 0x00");
+        }
+        return inner.enqueue(tx, list);
+      },
+    }));
+    expect((await runStoreCheck(throwsOther, "round-trip-edges")).message).toContain("OUTBOX_INVALID_ENTRY");
+  });
+});
+
+/**
+ * An in-memory "broker client" with the failure modes of real ones: `failNext()` makes the next
+ * send fail after it left the publisher (a lost connection), and, as Pub/Sub's client does, a
+ * failed send pauses its ordering key: later sends of that key fail until `resume(key)`.
+ */
+class OrderingClient {
+  readonly broker = new MemoryPublisher();
+  readonly paused = new Set<string>();
+  #failNext = false;
+
+  failNext(): void {
+    this.#failNext = true;
+  }
+
+  async send(entry: OutboxEntry): Promise<void> {
+    if (entry.key !== null && this.paused.has(entry.key)) throw new Error(`ordering key ${entry.key} is paused`);
+    if (this.#failNext) {
+      this.#failNext = false;
+      if (entry.key !== null) this.paused.add(entry.key);
+      throw new Error("connection lost mid-publish");
+    }
+    await this.broker.publish([entry]);
+  }
+
+  resume(key: string): void {
+    this.paused.delete(key);
+  }
+}
+
+function clientPublisher(
+  client: OrderingClient,
+  options: { onLoss: "transient" | "permanent"; resumes: boolean },
+): OutboxPublisher {
+  return {
+    async publish(entries) {
+      const failed = new KeyFailures();
+      const outcomes: PublishOutcome[] = [];
+      for (const entry of entries) {
+        if (failed.blocked(entry)) {
+          outcomes.push(heldBack(entry));
+          continue;
+        }
+        try {
+          await client.send(entry);
+          outcomes.push({ status: "published" });
+        } catch (error) {
+          failed.fail(entry);
+          outcomes.push(options.onLoss === "permanent" ? permanentFailure(error) : transientFailure(error));
+          if (options.resumes && entry.key !== null) client.resume(entry.key);
+        }
+      }
+      return outcomes;
+    },
+  };
+}
+
+async function brokerFailureResult(options: { onLoss: "transient" | "permanent"; resumes: boolean }) {
+  const only = { "broker-failure": publisherChecks["broker-failure"] };
+  const { passed, errors } = await runChecks(
+    only,
+    async () => {
+      const client = new OrderingClient();
+      const harness = await memoryHarness(clientPublisher(client, options), client.broker);
+      return { ...harness, failNextPublish: async () => client.failNext() };
+    },
+    (h) => h.teardown(),
+  );
+  return { passed: passed.includes("broker-failure"), message: String((errors["broker-failure"] as Error)?.message) };
+}
+
+describe("the kit catches broken publishers (issue 22 rules)", () => {
+  it("a publisher that holds a key's run back after permanent failures only fails key-runs-transient", async () => {
+    const inner = new MemoryPublisher();
+    const permanentOnly: OutboxPublisher = {
+      async publish(entries) {
+        const refused = new Set<string | null>();
+        const outcomes: PublishOutcome[] = [];
+        for (const entry of entries) {
+          if (entry.key !== null && refused.has(entry.key)) outcomes.push(heldBack(entry));
+          else if (entry.payload.byteLength === 2_000) {
+            refused.add(entry.key);
+            outcomes.push(permanentFailure(new Error("too large")));
+          } else if (entry.payload.byteLength === 1_500) outcomes.push(transientFailure(new Error("queue full")));
+          else outcomes.push(...(await inner.publish([entry])));
+        }
+        return outcomes;
+      },
+    };
+    const { failed } = await runChecks(
+      publisherChecks,
+      async () => ({
+        ...(await memoryHarness(permanentOnly, inner)),
+        transientFailure: async (topic: string) => ({ topic, key: null, payload: new Uint8Array(1_500) }),
+      }),
+      (h) => h.teardown(),
+    );
+    expect(failed).toContain("key-runs-transient");
+    expect(failed).not.toContain("key-runs");
+  });
+
+  it("a publisher that reports a connection lost mid-publish as permanent fails broker-failure", async () => {
+    expect(await brokerFailureResult({ onLoss: "transient", resumes: true })).toEqual({
+      passed: true,
+      message: "undefined",
+    });
+    const harsh = await brokerFailureResult({ onLoss: "permanent", resumes: true });
+    expect(harsh.passed).toBe(false);
+    expect(harsh.message).toContain("never permanent");
+  });
+
+  it("a publisher that never resumes an ordering key paused by a failed send fails broker-failure", async () => {
+    const stuck = await brokerFailureResult({ onLoss: "transient", resumes: false });
+    expect(stuck.passed).toBe(false);
+    expect(stuck.message).toContain("must be resumed");
+  });
+
+  it("a publisher that turns an empty-string key into null fails round-trip-edges", async () => {
+    const inner = new MemoryPublisher();
+    const nullsKeys: OutboxPublisher = {
+      publish: (entries, options) =>
+        inner.publish(
+          entries.map((e) => ({ ...e, key: e.key || null })),
+          options,
+        ),
+    };
+    const { failed, errors } = await runChecks(
+      publisherChecks,
+      () => memoryHarness(nullsKeys, inner),
+      (h) => h.teardown(),
+    );
+    expect(failed).toContain("round-trip-edges");
+    expect(failed).not.toContain("round-trip");
+    expect(String((errors["round-trip-edges"] as Error).message)).toContain('"" is not null');
+  });
+});

@@ -17,11 +17,19 @@ describeRelayConformance({ name: "MemoryStore + MemoryLockBackend", createStore:
 describePublisherConformance({
   name: "MemoryPublisher",
   async create() {
+    // failNextPublish() arms a lost connection for the next few sends the in-memory client makes.
+    let failSends = 0;
     const publisher = new MemoryPublisher({
-      outcome: (entry) =>
-        entry.payload.byteLength > 1024 * 1024
-          ? { status: "permanent", error: new Error("too large") }
-          : { status: "published" },
+      outcome: (entry) => {
+        if (entry.payload.byteLength > 1024 * 1024) return { status: "permanent", error: new Error("too large") };
+        // The transient failure: a "full queue" for this one payload size.
+        if (entry.payload.byteLength === 1_500) return { status: "transient", error: new Error("queue full") };
+        if (failSends > 0) {
+          failSends -= 1;
+          return { status: "transient", error: new Error("connection lost mid-publish") };
+        }
+        return { status: "published" };
+      },
     });
     return {
       publisher,
@@ -32,6 +40,10 @@ describePublisherConformance({
       },
       async permanentFailure(topic) {
         return { topic, key: null, payload: new Uint8Array(2 * 1024 * 1024) };
+      },
+      transientFailure: async (topic) => ({ topic, key: null, payload: new Uint8Array(1_500) }),
+      failNextPublish: async () => {
+        failSends = 3;
       },
       teardown: async () => {},
     };

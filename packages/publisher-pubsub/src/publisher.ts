@@ -438,7 +438,17 @@ export class PubSubPublisher implements OutboxPublisher {
       data: Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength),
       attributes,
     };
-    if (entry.key !== null && entry.key.length > 0) {
+    if (entry.key === "") {
+      // Pub/Sub reads an empty ordering key as none: the consumer would get null. Refused, not altered.
+      return permanentFailure(
+        new OutboxError(
+          OutboxErrorCode.InvalidEntry,
+          `entry ${entry.id} has an empty-string key: Pub/Sub cannot carry it (an empty ordering key means none)`,
+          { details: { entryId: entry.id, topic: topicName, type: "EMPTY_ORDERING_KEY", kind: "permanent" } },
+        ),
+      );
+    }
+    if (entry.key !== null) {
       const keyBytes = utf8Length(entry.key);
       if (keyBytes > PubSubLimits.maxOrderingKeyBytes) {
         return invalid(`ordering key of ${keyBytes} bytes, over Pub/Sub's ${PubSubLimits.maxOrderingKeyBytes}`);

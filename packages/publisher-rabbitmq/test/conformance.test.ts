@@ -7,6 +7,7 @@ import {
 import type { ManualClock } from "@outbox/core";
 import { createPostgresStore, migrate, type Queryable } from "@outbox/store-postgres";
 import { freshIdentifier, inTransaction, pgUrl } from "@outbox/test-support/postgres";
+import { TcpProxy } from "@outbox/test-support/tcp-proxy";
 import amqplibV2 from "amqplib-v2";
 import pg from "pg";
 import { afterAll } from "vitest";
@@ -25,8 +26,29 @@ import {
  * exchange under its own name, read back by a real amqplib consumer. The permanent failure is an
  * unroutable entry (no queue bound for its routing key: basic.return).
  */
-async function harness(make: () => Promise<{ publisher: RabbitMqPublisher; close?: () => Promise<void> }>) {
-  const { publisher, close } = await make();
+/** Does this chunk a client sends hold an AMQP basic.publish method frame (class 60, method 40)? */
+function holdsBasicPublish(chunk: Buffer): boolean {
+  for (let at = 0; at + 11 <= chunk.length; ) {
+    const size = chunk.readUInt32BE(at + 3);
+    if (chunk[at] === 1 && chunk.readUInt16BE(at + 7) === 60 && chunk.readUInt16BE(at + 9) === 40) return true;
+    at += 8 + size;
+  }
+  return false;
+}
+
+async function harness(
+  make: (url: string) => Promise<{ publisher: RabbitMqPublisher; close?: () => Promise<void> }>,
+  proxied = false,
+) {
+  // With `proxied`, the publisher's connection goes through a proxy that failNextPublish cuts mid-publish.
+  const target = new URL(amqpUrl);
+  const proxy = proxied ? await TcpProxy.start(`${target.hostname}:${target.port || "5672"}`) : undefined;
+  const url = new URL(amqpUrl);
+  if (proxy) {
+    url.hostname = "127.0.0.1";
+    url.port = String(proxy.port);
+  }
+  const { publisher, close } = await make(url.toString());
   const reader = new QueueReader();
   const queues: string[] = [];
   const result: PublisherHarness = {
@@ -41,9 +63,11 @@ async function harness(make: () => Promise<{ publisher: RabbitMqPublisher; close
     dropConnection: async () => {
       await closeAllConnections("conformance: dropConnection");
     },
+    ...(proxy ? { failNextPublish: async () => proxy.dropOnNextSend(holdsBasicPublish) } : {}),
     teardown: async () => {
       await publisher.close();
       await close?.();
+      await proxy?.close();
       await Promise.all(queues.map(deleteQueue));
     },
   };
@@ -51,7 +75,7 @@ async function harness(make: () => Promise<{ publisher: RabbitMqPublisher; close
 }
 
 const owned = () =>
-  harness(async () => ({ publisher: createRabbitMqPublisher({ url: amqpUrl, exchange: TEST_EXCHANGE }) }));
+  harness(async (url) => ({ publisher: createRabbitMqPublisher({ url, exchange: TEST_EXCHANGE }) }), true);
 
 describePublisherConformance({
   name: "publisher-rabbitmq (amqplib 0.10.9, RabbitMQ 3.10, url: owned connection)",

@@ -6,6 +6,8 @@ import {
   uniqueName,
 } from "@outbox/conformance";
 import { closeClient, closeClients, newClient } from "@outbox/test-support/redis";
+import { redisUrl } from "@outbox/test-support/services";
+import { TcpProxy } from "@outbox/test-support/tcp-proxy";
 import { afterAll } from "vitest";
 import { createRedisStreamPublisher } from "../src/index.js";
 import { readStream } from "./support.js";
@@ -13,7 +15,13 @@ import { readStream } from "./support.js";
 afterAll(closeClients);
 
 async function harness(): Promise<PublisherHarness> {
-  const client = await newClient();
+  // The publisher's connection goes through a proxy, so failNextPublish can cut it mid-XADD.
+  const target = new URL(redisUrl);
+  const proxy = await TcpProxy.start(`${target.hostname}:${target.port || "6379"}`);
+  const proxied = new URL(redisUrl);
+  proxied.hostname = "127.0.0.1";
+  proxied.port = String(proxy.port);
+  const client = await newClient(undefined, proxied.toString());
   // The consumer and the test's admin commands use their own connections.
   const reader = await newClient({ maxRetriesPerRequest: null });
   const admin = await newClient();
@@ -38,9 +46,14 @@ async function harness(): Promise<PublisherHarness> {
       const id = await client.client("ID");
       await admin.client("KILL", "ID", String(id));
     },
+    // The next XADDs the client writes are not forwarded and their connection is reset. ioredis resends
+    // unanswered commands after each reconnect: repeated past the client's commandTimeout (1 s), so
+    // the publish itself fails.
+    failNextPublish: async () => proxy.dropOnNextSend((chunk) => /xadd/i.test(chunk.toString("latin1")), 40),
     async teardown() {
       if (keys.length > 0) await admin.del(...keys);
       await Promise.all([client, reader, admin].map(closeClient));
+      await proxy.close();
     },
   };
 }

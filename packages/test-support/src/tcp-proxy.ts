@@ -19,6 +19,7 @@ export class TcpProxy {
   readonly #pairs = new Set<[Socket, Socket]>();
   #refusing = false;
   #holding = false;
+  #dropOnSend: ((chunk: Buffer) => boolean) | null = null;
   readonly #resetGapMs: number;
   readonly targetHost: string;
   readonly targetPort: number;
@@ -84,6 +85,23 @@ export class TcpProxy {
     return live.length;
   }
 
+  /**
+   * Arms a failure in the middle of a request: the next chunk a client sends that `matches` (default:
+   * any) is not forwarded, and every live connection is reset at that moment (as `drop()`). The
+   * client sees its request fail after it left the client, before the server answered. New
+   * connections are let through. `times` (default 1): that many matching sends fail so, one after
+   * the other (to outlast a client's own retries of the request).
+   */
+  dropOnNextSend(matches: (chunk: Buffer) => boolean = () => true, times = 1): void {
+    let left = times;
+    this.#dropOnSend = (chunk) => {
+      if (!matches(chunk)) return false;
+      left -= 1;
+      if (left <= 0) this.#dropOnSend = null;
+      return true;
+    };
+  }
+
   /** Resets every live connection and refuses new ones until `restore()`. Returns how many were reset. */
   cut(): number {
     this.#refusing = true;
@@ -135,6 +153,10 @@ export class TcpProxy {
     inbound.on("error", drop).on("close", drop);
     outbound.on("error", drop).on("close", drop);
     outbound.connect(this.targetPort, this.targetHost, () => {
+      // Registered before the pipe, so it sees each chunk before the pipe forwards it.
+      inbound.on("data", (chunk: Buffer) => {
+        if (this.#dropOnSend?.(chunk)) this.drop();
+      });
       inbound.pipe(outbound);
       outbound.pipe(inbound);
     });
