@@ -39,10 +39,9 @@ const config: RunConfig = {
   keys: 1_000,
   relays: 3,
   // The lock's TTL is set (default 10 s): how long a dead leader's lock blocks the others, so the
-  // time a leader fault may stall delivery. The lease too (default 30 s): a claim whose reply a cut
-  // loses leaves its entries leased to a relay that cannot know them until the lease ends (no store
-  // can tell a lost claim's rows from the relay's other batches yet), a stall of a whole lease.
-  // Everything else is each package's default.
+  // time a leader fault may stall delivery. The lease too (default 30 s): what a relay killed or
+  // frozen mid-batch holds waits for it when no newer token takes it over. (Lost claim replies no
+  // longer do: the relay gives them back by claimer name.) Everything else is each package's default.
   ttlMs: 3_000,
   leaseMs: 10_000,
   drainMs: long ? 120_000 : 60_000,
@@ -66,7 +65,7 @@ log(
   `  production ${config.productionMs / 1_000} s at ${config.rate} entries/s over ${config.keys} keys (half on a tenth of them), ${config.faults} faults per stack, ${config.relays} relays, drain up to ${config.drainMs / 1_000} s`,
 );
 log(
-  `  relay: OutboxRelay defaults (batchSize 32, maxInFlightBatches 2, pollMs 500, retry 10 attempts from 1 s) + leaseMs ${config.leaseMs} (default 30000: a claim reply lost to a cut holds its entries a whole lease) + leader { ttlMs ${config.ttlMs} }`,
+  `  relay: OutboxRelay defaults (batchSize 32, maxInFlightBatches 2, pollMs 500, retry 10 attempts from 1 s) + leaseMs ${config.leaseMs} (default 30000) + leader { ttlMs ${config.ttlMs} }`,
 );
 log(`  criteria: ${criteria.join("; ")}`);
 
