@@ -25,7 +25,7 @@ fi
 
 # What the Quick starts need: every adapter the install lines name.
 adapters=(store-postgres store-mysql store-mongodb publisher-kafka publisher-rabbitmq publisher-pubsub publisher-redis
-  lock-redis lock-etcd lock-postgres)
+  lock-redis lock-etcd lock-postgres inbox)
 node scripts/quick-starts.mjs # README blocks == files, install lines complete
 pnpm exec turbo run build --filter=@outbox/conformance... "${adapters[@]/#/--filter=@outbox/}" --output-logs=errors-only
 mkdir -p "$work/tarballs"

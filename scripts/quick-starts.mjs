@@ -24,6 +24,7 @@ const root = resolve(new URL("..", import.meta.url).pathname);
 export const quickStarts = [
   { readme: "README.md", dir: "store-postgres" },
   { readme: "packages/core/README.md", dir: "core", database: "none", broker: "memory", target: "-" },
+  { readme: "packages/inbox/README.md", dir: "inbox", database: "none", broker: "memory", target: "-" },
   {
     readme: "packages/store-postgres/README.md",
     dir: "store-postgres",
@@ -186,6 +187,7 @@ for (const quickStart of quickStarts) {
   }
   if (!/node quick-start\.ts/.test(body))
     problems.push(`${quickStart.readme}: the Quick start does not say how to run it (\`node quick-start.ts\`)`);
+  if (quickStart.outside === false) continue;
   for (const name of named.runtime) names.add(name);
   for (const name of named.dev) names.add(`dev ${name}`);
   if (quickStart.database) {

@@ -76,7 +76,7 @@ export default defineConfig({
       {
         text: "Guide",
         link: "/getting-started",
-        activeMatch: "^/(getting-started|stack-picker|concepts|guarantees|claim-contract)",
+        activeMatch: "^/(getting-started|stack-picker|concepts|guarantees|inbox|claim-contract)",
       },
       { text: "Operations", link: "/operations", activeMatch: "^/(operations|troubleshooting|benchmarks)" },
       { text: "Packages", link: "/adapters/", activeMatch: "^/adapters/" },
@@ -92,6 +92,7 @@ export default defineConfig({
             { text: "Stack picker", link: "/stack-picker" },
             { text: "Concepts", link: "/concepts" },
             { text: "Guarantees", link: "/guarantees" },
+            { text: "Exactly-once effects (inbox)", link: "/inbox" },
             { text: "The claim contract", link: "/claim-contract" },
           ],
         },

@@ -25,6 +25,22 @@ export const preludes = {
     accountId: "declare const accountId: string;",
     event: "declare const event: { id: string; amount: number };",
   },
+  "docs/inbox.md": {
+    pool: 'declare const pool: import("pg").Pool;',
+    kafka: 'declare const kafka: import("kafkajs").Kafka;',
+    message: 'declare const message: import("@outbox/inbox").InboxMessage;',
+    orderId: "declare const orderId: string;",
+    inbox: 'declare const inbox: import("@outbox/inbox").Inbox<import("@outbox/store-postgres").Queryable>;',
+    createInbox: 'import { createInbox } from "@outbox/inbox";',
+    createPostgresInboxStore: 'import { createPostgresInboxStore } from "@outbox/store-postgres";',
+    createPostgresStore: 'import { createPostgresStore } from "@outbox/store-postgres";',
+  },
+  "packages/inbox/README.md": {
+    pool: 'declare const pool: import("pg").Pool;',
+    message: 'declare const message: import("@outbox/inbox").InboxMessage;',
+    orderId: "declare const orderId: string;",
+    outboxStore: 'declare const outboxStore: import("@outbox/store-postgres").PostgresStore;',
+  },
   "docs/operations.md": {
     relay: `declare const relay: ${core("OutboxRelay")};`,
   },

@@ -19,6 +19,18 @@ export interface LockHarness {
   expire?(name: string): Promise<void>;
   /** A second, independent backend instance on the same server (another relay's client). */
   peer?(): Promise<LockBackend>;
+  /**
+   * Ends a holding on the server **while the backend's session (connection) stays open**: for a
+   * session-bound lock, e.g. `pg_advisory_unlock_all()` run on the lock's own session (what a
+   * pooler's `DISCARD ALL` does). Without it, `lock-gone-session-lives` is skipped.
+   */
+  dropHolding?(name: string): Promise<void>;
+  /**
+   * Steps the lock server's clock back by `ms` (an NTP correction). Only for backends whose
+   * server clock the harness owns (a manual clock); without it, `tokens-clock-step-back` is skipped
+   * and the backend documents why its tokens do not depend on the clock.
+   */
+  stepClockBack?(ms: number): Promise<void>;
   teardown(): Promise<void>;
 }
 
@@ -31,13 +43,50 @@ export interface LockConformanceOptions {
   /** TTL used by the checks. Default 1000 ms; real backends may need more headroom. */
   ttlMs?: number;
   /**
+   * How long the server may keep a lock past its TTL (etcd revokes expired leases on a 500 ms
+   * tick): the checks wait it out where a TTL must have run out, and `elapse` adds nothing. Default 0.
+   */
+  expiryLagMs?: number;
+  /**
    * Lets `tokens-survive-restart` call the harness's `restart()`. Off by default: restarting a
    * server other tests use at the same time breaks them. Opt in only where this suite owns the server.
    */
   allowServerRestarts?: boolean;
 }
 
-type Context = LockHarness & { ttlMs: number; allowServerRestarts: boolean };
+type Context = LockHarness & { ttlMs: number; allowServerRestarts: boolean; expiryLagMs?: number };
+
+/** Lock time to wait past a TTL for it to have run out for sure: 50 ms plus the server's expiry lag. */
+const pastTtl = (h: Context) => 50 + (h.expiryLagMs ?? 0);
+
+/** Where in a TTL "still held" is probed: across the whole TTL, not only its start. */
+const heldProbes = [0.25, 0.5, 0.75, 0.9];
+
+/**
+ * Probes that `name` refuses other holders across the TTL that a call sent at `startedAt`
+ * (performance.now() before an acquire or renew) started: at a quarter, half, three quarters and
+ * nine tenths of it. A probe that got the lock fails the check unless more than the TTL may have
+ * passed by then (a loaded machine oversleeping on a real server): the lock time passed is at most
+ * the real time since `startedAt`, or the time the harness let pass when that is more (a manual
+ * clock). After an overslept probe nothing more can be judged; returns false then.
+ */
+async function refusesAcross(h: Context, name: string, startedAt: number, rule: string): Promise<boolean> {
+  let passed = 0;
+  for (const fraction of heldProbes) {
+    const at = Math.floor(h.ttlMs * fraction);
+    await h.elapse(at - passed);
+    passed = at;
+    const probe = await h.backend.tryAcquire(name, `probe-${fraction}`, h.ttlMs);
+    if (probe === null) continue;
+    const upTo = Math.max(passed, performance.now() - startedAt);
+    expect(
+      upTo >= h.ttlMs,
+      `${rule}: another holder took the lock ${Math.round(upTo)} ms (at most) into its ${h.ttlMs} ms TTL`,
+    ).toBe(true);
+    return false;
+  }
+  return true;
+}
 
 /** A TTL well under the suite's: backends that round TTLs to whole seconds lose these. */
 const shortTtlMs = 500;
@@ -113,20 +162,20 @@ export const lockChecks = {
     },
   },
   expiry: {
-    title: "an unrenewed lock expires after its TTL and another holder gets it",
+    title: "an unrenewed lock refuses others across its whole TTL and expires after it",
     requires: ttlBound,
     async run(h) {
       const name = uniqueName("lock");
+      const startedAt = performance.now();
       expect(await h.backend.tryAcquire(name, "a", h.ttlMs), "a free lock must be acquirable").not.toBeNull();
-      // A quarter, not a half: on real time a loaded machine may oversleep, and only the
-      // "still held" side of this check can be broken by oversleeping.
-      const early = Math.floor(h.ttlMs / 4);
-      await h.elapse(early);
-      expect(
-        await h.backend.tryAcquire(name, "b", h.ttlMs),
-        "no other holder may acquire while the holder's TTL runs",
-      ).toBeNull();
-      await h.elapse(h.ttlMs - early + 50);
+      const judged = await refusesAcross(
+        h,
+        name,
+        startedAt,
+        "no other holder may acquire while the holder's TTL runs (the whole TTL, not part of it)",
+      );
+      if (!judged) return;
+      await h.elapse(h.ttlMs - Math.floor(h.ttlMs * (heldProbes.at(-1) as number)) + pastTtl(h));
       expect(
         await h.backend.tryAcquire(name, "b", h.ttlMs),
         "an unrenewed lock must expire after its TTL and be acquirable by another holder",
@@ -137,20 +186,25 @@ export const lockChecks = {
     },
   },
   "renew-extends": {
-    title: "renewing keeps the lock past its original TTL",
+    title: "a renewal extends the lock by the full TTL, past its original TTL",
     requires: (h) => (h.backend.capabilities.sessionBound ? "session-bound lock: no TTL to extend" : null),
     async run(h) {
       const name = uniqueName("lock");
       expect(await h.backend.tryAcquire(name, "a", h.ttlMs), "a free lock must be acquirable").not.toBeNull();
-      // Five renewals a quarter TTL apart outlast the original TTL, with room for oversleeping.
-      for (let i = 0; i < 5; i++) {
-        await h.elapse(Math.floor(h.ttlMs / 4));
-        expect(await h.backend.renew(name, "a", h.ttlMs), "the holder's renew within its TTL must succeed").toBe(true);
-      }
-      expect(
-        await h.backend.tryAcquire(name, "b", h.ttlMs),
-        "a renewed lock must stay held past its original TTL",
-      ).toBeNull();
+      await h.elapse(Math.floor(h.ttlMs / 2));
+      const renewedAt = performance.now();
+      expect(await h.backend.renew(name, "a", h.ttlMs), "the holder's renew within its TTL must succeed").toBe(true);
+      // Held across the whole TTL after the renewal: past the original TTL, and a renewal that
+      // extends by less than the TTL asked for lapses within it.
+      const judged = await refusesAcross(
+        h,
+        name,
+        renewedAt,
+        "a renewal must extend the lock by the full TTL from the renewal (a renewed lock must stay held past its " +
+          "original TTL)",
+      );
+      if (!judged) return;
+      expect(await h.backend.renew(name, "a", h.ttlMs), "the holder still holds the renewed lock").toBe(true);
     },
   },
   "fencing-tokens": {
@@ -205,7 +259,7 @@ export const lockChecks = {
     async run(h) {
       const name = uniqueName("lock");
       expect(await h.backend.tryAcquire(name, "a", h.ttlMs), "a free lock must be acquirable").not.toBeNull();
-      await h.elapse(h.ttlMs + 50);
+      await h.elapse(h.ttlMs + pastTtl(h));
       expect(
         await h.backend.renew(name, "a", h.ttlMs),
         "renew after the TTL ran out must return false, even with no new holder yet: the former holder must " +
@@ -250,7 +304,7 @@ export const lockChecks = {
       expect(await h.backend.renew(name, "a", h.ttlMs), "the holder's renew within its TTL must succeed").toBe(true);
       await h.elapse(quarter);
       expect(await h.backend.tryAcquire(name, "b", h.ttlMs), "a renewed lock must stay held").toBeNull();
-      await h.elapse(h.ttlMs - quarter + 50);
+      await h.elapse(h.ttlMs - quarter + pastTtl(h));
       expect(
         await h.backend.tryAcquire(name, "b", h.ttlMs),
         "a renewed lock must expire one TTL after its last renewal (renew sets the TTL again, it does not remove it)",
@@ -278,6 +332,53 @@ export const lockChecks = {
       );
     },
   },
+  "lock-gone-session-lives": {
+    title: "a lock whose holding is gone while its session lives is reported not held",
+    requires: (h) => (h.dropHolding ? null : "harness provides no dropHolding(name)"),
+    async run(h) {
+      const name = uniqueName("lock");
+      const first = await h.backend.tryAcquire(name, "a", h.ttlMs);
+      expect(first, "a free lock must be acquirable").not.toBeNull();
+      expect(await h.backend.renew(name, "a", h.ttlMs), "the holder must be able to renew").toBe(true);
+      await (h.dropHolding as NonNullable<LockHarness["dropHolding"]>)(name);
+      expect(
+        await h.backend.renew(name, "a", h.ttlMs),
+        "a lock whose holding is gone while the session lives must be reported not held: renew must ask the " +
+          "server about the lock, not whether the session (connection) is alive",
+      ).toBe(false);
+      const next = await (h.peer ? await h.peer() : h.backend).tryAcquire(name, "b", h.ttlMs);
+      expect(next, "a lock whose holding is gone must be acquirable by another holder").not.toBeNull();
+      await strictlyIncreasing(
+        [first as bigint, next as bigint],
+        "the next holder's fencing token must be greater than the lost holder's",
+      );
+      expect(await h.backend.renew(name, "a", h.ttlMs), "the former holder must not renew the new holder's lock").toBe(
+        false,
+      );
+    },
+  },
+  "tokens-clock-step-back": {
+    title: "fencing tokens strictly increase even when the lock server's clock steps back",
+    requires: (h) => (h.stepClockBack ? null : "harness cannot step the lock server's clock back"),
+    async run(h) {
+      const name = uniqueName("lock");
+      const step = h.stepClockBack as NonNullable<LockHarness["stepClockBack"]>;
+      const tokens: bigint[] = [];
+      for (const back of [0, 60_000, 3_600_000, 1]) {
+        if (back > 0) await step(back);
+        const holder = `holder-${tokens.length}`;
+        const token = await h.backend.tryAcquire(name, holder, h.ttlMs);
+        expect(token, "a released lock must be acquirable at once").not.toBeNull();
+        tokens.push(token as bigint);
+        expect(await h.backend.release(name, holder), "the holder must be able to release").toBe(true);
+      }
+      await strictlyIncreasing(
+        tokens,
+        "fencing tokens must strictly increase when the server's clock steps back: derive them from a counter, " +
+          "never from the time",
+      );
+    },
+  },
 } satisfies Record<string, Check<Context>>;
 
 export type LockCheckId = keyof typeof lockChecks;
@@ -289,6 +390,7 @@ export function describeLockConformance(options: LockConformanceOptions): void {
       Object.assign(await options.create(), {
         ttlMs: options.ttlMs ?? 1_000,
         allowServerRestarts: options.allowServerRestarts ?? false,
+        expiryLagMs: options.expiryLagMs ?? 0,
       }),
     dispose: (h) => h.teardown(),
     skip: options.skip,

@@ -221,6 +221,115 @@ const base = (c: RelayCheckContext, publisher: OutboxPublisher, store = c.harnes
   retry: { maxAttempts: 1_000, baseDelayMs: 100, maxDelayMs: 2_000 },
 });
 
+/** The relay factory's relays can run in the background (`start`/`stop`); a reason to skip otherwise. */
+function needsStartStop(c: RelayCheckContext): string | null {
+  const probe = c.createRelay(base(c, c.broker.publisher));
+  return typeof probe.start === "function" && typeof probe.stop === "function"
+    ? null
+    : "the relay factory's relays have no start()/stop()";
+}
+
+/**
+ * Counts the store calls a relay has running and has made, so a check can wait until the relay
+ * has nothing more to do ("quiet") without sleeping real time.
+ */
+function busyStore(store: OutboxStore<never>): { store: OutboxStore<never>; pending(): number; calls(): number } {
+  let pending = 0;
+  let calls = 0;
+  const tracked =
+    <A extends unknown[], R>(call: (...args: A) => Promise<R>) =>
+    async (...args: A): Promise<R> => {
+      pending += 1;
+      calls += 1;
+      try {
+        return await call(...args);
+      } finally {
+        pending -= 1;
+      }
+    };
+  const releaseClaimer = store.releaseClaimer?.bind(store);
+  return {
+    store: wrapStore(store, {
+      claim: tracked((request) => store.claim(request)),
+      ack: tracked((ids, context) => store.ack(ids, context)),
+      retry: tracked((items, context) => store.retry(items, context)),
+      deadLetter: tracked((items, context) => store.deadLetter(items, context)),
+      release: tracked((ids, context) => store.release(ids, context)),
+      ...(releaseClaimer ? { releaseClaimer: tracked(releaseClaimer) } : {}),
+    }),
+    pending: () => pending,
+    calls: () => calls,
+  };
+}
+
+const turn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+/**
+ * Waits (in event-loop turns, not real time) until no store call runs and `activity` stopped
+ * changing for a while; gives up after many turns (a relay that never stops is then judged as is).
+ */
+async function quiet(pending: () => number, activity: () => number): Promise<void> {
+  let last = -1;
+  let still = 0;
+  for (let turns = 0; turns < 20_000 && still < 50; turns++) {
+    await turn();
+    const now = activity();
+    if (now === last && pending() === 0) still += 1;
+    else {
+      still = 0;
+      last = now;
+    }
+  }
+}
+
+/** How often the relay handed each entry (by sequence number) to its publisher. */
+function handedCounts(): { counts: Map<number, number>; count(entries: readonly OutboxEntry[]): void } {
+  const counts = new Map<number, number>();
+  return {
+    counts,
+    count(entries) {
+      for (const e of entries) counts.set(seqOf(e), (counts.get(seqOf(e)) ?? 0) + 1);
+    },
+  };
+}
+
+/** The poison-guard checks' small retry policy: a handful of claims, not 1000. */
+const smallMaxAttempts = 3;
+
+/**
+ * Lets the relay crash `rounds` times while publishing `seq` (killed before the broker answers,
+ * nothing settled), each crash followed by the lease running out. Returns how many times the
+ * entry reached a publisher; stops early once `stop()` says so.
+ */
+async function crashWhilePublishing(
+  c: RelayCheckContext,
+  seq: number,
+  rounds: number,
+  handed: ReturnType<typeof handedCounts>,
+  stop: () => Promise<boolean> = async () => false,
+): Promise<void> {
+  for (let round = 0; round < rounds && !(await stop()); round++) {
+    const life = new Killable(`crash-${round}`);
+    const store = killableStore(c.harness.store as OutboxStore<never>, life);
+    const crashing: OutboxPublisher = {
+      async publish(entries, options) {
+        handed.count(entries);
+        if (entries.some((e) => seqOf(e) === seq)) life.kill();
+        return c.broker.publisher.publish(entries, options);
+      },
+    };
+    const relay = c.createRelay({
+      ...base(c, killablePublisher(crashing, life), store),
+      retry: { ...base(c, crashing).retry, maxAttempts: smallMaxAttempts },
+    });
+    await relay.runOnce().catch(() => 0);
+    c.clock.advance(30_001);
+  }
+}
+
+const isDead = async (c: RelayCheckContext, seq: number): Promise<boolean> =>
+  (await c.harness.store.listDead({ limit: 1_000 })).some((e) => seqOf(e) === seq);
+
 export const relayChecks = {
   "at-least-once-flaky-publisher": {
     title: "every entry is published despite a publisher failing at random, per-key order kept",
@@ -459,12 +568,7 @@ export const relayChecks = {
   },
   "stop-drains": {
     title: "stop() waits for the in-flight batches to be published and settled, then claims nothing more",
-    requires: (c) => {
-      const probe = c.createRelay(base(c, c.broker.publisher));
-      return typeof probe.start === "function" && typeof probe.stop === "function"
-        ? null
-        : "the relay factory's relays have no start()/stop()";
-    },
+    requires: needsStartStop,
     async run(c) {
       await fill(c, messages(25, 0, c.broker.topic));
       const { promise: publishing, resolve: inPublish } = deferred();
@@ -510,6 +614,290 @@ export const relayChecks = {
       expect((await c.harness.store.stats()).pending, "after stop() the relay must not claim again").toBe(
         25 - handedOver,
       );
+    },
+  },
+  "max-in-flight": {
+    title: "at most maxInFlightBatches claimed batches are in flight at once; the rest waits in the outbox",
+    requires: needsStartStop,
+    async run(c) {
+      const maxInFlightBatches = 2;
+      const batchSize = 3;
+      await fill(c, messages(40, 40, c.broker.topic));
+      const busy = busyStore(c.harness.store as OutboxStore<never>);
+      const { promise: gate, resolve: open } = deferred();
+      let publishing = 0;
+      let peak = 0;
+      let publishes = 0;
+      const gated: OutboxPublisher = {
+        async publish(entries, options) {
+          publishes += 1;
+          publishing += 1;
+          peak = Math.max(peak, publishing);
+          try {
+            await gate;
+            return await c.broker.publisher.publish(entries, options);
+          } finally {
+            publishing -= 1;
+          }
+        },
+      };
+      const relay = c.createRelay({
+        ...base(c, gated, busy.store),
+        batchSize,
+        maxInFlightBatches,
+        pollMs: 1_000,
+      });
+      (relay.start as () => void).call(relay);
+      const activity = () => busy.calls() + publishes;
+      try {
+        await quiet(busy.pending, activity);
+        // Polls (and wake-ups) come and go: none of them may add a batch while the slots are full.
+        for (let i = 0; i < 3; i++) {
+          c.clock.advance(1_000);
+          await quiet(busy.pending, activity);
+        }
+        expect(publishes, "the started relay must claim and publish batches").toBeGreaterThan(0);
+        expect(
+          peak,
+          `at most maxInFlightBatches (${maxInFlightBatches}) batches may be with the publisher at once`,
+        ).toBeLessThanOrEqual(maxInFlightBatches);
+        expect(
+          (await c.harness.store.stats()).inFlight,
+          `at most maxInFlightBatches (${maxInFlightBatches}) claims of batchSize (${batchSize}) may be leased at ` +
+            "once: the next claim waits for a slot (a claim is in flight from its request until its batch is settled)",
+        ).toBeLessThanOrEqual(maxInFlightBatches * batchSize);
+      } finally {
+        open();
+        await (relay.stop as () => Promise<void>).call(relay);
+      }
+      expect((await c.harness.store.stats()).inFlight, "after stop() no entry may stay leased").toBe(0);
+    },
+  },
+  "failed-run-released": {
+    title: "the rest of a failed key's run is released (no attempt counted, claimable at once), not retried",
+    async run(c) {
+      // key a: a0 fails transiently; key c: c0 fails for good; key b publishes whole.
+      const order = ["a", "b", "c", "a", "b", "c", "a"];
+      await fill(
+        c,
+        order.map((key, i) => ({
+          topic: c.broker.topic,
+          key: `run-${key}`,
+          payload: `entry-${i}`,
+          headers: { [seqHeader]: String(i) },
+        })),
+      );
+      const [a0, b0, c0, a1, b1, c1, a2] = [0, 1, 2, 3, 4, 5, 6];
+      const failing = deciding(c.broker.publisher, (entry) =>
+        seqOf(entry) === a0
+          ? transientFailure(new Error("broker busy"))
+          : seqOf(entry) === c0
+            ? permanentFailure(new Error("unroutable"))
+            : null,
+      );
+      const store = c.harness.store as OutboxStore<never>;
+      const seqs = new Map<string, number>();
+      const retried: number[] = [];
+      const dead: number[] = [];
+      const recording = wrapStore(store, {
+        claim: async (request) => {
+          const entries = await store.claim(request);
+          for (const e of entries) seqs.set(e.id, seqOf(e));
+          return entries;
+        },
+        retry: (items, context) => {
+          retried.push(...items.map((item) => seqs.get(item.id) ?? -1));
+          return store.retry(items, context);
+        },
+        deadLetter: (items, context) => {
+          dead.push(...items.map((item) => seqs.get(item.id) ?? -1));
+          return store.deadLetter(items, context);
+        },
+      });
+      expect(await c.createRelay(base(c, failing, recording)).runOnce(), "one cycle claims all seven entries").toBe(7);
+      const sorted = (list: number[]) => [...list].sort((x, y) => x - y);
+      expect(
+        sorted(retried),
+        "only the transiently failed head of its run is retried, not the rest of the run",
+      ).toEqual([a0]);
+      expect(sorted(dead), "only the permanently failed entry is dead-lettered, not the rest of its run").toEqual([c0]);
+      // Past the head's retry delay: the held-back entries must be pending, unleased, attempts uncounted.
+      c.clock.advance(2_001);
+      const probe = await store.claim({ claimer: uniqueName("probe"), limit: 100, leaseMs: 1_000 });
+      for (const seq of [a1, a2, c1]) {
+        const entry = probe.find((e) => seqOf(e) === seq);
+        expect(
+          entry,
+          `entry ${seq}, held back behind its key's failed head, must be released: claimable at once, not retried ` +
+            "with a delay, dead-lettered or left leased",
+        ).toBeDefined();
+        expect(
+          entry?.attempts,
+          `entry ${seq}, held back behind its key's failed head, must be released without counting an attempt`,
+        ).toBe(1);
+        expect(entry?.lastError ?? null, `entry ${seq} never failed: it must carry no lastError`).toBeNull();
+      }
+      expect(
+        probe.some((e) => seqOf(e) === b0 || seqOf(e) === b1),
+        "the run of a key without a failure is published and acked whole",
+      ).toBe(false);
+    },
+  },
+  "poison-guard": {
+    title: `an entry claimed maxAttempts times without an outcome (${smallMaxAttempts} here) is dead-lettered unpublished by the next claim`,
+    async run(c) {
+      await fill(c, [{ topic: c.broker.topic, key: "poison", payload: "p0", headers: { [seqHeader]: "0" } }]);
+      const handed = handedCounts();
+      // The relay dies while publishing the entry, again and again: it never gets an outcome.
+      await crashWhilePublishing(c, 0, smallMaxAttempts + 3, handed, () => isDead(c, 0));
+      expect(
+        handed.counts.get(0) ?? 0,
+        `with retry.maxAttempts ${smallMaxAttempts}, an entry whose publishes never end (the relay crashes) must be ` +
+          `handed to the publisher exactly ${smallMaxAttempts} times: the claim after that dead-letters it unpublished`,
+      ).toBe(smallMaxAttempts);
+      expect(
+        await isDead(c, 0),
+        `the claim after ${smallMaxAttempts} claims without an outcome must dead-letter the entry (poison guard)`,
+      ).toBe(true);
+
+      // The same bound for an entry that keeps failing transiently: maxAttempts publishes, then dead.
+      await fill(c, [{ topic: c.broker.topic, key: "flaky", payload: "r0", headers: { [seqHeader]: "1" } }]);
+      const tries = handedCounts();
+      const refusing = deciding(c.broker.publisher, (entry) => {
+        tries.count([entry]);
+        return transientFailure(new Error("always busy"));
+      });
+      const relay = c.createRelay({
+        ...base(c, refusing),
+        retry: { ...base(c, refusing).retry, maxAttempts: smallMaxAttempts },
+      });
+      for (let round = 0; round < smallMaxAttempts + 3 && !(await isDead(c, 1)); round++) {
+        await relay.runOnce();
+        c.clock.advance(2_001);
+      }
+      expect(
+        tries.counts.get(1) ?? 0,
+        `with retry.maxAttempts ${smallMaxAttempts}, an entry failing transiently is published ${smallMaxAttempts} times, then dead-lettered`,
+      ).toBe(smallMaxAttempts);
+      expect(await isDead(c, 1), "an entry out of attempts must be dead-lettered").toBe(true);
+    },
+  },
+  "exhausted-head-holds-run": {
+    title: "a key's head set aside by the poison guard holds back the rest of its run in that cycle",
+    async run(c) {
+      await fill(c, [{ topic: c.broker.topic, key: "poison", payload: "p0", headers: { [seqHeader]: "0" } }]);
+      const handed = handedCounts();
+      await crashWhilePublishing(c, 0, smallMaxAttempts, handed);
+      expect(handed.counts.get(0) ?? 0, "the relay must hand the entry to its publisher on every claim").toBe(
+        smallMaxAttempts,
+      );
+      // Its successors arrive; the next claim returns the exhausted head with them.
+      await fill(
+        c,
+        [1, 2].map((seq) => ({
+          topic: c.broker.topic,
+          key: "poison",
+          payload: `p${seq}`,
+          headers: { [seqHeader]: String(seq) },
+        })),
+      );
+      const calls: number[][] = [];
+      const recording: OutboxPublisher = {
+        async publish(entries, options) {
+          calls.push(entries.map(seqOf));
+          return c.broker.publisher.publish(entries, options);
+        },
+      };
+      const store = c.harness.store as OutboxStore<never>;
+      const claims: Array<Array<{ seq: number; attempts: number }>> = [];
+      const recordingStore = wrapStore(store, {
+        claim: async (request) => {
+          const entries = await store.claim(request);
+          claims.push(entries.map((e) => ({ seq: seqOf(e), attempts: e.attempts })));
+          return entries;
+        },
+      });
+      const relay = c.createRelay({
+        ...base(c, recording, recordingStore),
+        retry: { ...base(c, recording).retry, maxAttempts: smallMaxAttempts },
+      });
+      await relay.runOnce();
+      expect(
+        claims[0]?.map((e) => e.seq),
+        "the claim must return the exhausted head with its run",
+      ).toEqual([0, 1, 2]);
+      expect(await isDead(c, 0), "the exhausted head must be dead-lettered").toBe(true);
+      expect(
+        calls.flat(),
+        "in the cycle that sets an exhausted head aside, the rest of its key's run must not be handed to the " +
+          "publisher (if the dead-letter fails, the head is replayed after them)",
+      ).toEqual([]);
+      await drainAll(c, [relay], 100);
+      const firsts = firstOccurrences(await c.broker.received(2)).filter((m) => m.key === "poison");
+      expect(
+        firsts.map((m) => m.seq),
+        "the held-back run is published next, in order, and the dead head never",
+      ).toEqual([1, 2]);
+      const next = claims.find((claim, i) => i > 0 && claim.some((e) => e.seq === 1));
+      expect(
+        next?.find((e) => e.seq === 1)?.attempts,
+        "the run held back behind an exhausted head is released without counting an attempt",
+      ).toBe(1);
+    },
+  },
+  "abort-before-lease-end": {
+    title: "the publish's signal is aborted before the batch's lease ends, not after",
+    async run(c) {
+      const leaseMs = 10_000;
+      await fill(c, messages(3, 3, c.broker.topic));
+      const { promise: handed, resolve: handOver } = deferred();
+      const { promise: giveUp, resolve: stopWaiting } = deferred();
+      let signal: AbortSignal | undefined;
+      let startedAt = 0;
+      let calls = 0;
+      const hanging: OutboxPublisher = {
+        async publish(entries, options) {
+          calls += 1;
+          if (calls > 1) return c.broker.publisher.publish(entries, options);
+          signal = options?.signal;
+          startedAt = c.clock.now();
+          handOver();
+          const aborted = new Promise<void>((resolve) => {
+            if (!signal || signal.aborted) resolve();
+            else signal.addEventListener("abort", () => resolve(), { once: true });
+          });
+          // The broker never answers: only the signal (or the check giving up) ends the wait.
+          await Promise.race([aborted, giveUp]);
+          return entries.map(() => transientFailure(new Error("no answer from the broker")));
+        },
+      };
+      const relay = c.createRelay({ ...base(c, hanging), leaseMs });
+      const cycle = relay.runOnce();
+      let abortedAt: number | null = null;
+      try {
+        await handed;
+        expect(signal, "the relay must pass a signal to publish(), to stop it before the lease ends").toBeDefined();
+        expect(signal?.aborted, "the signal must not be aborted when the publish starts").toBe(false);
+        const leaseEndsAt = startedAt + leaseMs;
+        // Time runs up to the last millisecond of the lease; the signal must have fired by then.
+        for (const step of [...Array.from({ length: 19 }, () => leaseMs / 20), leaseMs / 20 - 1]) {
+          c.clock.advance(step);
+          for (let i = 0; i < 20; i++) await turn();
+          if (signal?.aborted && abortedAt === null) abortedAt = c.clock.now();
+        }
+        expect(
+          abortedAt,
+          `the publish must be aborted before the lease ends (${leaseMs} ms after the claim): past it another relay ` +
+            "claims the batch and publishes it again",
+        ).not.toBeNull();
+        expect(abortedAt as number).toBeLessThan(leaseEndsAt);
+      } finally {
+        stopWaiting();
+        await cycle.catch(() => 0);
+      }
+      c.clock.advance(2_001);
+      await drainAll(c, [c.createRelay(base(c, c.broker.publisher))], 2_001);
+      expect(distinctSeqs(await c.broker.received(3)).size, "the aborted batch is published later").toBe(3);
     },
   },
 } satisfies Record<string, Check<RelayCheckContext>>;

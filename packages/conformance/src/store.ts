@@ -31,8 +31,10 @@ export interface StoreHarness<Tx> {
   readonly clock: ManualClock;
   /**
    * Optional: a second, independent store instance on the same namespace and clock (another
-   * relay's client: its own connections, nothing shared in memory), closed by `teardown`. Lets
-   * `give-back-attempts` race claims across instances; without it they race on one instance.
+   * relay's store: nothing of the store's own state shared in memory; sharing the driver's pool or
+   * client is fine), closed by `teardown`. `give-back-attempts` and `claim-exclusive` race claims
+   * across instances, `fencing` shows the newer token through it, `key-runs` claims the key's
+   * successors through it; without it all of that happens on one instance.
    */
   peer?(): Promise<OutboxStore<Tx>>;
   /** Drops the namespace and closes clients. */
@@ -392,10 +394,14 @@ export const storeChecks = {
         Array.from({ length: 200 }, (_, i) => message("excl", i)),
       );
       const claimers = Array.from({ length: 8 }, (_, i) => `claimer-${i}`);
+      // Across instances where the harness has peer(): other relays' stores.
+      const stores = h.peer ? [h.store, await h.peer(), await h.peer()] : [h.store];
       const seen = new Map<string, string>();
       for (let round = 0; round < 10; round++) {
         const batches = await Promise.all(
-          claimers.map((claimer) => h.store.claim({ claimer, limit: 7, leaseMs: 60_000 })),
+          claimers.map((claimer, i) =>
+            (stores[i % stores.length] as OutboxStore<unknown>).claim({ claimer, limit: 7, leaseMs: 60_000 }),
+          ),
         );
         batches.forEach((batch, i) => {
           for (const entry of batch) {
@@ -454,8 +460,10 @@ export const storeChecks = {
       const old = { lock, token: 5n };
       const [entry] = await h.store.claim({ claimer: "old", limit: 1, leaseMs: 1_000, fence: old });
       expect(entry, "a fenced claim with the first token must succeed").toBeDefined();
-      // A newer leader shows up with a higher token.
-      await h.store.claim({ claimer: "new", limit: 1, leaseMs: 1_000, fence: { lock, token: 6n } });
+      // A newer leader shows up with a higher token (through another instance where the harness has
+      // peer(): the newest token is the store's, not one instance's memory).
+      const newLeader = h.peer ? await h.peer() : h.store;
+      await newLeader.claim({ claimer: "new", limit: 1, leaseMs: 1_000, fence: { lock, token: 6n } });
       await expectCode(
         h.store.ack([(entry as OutboxEntry).id], ctx("old", old)),
         OutboxErrorCode.Fenced,
@@ -696,9 +704,11 @@ export const storeChecks = {
       expect(first.length, "a claim never returns more than its limit").toBeLessThanOrEqual(5);
       expect(first.length, "a claimable key must yield at least its head").toBeGreaterThan(0);
       expect(first.map(seqOf), "a key's run starts at its head and keeps key order").toEqual(first.map((_, i) => i));
+      const other = h.peer ? await h.peer() : h.store;
       expect(
-        await h.store.claim({ claimer: "q", limit: 5, leaseMs: 60_000 }),
-        "never two claimers on one key: its later entries must not go to another claimer",
+        await other.claim({ claimer: "q", limit: 5, leaseMs: 60_000 }),
+        "never two claimers on one key (also through another store instance): its later entries must not go to " +
+          "another claimer",
       ).toEqual([]);
       expect(
         await h.store.claim({ claimer: "p", limit: 5, leaseMs: 60_000 }),

@@ -1,4 +1,5 @@
 import {
+  checkLockCall,
   heldBack,
   KeyFailures,
   type LockBackend,
@@ -398,10 +399,11 @@ describe("the kit catches broken relays", () => {
         },
       };
     };
-    expect(await failingRelayChecks(memoryStoreHarness, hasty)).toEqual(["stop-drains"]);
+    // max-in-flight stops the relay too, and finds leases left behind.
+    expect(await failingRelayChecks(memoryStoreHarness, hasty)).toEqual(["stop-drains", "max-in-flight"]);
   });
 
-  it("stop-drains uses the supplied factory: without start()/stop() it is skipped, not run on another relay", async () => {
+  it("stop-drains and max-in-flight use the supplied factory: without start()/stop() they are skipped, not run on another relay", async () => {
     const runOnceOnly = (options: OutboxRelayOptions): RelayUnderTest => {
       const relay = new OutboxRelay(options);
       relay.on("error", () => {});
@@ -409,7 +411,7 @@ describe("the kit catches broken relays", () => {
     };
     const { create, dispose } = relayCheckContext({ createStore: memoryStoreHarness, createRelay: runOnceOnly });
     const { skipped } = await runChecks(relayChecks, create, dispose);
-    expect(skipped).toEqual(["stop-drains"]);
+    expect(skipped).toEqual(["stop-drains", "max-in-flight"]);
   });
 
   it("a leader that omits the fence on ack fails deposed-leader-cannot-ack, even when it re-checks leadership", async () => {
@@ -661,19 +663,24 @@ describe("the kit catches broken publishers and locks", () => {
 type LockContextExtras = { ttlMs: number; allowServerRestarts: boolean };
 
 /** The lock checks against the in-memory backend with some methods replaced. */
-async function failingLockChecks(patch: (inner: MemoryLockBackend) => Partial<LockBackend>) {
+async function failingLockChecks(
+  patch: (inner: MemoryLockBackend, clock: ManualClock) => Partial<LockBackend>,
+  ttlMs = 1_000,
+) {
   const clock = new ManualClock();
   const { failed } = await runChecks(
     lockChecks,
     async (): Promise<LockHarness & LockContextExtras> => {
       const inner = new MemoryLockBackend({ clock });
       return {
-        backend: wrapLockBackend(inner, patch(inner)),
-        ttlMs: 1_000,
+        backend: wrapLockBackend(inner, patch(inner, clock)),
+        ttlMs,
         allowServerRestarts: true,
         elapse: async (ms) => clock.advance(ms),
         restart: async () => inner.restart(),
         expire: async () => inner.restart(),
+        dropHolding: async () => inner.restart(),
+        stepClockBack: async (ms) => clock.advance(-ms),
         teardown: () => inner.close(),
       };
     },
@@ -1037,5 +1044,279 @@ describe("the kit catches broken publishers (issue 22 rules)", () => {
     expect(failed).toContain("round-trip-edges");
     expect(failed).not.toContain("round-trip");
     expect(String((errors["round-trip-edges"] as Error).message)).toContain('"" is not null');
+  });
+});
+
+// Issue 22: the relay's own rules, checked for any relay factory.
+
+/** The real relay with its options or its store bent by `bend`: one rule of the relay broken. */
+function bentRelay(bend: (options: OutboxRelayOptions) => OutboxRelayOptions) {
+  return (options: OutboxRelayOptions): RelayUnderTest => {
+    const relay = new OutboxRelay(bend(options));
+    relay.on("error", () => {});
+    return relay;
+  };
+}
+
+const newRelayRules = [
+  "max-in-flight",
+  "failed-run-released",
+  "poison-guard",
+  "exhausted-head-holds-run",
+  "abort-before-lease-end",
+] as const;
+
+async function relayRuleResults(createRelay?: (options: OutboxRelayOptions) => RelayUnderTest) {
+  const { create, dispose } = relayCheckContext({ createStore: memoryStoreHarness, createRelay });
+  const only = Object.fromEntries(newRelayRules.map((id) => [id, relayChecks[id]])) as Pick<
+    typeof relayChecks,
+    (typeof newRelayRules)[number]
+  >;
+  return runChecks(only, create, dispose, { timeoutMs: 20_000 });
+}
+
+describe("the kit catches broken relays (issue 22 rules)", () => {
+  it("OutboxRelay passes the relay's own rules", async () => {
+    const { passed, errors } = await relayRuleResults();
+    expect(errors).toEqual({});
+    expect(passed).toEqual([...newRelayRules]);
+  });
+
+  it("a relay that claims past maxInFlightBatches fails max-in-flight", async () => {
+    const greedy = bentRelay((options) => ({ ...options, maxInFlightBatches: (options.maxInFlightBatches ?? 2) * 4 }));
+    expect((await relayRuleResults(greedy)).failed).toEqual(["max-in-flight"]);
+  });
+
+  it("a relay that claims ahead (leases more batches than it publishes) fails max-in-flight", async () => {
+    const prefetching = bentRelay((options) => {
+      const store = options.store;
+      return {
+        ...options,
+        store: wrapStore(store, {
+          // Claims a second batch "for later" with every claim, and leaves it leased.
+          claim: async (request) => {
+            const entries = await store.claim(request);
+            await store.claim({ ...request, claimer: `${request.claimer}-ahead` });
+            return entries;
+          },
+        }),
+      };
+    });
+    expect((await relayRuleResults(prefetching)).failed).toContain("max-in-flight");
+  });
+
+  it("a relay that retries the rest of a failed run with an attempt counted fails failed-run-released", async () => {
+    const retriesRest = bentRelay((options) => {
+      const store = options.store;
+      const clock = options.clock as ManualClock;
+      return {
+        ...options,
+        store: wrapStore(store, {
+          release: (ids, context) =>
+            store.retry(
+              ids.map((id) => ({ id, error: "held back", availableAt: new Date(clock.now()) })),
+              context,
+            ),
+        }),
+      };
+    });
+    expect((await relayRuleResults(retriesRest)).failed).toContain("failed-run-released");
+  });
+
+  it("a relay that leaves the rest of a failed run leased fails failed-run-released", async () => {
+    const leavesLeased = bentRelay((options) => ({
+      ...options,
+      store: wrapStore(options.store, { release: async () => {} }),
+    }));
+    expect((await relayRuleResults(leavesLeased)).failed).toContain("failed-run-released");
+  });
+
+  it("a poison guard off by one (either way) or missing fails poison-guard", async () => {
+    for (const shift of [1, -1, 1_000]) {
+      const shifted = bentRelay((options) => ({
+        ...options,
+        retry: { ...options.retry, maxAttempts: (options.retry?.maxAttempts ?? 10) + shift },
+      }));
+      expect((await relayRuleResults(shifted)).failed, `poison guard shifted by ${shift}`).toContain("poison-guard");
+    }
+  });
+
+  it("a relay whose poison guard lets the rest of the run through fails exhausted-head-holds-run", async () => {
+    // Dead-letters exhausted entries as they are claimed, and hands the rest of their run on.
+    const leaky = bentRelay((options) => {
+      const store = options.store;
+      const maxAttempts = options.retry?.maxAttempts ?? 10;
+      return {
+        ...options,
+        store: wrapStore(store, {
+          claim: async (request) => {
+            const entries = await store.claim(request);
+            const exhausted = entries.filter((e) => e.attempts > maxAttempts);
+            if (exhausted.length > 0) {
+              await store.deadLetter(
+                exhausted.map((e) => ({ id: e.id, error: "poison" })),
+                { claimer: request.claimer, fence: request.fence },
+              );
+            }
+            return entries.filter((e) => !exhausted.includes(e));
+          },
+        }),
+      };
+    });
+    expect((await relayRuleResults(leaky)).failed).toEqual(["exhausted-head-holds-run"]);
+  });
+
+  it("a relay whose publish is aborted only when the lease ends fails abort-before-lease-end", async () => {
+    const late = bentRelay((options) => {
+      const clock = options.clock as ManualClock;
+      const leaseMs = options.leaseMs ?? 30_000;
+      const publisher = options.publisher;
+      return {
+        ...options,
+        publisher: {
+          async publish(entries) {
+            const atLeaseEnd = new AbortController();
+            const done = new AbortController();
+            void clock.sleep(leaseMs, done.signal).then(() => atLeaseEnd.abort(new Error("lease ended")));
+            try {
+              return await publisher.publish(entries, { signal: atLeaseEnd.signal });
+            } finally {
+              done.abort();
+            }
+          },
+        },
+      };
+    });
+    expect((await relayRuleResults(late)).failed).toEqual(["abort-before-lease-end"]);
+  });
+});
+
+describe("the kit catches broken locks (issue 22 rules)", () => {
+  it("the reference lock passes every lock check, with a 1 s and a 4 s TTL", async () => {
+    expect(await failingLockChecks(() => ({}))).toEqual([]);
+    expect(await failingLockChecks(() => ({}), 4_000)).toEqual([]);
+  });
+
+  it("a lock that lapses at half its TTL fails expiry, also with a 4 s TTL", async () => {
+    for (const ttlMs of [1_000, 4_000]) {
+      const failed = await failingLockChecks(
+        (inner) => ({ tryAcquire: (name, holder, ttl) => inner.tryAcquire(name, holder, ttl / 2) }),
+        ttlMs,
+      );
+      expect(failed, `TTL ${ttlMs} ms`).toContain("expiry");
+    }
+  });
+
+  it("a lock whose renewal extends by less than the TTL fails renew-extends", async () => {
+    for (const share of [0.5, 0.8]) {
+      const failed = await failingLockChecks((inner) => ({
+        renew: (name, holder, ttl) => inner.renew(name, holder, ttl * share),
+      }));
+      expect(failed, `renewal by ${share} of the TTL`).toContain("renew-extends");
+    }
+  });
+
+  it("a session-bound lock that trusts its session, not the server, fails lock-gone-session-lives", async () => {
+    const clock = new ManualClock();
+    const sessionBound = (trustSession: boolean) => async (): Promise<LockHarness & LockContextExtras> => {
+      const inner = new MemoryLockBackend({ clock });
+      // The "session": what this client took and has not released; ended only by expire().
+      const taken = new Set<string>();
+      const backend: LockBackend = {
+        capabilities: { tokensSurviveRestart: true, sessionBound: true },
+        async tryAcquire(name, holder, ttl) {
+          const token = await inner.tryAcquire(name, holder, ttl);
+          if (token !== null) taken.add(`${name}/${holder}`);
+          return token;
+        },
+        async renew(name, holder, ttl) {
+          checkLockCall(name, holder, ttl);
+          if (!taken.has(`${name}/${holder}`)) return false;
+          return trustSession ? true : inner.renew(name, holder, ttl);
+        },
+        async release(name, holder) {
+          taken.delete(`${name}/${holder}`);
+          return inner.release(name, holder);
+        },
+      };
+      return {
+        backend,
+        ttlMs: 1_000,
+        allowServerRestarts: false,
+        elapse: async (ms) => clock.advance(ms),
+        expire: async () => {
+          taken.clear();
+          inner.restart();
+        },
+        // The lock goes (a pooler's DISCARD ALL); the session stays.
+        dropHolding: async () => inner.restart(),
+        teardown: () => inner.close(),
+      };
+    };
+    const only = { "lock-gone-session-lives": lockChecks["lock-gone-session-lives"] };
+    const sound = await runChecks(only, sessionBound(false), (h) => h.teardown());
+    expect(sound.passed).toEqual(["lock-gone-session-lives"]);
+    const trusting = await runChecks(lockChecks, sessionBound(true), (h) => h.teardown());
+    expect(trusting.failed).toEqual(["lock-gone-session-lives"]);
+  });
+
+  it("a lock whose tokens come from the server's clock fails tokens-clock-step-back", async () => {
+    let counter = 0n;
+    const failed = await failingLockChecks((inner, clock) => ({
+      // Time, then a counter for calls within one millisecond: increasing, until the clock steps back.
+      tryAcquire: async (name, holder, ttl) =>
+        (await inner.tryAcquire(name, holder, ttl)) === null
+          ? null
+          : BigInt(clock.now()) * 1_000n + (counter++ % 1_000n),
+    }));
+    expect(failed).toEqual(["tokens-clock-step-back"]);
+  });
+});
+
+describe("the kit uses peer() where the harness has it", () => {
+  it("a store that keeps the newest fencing token in instance memory fails fencing across peers", async () => {
+    // Each instance checks tokens against what it has seen itself; the rows are shared.
+    const perInstance =
+      (withPeer: boolean) =>
+      async (clock: ManualClock): Promise<StoreHarness<Tx>> => {
+        const inner = new MemoryStore({ clock });
+        const instance = (): OutboxStore<Tx> => {
+          const newest = new Map<string, bigint>();
+          const check = (fence: { lock: string; token: bigint } | undefined) => {
+            if (!fence) return;
+            const seen = newest.get(fence.lock);
+            if (seen !== undefined && fence.token < seen) {
+              throw new OutboxError(OutboxErrorCode.Fenced, "stale token", {
+                details: { lock: fence.lock, token: String(fence.token), newest: String(seen) },
+              });
+            }
+            newest.set(fence.lock, fence.token);
+          };
+          return wrapStore(inner, {
+            claim: async (request) => {
+              check(request.fence);
+              return inner.claim({ ...request, fence: undefined });
+            },
+            ack: async (ids, context) => {
+              check(context.fence);
+              return inner.ack(ids, { claimer: context.claimer });
+            },
+            retry: async (items, context) => {
+              check(context.fence);
+              return inner.retry(items, { claimer: context.claimer });
+            },
+          });
+        };
+        return {
+          store: instance(),
+          clock,
+          transaction: (work) => inner.transaction(work),
+          ...(withPeer ? { peer: async () => instance() } : {}),
+          teardown: () => inner.close(),
+        };
+      };
+    // On one instance the bug cannot show; across two it does.
+    expect(await runStoreCheck(perInstance(false), "fencing")).toEqual({ passed: true, message: "" });
+    expect((await runStoreCheck(perInstance(true), "fencing")).passed).toBe(false);
   });
 });

@@ -65,6 +65,9 @@ describeLockConformance({
       restart: async () => backend.restart(),
       // Every holding goes (the tests use one lock name each).
       expire: async () => backend.restart(),
+      // No session: dropping the holding is the same as ending it.
+      dropHolding: async () => backend.restart(),
+      stepClockBack: async (ms) => clock.advance(-ms),
       teardown: () => backend.close(),
     };
   },

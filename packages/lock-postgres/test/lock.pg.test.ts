@@ -67,10 +67,25 @@ for (const [name, Client] of [
     async create() {
       const schema = fresh("lock");
       await admin.query(`CREATE SCHEMA "${schema}"`);
-      const backends = [backend(schema, Client)];
-      const first = backends[0] as PostgresLockBackend;
+      // The first backend's session, kept to run statements on it (dropHolding).
+      let session: InstanceType<typeof Client> | null = null;
+      const first = createPostgresLockBackend({
+        schema,
+        async connect() {
+          const client = new Client({ connectionString: pgUrl, application_name: "outbox-lock" });
+          client.on("error", () => undefined);
+          await client.connect();
+          session = client;
+          return client;
+        },
+      });
+      const backends: PostgresLockBackend[] = [first];
       return {
         backend: first,
+        // The advisory lock gone while its session lives: what a pooler's DISCARD ALL does.
+        async dropHolding() {
+          await (session as InstanceType<typeof Client> | null)?.query("SELECT pg_advisory_unlock_all()");
+        },
         // A session-bound lock is gone when its session is: terminate it server-side.
         async expire() {
           const pid = await first.backendPid();

@@ -10,7 +10,7 @@ import { freshIdentifier, inTransaction, pgUrl } from "@outbox/test-support/post
 import pg from "pg";
 import { afterAll } from "vitest";
 import { createKafkaPublisher, type KafkaPublisherOptions } from "../src/index.js";
-import { createTopic, dropConnections, newKafka, receive } from "./support/kafka.js";
+import { createTopic, dropConnections, faultySockets, newKafka, receive } from "./support/kafka.js";
 
 /** Over the broker's message.max.bytes (1048588 by default). */
 const OVERSIZE = 2 * 1024 * 1024;
@@ -19,15 +19,23 @@ async function harness(options: KafkaPublisherOptions): Promise<PublisherHarness
   const kafka = newKafka();
   const admin = kafka.admin();
   await admin.connect();
-  const publisher = createKafkaPublisher({ kafka }, options);
+  // The publisher's own client, on sockets that can lose a Produce request mid-publish.
+  const sockets = faultySockets();
+  const publisher = createKafkaPublisher({ kafka: newKafka({ socketFactory: sockets.socketFactory }) }, options);
   return {
     publisher,
     topic: () => createTopic(admin),
     receive: (topic, count, timeoutMs) => receive(kafka, topic, count, timeoutMs),
     permanentFailure: async (topic) => ({ topic, key: "oversize", payload: new Uint8Array(OVERSIZE).fill(7) }),
+    // No transientFailure(): a one-broker cluster has no broker-side "not now" for a record (min.insync.replicas
+    // above the replication factor is not enforced, an unknown topic is permanent); broker-failure covers
+    // transient failures inside the client.
     dropConnection: async () => {
       if ((await dropConnections()) === 0) throw new Error("no broker connection to drop");
     },
+    // The next Produce requests are written into a connection that is then destroyed, more times
+    // than kafkajs retries (5), so the publish itself fails; later ones go through.
+    failNextPublish: async () => sockets.dropProduce(8),
     teardown: async () => {
       await publisher.close();
       await admin.disconnect();

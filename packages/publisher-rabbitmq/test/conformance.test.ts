@@ -60,6 +60,15 @@ async function harness(
     },
     receive: (topic, count, timeoutMs) => reader.receive(topic, count, timeoutMs),
     permanentFailure: async (topic) => ({ topic: `${topic}.unbound`, key: "unroutable", payload: new Uint8Array([1]) }),
+    // A queue that holds nothing and refuses what does not fit: the broker nacks the publish (transient).
+    transientFailure: async () => {
+      const full = await createQueue({
+        type: "classic",
+        arguments: { "x-max-length": 0, "x-overflow": "reject-publish" },
+      });
+      queues.push(full);
+      return { topic: full, key: null, payload: new Uint8Array([2]) };
+    },
     dropConnection: async () => {
       await closeAllConnections("conformance: dropConnection");
     },

@@ -41,7 +41,7 @@ export async function mongoHarness(
   options: Partial<MongoStoreOptions> = {},
   { sessions = true }: { sessions?: boolean } = {},
 ): Promise<StoreHarness<MongoTransaction>> {
-  const store = createMongoStore({
+  const settings = {
     client,
     db: testDb,
     collection: freshCollection(),
@@ -49,13 +49,23 @@ export async function mongoHarness(
     clock,
     onError: () => undefined,
     ...options,
-  });
+  };
+  const store = createMongoStore(settings);
   await store.init();
+  const peers: MongoStore[] = [];
   return {
     store,
     clock,
     transaction: (work) => (sessions ? client.withSession((session) => work(session)) : work(null)),
+    // Another relay's store: a second instance on the same collection (its own in-process state).
+    async peer() {
+      const peer = createMongoStore(settings);
+      await peer.init();
+      peers.push(peer);
+      return peer;
+    },
     async teardown() {
+      await Promise.all(peers.map((peer) => peer.close()));
       await store.close();
       await dropStore(client, store);
     },

@@ -58,11 +58,19 @@ export async function mysqlHarness(
   await migrate(pool, { table });
   const { plainTransactions, ...storeOptions } = options;
   const store = createMySqlStore({ pool, table, clock, onError: () => undefined, ...storeOptions });
+  const peers: Array<{ close(): Promise<void> }> = [];
   return {
     store,
     clock,
     transaction: (work) => (plainTransactions ? inTransaction(pool, work) : store.transaction(work)),
+    // Another relay's store: a second instance on the same table (its own in-process state).
+    async peer() {
+      const peer = createMySqlStore({ pool, table, clock, onError: () => undefined, ...storeOptions });
+      peers.push(peer);
+      return peer;
+    },
     async teardown() {
+      await Promise.all(peers.map((peer) => peer.close()));
       await store.close();
       await pool.query(`DROP TABLE IF EXISTS \`${table}\`, \`${table}_fence\``);
     },

@@ -1,4 +1,14 @@
 export { sqlState } from "./errors.js";
+export {
+  createPostgresInboxStore,
+  type InboxSchemaNames,
+  type InboxSchemaOptions,
+  inboxSchemaSql,
+  migrateInbox,
+  PostgresInboxStore,
+  type PostgresInboxStoreOptions,
+  resolveInboxNames,
+} from "./inbox.js";
 export type { ListenConnection, PGliteListenApi, WakeSource } from "./listener.js";
 export {
   type DrizzleLike,

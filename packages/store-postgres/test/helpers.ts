@@ -28,11 +28,19 @@ export async function pgHarness(
   const schema = freshSchema();
   await migrate(pool, { schema });
   const store = createPostgresStore({ pool, schema, clock, onError: () => undefined, ...options });
+  const peers: Array<{ close(): Promise<void> }> = [];
   return {
     store,
     clock,
     transaction: (work) => inTransaction(pool, work),
+    // Another relay's store: a second instance on the same schema (its own in-process state).
+    async peer() {
+      const peer = createPostgresStore({ pool, schema, clock, onError: () => undefined, ...options, listen: false });
+      peers.push(peer);
+      return peer;
+    },
     async teardown() {
+      await Promise.all(peers.map((peer) => peer.close()));
       await store.close();
       await pool.query(`DROP SCHEMA "${schema}" CASCADE`);
     },

@@ -1,5 +1,6 @@
 import { execFile } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
+import { connect } from "node:net";
 import { promisify } from "node:util";
 import { uniqueName } from "@outbox/conformance";
 import { OutboxHeader } from "@outbox/core";
@@ -250,4 +251,40 @@ export async function restartBrokerKeepingData(signal: "SIGTERM" | "SIGKILL" = "
   }
   await services("start", "kafka", "--keep-data");
   return Date.now() - downAt;
+}
+
+/** Kafka's Produce request (api key 0), read from a request frame: int32 size, then int16 api key. */
+const isProduceRequest = (chunk: unknown): boolean =>
+  Buffer.isBuffer(chunk) && chunk.length >= 6 && chunk.readInt16BE(4) === 0;
+
+/**
+ * A kafkajs `socketFactory` that can fail a publish inside the client: once armed, the next
+ * Produce requests the client writes are not sent and their connection is destroyed (a
+ * connection lost mid-publish), `times` times, to outlast kafkajs' own retries. Everything else
+ * (metadata, InitProducerId...) goes through.
+ */
+export function faultySockets(): {
+  socketFactory: NonNullable<KafkaConfig["socketFactory"]>;
+  dropProduce(times: number): void;
+} {
+  let drops = 0;
+  return {
+    socketFactory: ({ host, port, onConnect }) => {
+      const socket = connect({ host, port }, onConnect);
+      socket.setKeepAlive(true, 60_000);
+      const write = socket.write.bind(socket) as (...args: unknown[]) => boolean;
+      socket.write = ((...args: unknown[]) => {
+        if (drops > 0 && isProduceRequest(args[0])) {
+          drops -= 1;
+          socket.destroy(new Error("connection reset while a Produce request was in flight"));
+          return false;
+        }
+        return write(...args);
+      }) as typeof socket.write;
+      return socket;
+    },
+    dropProduce(times) {
+      drops = times;
+    },
+  };
 }

@@ -1,0 +1,24 @@
+export { createInbox, type HandleResult, type Inbox, type InboxOptions } from "./inbox.js";
+export { MemoryInboxStore, MemoryInboxTransaction } from "./memory.js";
+export {
+  dedupeKey,
+  type HeaderValue,
+  type InboxMessage,
+  inboxMessageFrom,
+  maxMessageIdLength,
+  normalizedMessage,
+  orderingKey,
+  type ReceivedMessage,
+} from "./message.js";
+export type {
+  InboxDeadItem,
+  InboxDeadLetter,
+  InboxFailure,
+  InboxPurgeRequest,
+  InboxRecord,
+  InboxStore,
+  InboxStoreCapabilities,
+  InboxTransaction,
+  ListInboxDeadOptions,
+  RecordOutcome,
+} from "./store.js";
