@@ -45,21 +45,36 @@ function publishedCount(relay: OutboxRelay, count: number): Promise<void> {
 const msgs = (n: number, key: (i: number) => string | null = () => null): OutboxMessage[] =>
   Array.from({ length: n }, (_, i) => ({ topic: "t", key: key(i), payload: `m${i}` }));
 
+/** The memory store behind the store contract, with some of its methods replaced. */
+function storeOver(inner: MemoryStore, overrides: Partial<OutboxStore<never>>): OutboxStore<never> {
+  return {
+    capabilities: inner.capabilities,
+    enqueue: () => Promise.reject(new Error("not used: enqueue on the inner store")),
+    claim: (request) => inner.claim(request),
+    ack: (ids, context) => inner.ack(ids, context),
+    retry: (items, context) => inner.retry(items, context),
+    deadLetter: (items, context) => inner.deadLetter(items, context),
+    release: (ids, context) => inner.release(ids, context),
+    releaseClaimer: (context) => inner.releaseClaimer(context),
+    listDead: (options) => inner.listDead(options),
+    requeueDead: (ids) => inner.requeueDead(ids),
+    purge: (request) => inner.purge(request),
+    stats: () => inner.stats(),
+    close: () => inner.close(),
+    ...overrides,
+  };
+}
+
 /** A store whose claim fails while `failing` is set, counting claims. */
 function flakyStore(inner: MemoryStore) {
   const state = { failing: true, claims: 0 };
-  const store: OutboxStore<never> = Object.assign(Object.create(inner) as MemoryStore, {
+  const store = storeOver(inner, {
     capabilities: { wakeUps: false, transactions: true },
-    claim: async (request: Parameters<MemoryStore["claim"]>[0]) => {
+    claim: async (request) => {
       state.claims += 1;
       if (state.failing) throw new OutboxError(OutboxErrorCode.StoreUnavailable, "db down");
       return inner.claim(request);
     },
-    ack: inner.ack.bind(inner),
-    retry: inner.retry.bind(inner),
-    deadLetter: inner.deadLetter.bind(inner),
-    releaseClaimer: inner.releaseClaimer.bind(inner),
-    stats: inner.stats.bind(inner),
   });
   return { store, state };
 }
@@ -365,24 +380,13 @@ describe("OutboxRelay settles the store could not answer", () => {
     const clock = new ManualClock();
     const inner = new MemoryStore({ clock });
     const state = { ackTimes: [] as number[], failures };
-    const store: OutboxStore<never> = {
-      capabilities: inner.capabilities,
-      enqueue: () => Promise.reject(new Error("not used")),
-      claim: (request) => inner.claim(request),
+    const store = storeOver(inner, {
       ack: async (ids, context) => {
         state.ackTimes.push(clock.now());
         if (state.failures-- > 0) throw new OutboxError(OutboxErrorCode.StoreUnavailable, "connection reset");
         await inner.ack(ids, context);
       },
-      retry: (items, context) => inner.retry(items, context),
-      deadLetter: (items, context) => inner.deadLetter(items, context),
-      release: (ids, context) => inner.release(ids, context),
-      listDead: (options) => inner.listDead(options),
-      requeueDead: (ids) => inner.requeueDead(ids),
-      purge: (request) => inner.purge(request),
-      stats: () => inner.stats(),
-      close: () => inner.close(),
-    };
+    });
     const errors: unknown[] = [];
     const relay = new OutboxRelay({ store, publisher: new MemoryPublisher(), clock, leaseMs: 1_000 });
     relay.on("error", ({ error }) => errors.push(error));
@@ -445,9 +449,7 @@ describe("OutboxRelay claims the store could not answer", () => {
     const claimers: string[] = [];
     const released: string[] = [];
     let loseReply = true;
-    const store: OutboxStore<never> = {
-      capabilities: inner.capabilities,
-      enqueue: () => Promise.reject(new Error("not used")),
+    const store = storeOver(inner, {
       claim: async (request) => {
         claimers.push(request.claimer);
         const entries = await inner.claim(request);
@@ -456,20 +458,11 @@ describe("OutboxRelay claims the store could not answer", () => {
         // Committed, then the connection reset before the reply arrived.
         throw new OutboxError(OutboxErrorCode.StoreUnavailable, "connection reset");
       },
-      ack: (ids, context) => inner.ack(ids, context),
-      retry: (items, context) => inner.retry(items, context),
-      deadLetter: (items, context) => inner.deadLetter(items, context),
-      release: (ids, context) => inner.release(ids, context),
       releaseClaimer: async (context) => {
         released.push(context.claimer);
         return inner.releaseClaimer(context);
       },
-      listDead: (options) => inner.listDead(options),
-      requeueDead: (ids) => inner.requeueDead(ids),
-      purge: (request) => inner.purge(request),
-      stats: () => inner.stats(),
-      close: () => inner.close(),
-    };
+    });
     const publisher = new MemoryPublisher();
     const relay = new OutboxRelay({ store, publisher, clock, id: "r" });
     await inner.transaction((tx) =>

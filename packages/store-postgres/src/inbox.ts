@@ -13,7 +13,7 @@ import type {
 } from "@outbox/inbox";
 import { closedError, isConnectionError, storeError } from "./errors.js";
 import { type Queryable, runScript, type ScriptRunner } from "./queryable.js";
-import { fnv1a, quoteIdent } from "./schema.js";
+import { checkIdentifier, fnv1a, quoteIdent } from "./schema.js";
 import type { PgPoolLike } from "./store.js";
 
 /** Where the inbox lives. Both names are validated and always quoted. */
@@ -32,19 +32,6 @@ export interface InboxSchemaNames {
   readonly quotedSchema: string;
   readonly processedIndex: string;
   readonly attemptsIndex: string;
-}
-
-const identifier = /^[A-Za-z_][A-Za-z0-9_]*$/;
-
-function checkIdentifier(value: unknown, what: string, maxLength: number): string {
-  if (typeof value !== "string" || !identifier.test(value) || value.length > maxLength) {
-    throw new OutboxError(
-      OutboxErrorCode.InvalidOptions,
-      `${what} must match ${identifier} and be at most ${maxLength} characters, got ${JSON.stringify(value)}`,
-      { details: { option: what } },
-    );
-  }
-  return value;
 }
 
 export function resolveInboxNames(options: InboxSchemaOptions = {}): InboxSchemaNames {

@@ -30,7 +30,8 @@ const identifier = /^[A-Za-z_][A-Za-z0-9_]*$/;
 /** PostgreSQL truncates identifiers at 63 bytes; the longest derived name adds 15 characters. */
 const maxTableLength = 48;
 
-function checkIdentifier(value: unknown, what: string, maxLength: number): string {
+/** A schema, table or channel name as the caller gave it, or OUTBOX_INVALID_OPTIONS. */
+export function checkIdentifier(value: unknown, what: string, maxLength: number): string {
   if (typeof value !== "string" || !identifier.test(value) || value.length > maxLength) {
     throw new OutboxError(
       OutboxErrorCode.InvalidOptions,
