@@ -1,5 +1,6 @@
 import { readFileSync } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
+import { runDashboard } from "./commands/dashboard.js";
 import { type DeadFilter, deadDrop, deadList, deadRequeue, deadShow, defaultMaxPayloadBytes } from "./commands/dead.js";
 import { migrateCommand } from "./commands/migrate.js";
 import { purge } from "./commands/purge.js";
@@ -253,6 +254,44 @@ export async function main(argv: readonly string[], ioOverrides: Partial<CliIO> 
         { olderThanMs, batchSize, steps, progress: flags.progress !== false, json, estimate: rt.config.purgeEstimate },
         io,
       );
+    });
+
+  program
+    .command("dashboard")
+    .description("serve the operator dashboard (backlog, lag, live chart, dead letters) until SIGTERM/SIGINT")
+    .option("--port <n>", "HTTP port (0: any free port)", "9465")
+    .option("--host <address>", "address the server binds (loopback unless --allow-remote)", "127.0.0.1")
+    .option("--allow-remote", "allow a non-loopback --host; needs a token in $OUTBOX_DASHBOARD_TOKEN")
+    .option("--read-only", "hide requeue and drop, and refuse them")
+    .option(
+      "--relay <url>",
+      "a running relay's base URL (http://host:9464): its published counter draws throughput; repeatable",
+      (value: string, previous: string[]) => [...previous, value],
+      [] as string[],
+    )
+    .option("--sample-interval <duration>", "how often stats() is read for the chart", "2s")
+    .option("--history <duration>", "how far back the chart goes", "10m")
+    .addOption(new Option("--log-level <level>", "least severe log level written").choices(logLevels).default("info"))
+    .action(async (flags, command: Command) => {
+      const globals = globalsOf(command);
+      const port = Number(flags.port);
+      if (!Number.isInteger(port) || port < 0 || port > 65_535)
+        throw usageError(`--port: expected 0-65535, got ${flags.port}`);
+      const logger = createLogger({
+        level: flags.logLevel as LogLevel,
+        write: (line) => io.stdout.write(line),
+        now: io.now,
+      });
+      const options = {
+        port,
+        host: String(flags.host),
+        allowRemote: flags.allowRemote === true,
+        readOnly: flags.readOnly === true,
+        relays: flags.relay as string[],
+        sampleIntervalMs: parseDuration(flags.sampleInterval, "--sample-interval"),
+        historyMs: parseDuration(flags.history, "--history"),
+      };
+      exitCode = await runDashboard(await load(globals, logger), options, io, logger);
     });
 
   program

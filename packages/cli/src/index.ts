@@ -1,4 +1,5 @@
 export { main } from "./cli.js";
+export { dashboardTokenEnv, isLoopback } from "./commands/dashboard.js";
 export {
   configFileNames,
   defineConfig,
@@ -8,6 +9,13 @@ export {
   type RelaySettings,
   validateConfig,
 } from "./config.js";
+export {
+  createDashboardHandler,
+  csrfHeader,
+  type DashboardHandler,
+  type DashboardOptions,
+  tokenCookie,
+} from "./dashboard/handler.js";
 export { CliError, CliErrorCode, ExitCode } from "./errors.js";
 export { metricNames } from "./metrics.js";
 export { NotReadyReason, readinessDefaults } from "./readiness.js";

@@ -1,0 +1,361 @@
+// The outbox dashboard page: plain DOM, no framework, no build step. Every value from the store
+// reaches the page through textContent, never parsed as markup, so an entry's HTML renders as text.
+/* global uPlot */
+(() => {
+  const $ = (selector) => document.querySelector(selector);
+  const meta = (name) => document.querySelector(`meta[name="${name}"]`)?.getAttribute("content") ?? "";
+  const csrf = meta("outbox-csrf");
+  const intervalMs = Number(meta("outbox-interval-ms")) || 2000;
+  const pageSize = 50;
+  let readOnly = document.documentElement.dataset.readOnly === "true";
+
+  // ---- helpers -------------------------------------------------------------------------------
+  function el(tag, text, attributes = {}) {
+    const node = document.createElement(tag);
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+    return node;
+  }
+
+  function formatAge(seconds) {
+    if (!seconds) return "0 s";
+    if (seconds < 60) return `${seconds.toFixed(1)} s`;
+    const minutes = Math.floor(seconds / 60);
+    if (minutes < 60) return `${minutes} min ${Math.floor(seconds % 60)} s`;
+    const hours = Math.floor(minutes / 60);
+    return hours < 48 ? `${hours} h ${minutes % 60} min` : `${Math.floor(hours / 24)} d ${hours % 24} h`;
+  }
+
+  const cut = (text, max) => (text.length > max ? `${text.slice(0, max - 1)}…` : text);
+
+  async function getJson(path) {
+    const response = await fetch(path, { credentials: "same-origin", headers: { accept: "application/json" } });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(body.error?.message ?? `HTTP ${response.status}`);
+    return body;
+  }
+
+  async function postJson(path, value) {
+    const response = await fetch(path, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "content-type": "application/json", "x-outbox-csrf": csrf },
+      body: JSON.stringify(value),
+    });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(body.error?.message ?? `HTTP ${response.status}`);
+    return body;
+  }
+
+  function showResult(text, isError = false) {
+    const result = $("#result");
+    result.textContent = text;
+    result.classList.toggle("error", isError);
+  }
+
+  /** A modal confirmation; resolves true only when the operator clicks Confirm. */
+  function confirmAction(text) {
+    const dialog = $("#confirm");
+    $("#confirm-text").textContent = text;
+    return new Promise((resolve) => {
+      const done = (answer) => {
+        $("#confirm-ok").onclick = null;
+        $("#confirm-cancel").onclick = null;
+        dialog.onclose = null;
+        if (dialog.open) dialog.close();
+        resolve(answer);
+      };
+      $("#confirm-ok").onclick = () => done(true);
+      $("#confirm-cancel").onclick = () => done(false);
+      dialog.onclose = () => done(false);
+      dialog.showModal();
+    });
+  }
+
+  // ---- backlog and chart ---------------------------------------------------------------------
+  let backlogChart;
+  let throughputChart;
+
+  function chartWidth() {
+    return Math.max(280, $("#backlog-chart").clientWidth || document.body.clientWidth - 32);
+  }
+
+  function makeCharts(withThroughput) {
+    if (typeof uPlot !== "function") return;
+    const axisStroke = getComputedStyle(document.body).color;
+    const axis = (extra = {}) => ({ stroke: axisStroke, grid: { stroke: "rgba(128,128,128,.2)" }, ...extra });
+    backlogChart = new uPlot(
+      {
+        title: "Backlog and lag",
+        width: chartWidth(),
+        height: 220,
+        scales: { x: { time: true }, n: {}, s: {} },
+        axes: [axis(), axis({ scale: "n", label: "entries" }), axis({ scale: "s", side: 1, label: "lag (s)" })],
+        series: [
+          {},
+          { label: "pending", scale: "n", stroke: "#0969da", width: 2 },
+          { label: "in flight", scale: "n", stroke: "#8250df", width: 1 },
+          { label: "dead", scale: "n", stroke: "#cf222e", width: 1 },
+          { label: "lag (s)", scale: "s", stroke: "#bf8700", width: 2, dash: [6, 4] },
+        ],
+      },
+      [[], [], [], [], []],
+      $("#backlog-chart"),
+    );
+    if (withThroughput) {
+      $("#throughput-chart").hidden = false;
+      throughputChart = new uPlot(
+        {
+          title: "Throughput",
+          width: chartWidth(),
+          height: 180,
+          scales: { x: { time: true } },
+          axes: [axis(), axis({ label: "published/s" })],
+          series: [{}, { label: "published/s", stroke: "#1a7f37", width: 2 }],
+        },
+        [[], []],
+        $("#throughput-chart"),
+      );
+    }
+    window.addEventListener("resize", () => {
+      backlogChart?.setSize({ width: chartWidth(), height: 220 });
+      throughputChart?.setSize({ width: chartWidth(), height: 180 });
+    });
+  }
+
+  function drawCharts(history) {
+    const t = history.map((sample) => sample.t);
+    backlogChart?.setData([
+      t,
+      history.map((sample) => sample.pending),
+      history.map((sample) => sample.inFlight),
+      history.map((sample) => sample.dead),
+      history.map((sample) => sample.lagSeconds),
+    ]);
+    throughputChart?.setData([t, history.map((sample) => sample.publishedPerSecond)]);
+  }
+
+  let stateUpdates = 0;
+  let chartsMade = false;
+
+  async function refreshState() {
+    try {
+      const state = await getJson("api/state");
+      readOnly = state.readOnly;
+      document.documentElement.dataset.readOnly = String(state.readOnly);
+      document.documentElement.dataset.canDrop = String(state.canDrop);
+      $("#mode").hidden = !state.readOnly;
+      $('[data-stat="pending"]').textContent = String(state.stats.pending);
+      $('[data-stat="inFlight"]').textContent = String(state.stats.inFlight);
+      $('[data-stat="dead"]').textContent = String(state.stats.dead);
+      const lag = $('[data-stat="lag"]');
+      lag.textContent = state.stats.oldestPendingAt ? formatAge(state.stats.lagSeconds) : "– (nothing pending)";
+      lag.dataset.seconds = String(state.stats.lagSeconds);
+      $("#updated").textContent = `updated ${new Date(state.at).toLocaleTimeString()}`;
+      $("#state-error").hidden = true;
+      if (!chartsMade) {
+        chartsMade = true;
+        makeCharts(state.throughput !== null);
+        $("#chart-note").textContent =
+          state.throughput === null
+            ? "Throughput needs running relays: start the dashboard with --relay <url>."
+            : "Throughput: the relays' published counters (/readyz).";
+      }
+      drawCharts(state.history);
+      stateUpdates += 1;
+      document.body.dataset.stateUpdates = String(stateUpdates);
+    } catch (error) {
+      const box = $("#state-error");
+      box.textContent = `Cannot read the outbox: ${error.message}`;
+      box.hidden = false;
+    }
+  }
+
+  function pollState() {
+    refreshState().finally(() => setTimeout(pollState, intervalMs));
+  }
+
+  // ---- dead letters --------------------------------------------------------------------------
+  let entries = [];
+  let cursor = null; // the `after` of the page shown (null: first page)
+  let next = null;
+  let pageNumber = 1;
+  const selected = new Set();
+
+  const matchesFilter = (entry, text) =>
+    !text || [entry.topic, entry.key ?? "", entry.lastError ?? ""].some((field) => field.toLowerCase().includes(text));
+
+  function renderDead() {
+    const text = $("#filter").value.trim().toLowerCase();
+    const shown = entries.filter((entry) => matchesFilter(entry, text));
+    const body = $("#dead tbody");
+    body.replaceChildren();
+    for (const entry of shown) {
+      const row = el("tr", null, { "data-id": entry.id });
+      if (!readOnly) {
+        const pick = el("td", null, { "data-action": "" });
+        const box = el("input", null, { type: "checkbox", "aria-label": `Select ${entry.id}` });
+        box.checked = selected.has(entry.id);
+        box.addEventListener("click", (event) => event.stopPropagation());
+        box.addEventListener("change", () => {
+          if (box.checked) selected.add(entry.id);
+          else selected.delete(entry.id);
+          updateSelection();
+        });
+        pick.append(box);
+        row.append(pick);
+      }
+      row.append(
+        el("td", entry.id),
+        el("td", entry.topic),
+        el("td", entry.key ?? "–"),
+        el("td", entry.attempts),
+        el("td", new Date(entry.createdAt).toLocaleString()),
+        el("td", cut(entry.lastError ?? "–", 160), { class: "error-text" }),
+      );
+      row.addEventListener("click", () => void showDetail(entry.id));
+      body.append(row);
+    }
+    if (shown.length === 0) {
+      const row = el("tr");
+      const message = entries.length === 0 ? "No dead entries." : "No entry of this page matches.";
+      row.append(el("td", message, { colspan: readOnly ? "6" : "7" }));
+      body.append(row);
+    }
+    $("#page-info").textContent =
+      `page ${pageNumber}: ${entries.length} entries${text ? `, ${shown.length} match the filter (this page only)` : ""}`;
+    $("#first-page").disabled = cursor === null;
+    $("#next-page").disabled = next === null;
+    updateSelection();
+  }
+
+  function updateSelection() {
+    if (readOnly) return;
+    const none = selected.size === 0;
+    $("#requeue-selected").disabled = none;
+    $("#drop-selected").disabled = none;
+    $("#requeue-selected").textContent = none ? "Requeue selected" : `Requeue selected (${selected.size})`;
+    $("#drop-selected").textContent = none ? "Drop selected" : `Drop selected (${selected.size})`;
+  }
+
+  async function loadDead(after) {
+    const query = new URLSearchParams({ limit: String(pageSize) });
+    if (after) query.set("after", after);
+    try {
+      const page = await getJson(`api/dead?${query}`);
+      entries = page.entries;
+      next = page.next;
+      cursor = after ?? null;
+      for (const id of [...selected]) if (!entries.some((entry) => entry.id === id)) selected.delete(id);
+      renderDead();
+      document.body.dataset.deadLoaded = String(Number(document.body.dataset.deadLoaded ?? 0) + 1);
+    } catch (error) {
+      showResult(`Cannot list dead entries: ${error.message}`, true);
+    }
+  }
+
+  // ---- detail --------------------------------------------------------------------------------
+  let detailId = null;
+
+  async function showDetail(id) {
+    let entry;
+    try {
+      entry = await getJson(`api/dead/${encodeURIComponent(id)}`);
+    } catch (error) {
+      showResult(`Cannot show ${id}: ${error.message}`, true);
+      return;
+    }
+    detailId = id;
+    $("#detail-id").textContent = entry.id;
+    const fields = $("#detail-fields");
+    fields.replaceChildren();
+    const rows = [
+      ["topic", entry.topic],
+      ["key", entry.key ?? "–"],
+      ["attempts", entry.attempts],
+      ["created", entry.createdAt],
+      ["available", entry.availableAt],
+      ["idempotency key", entry.idempotencyKey ?? "–"],
+      ["last error", entry.lastError ?? "–"],
+      ["headers", JSON.stringify(entry.headers ?? {})],
+      ["payload size", `${entry.payloadBytes} bytes`],
+    ];
+    for (const [name, value] of rows) fields.append(el("dt", name), el("dd", value));
+    const isText = entry.payloadText !== null;
+    $("#payload").textContent = isText ? entry.payloadText : entry.payloadBase64;
+    const shownBytes = isText
+      ? new TextEncoder().encode(entry.payloadText).byteLength
+      : atob(entry.payloadBase64).length;
+    $("#payload-note").textContent = [
+      isText ? "" : "Not UTF-8 text: shown as base64.",
+      entry.payloadTruncated ? `Truncated: the first ${shownBytes} of ${entry.payloadBytes} bytes.` : "",
+    ]
+      .filter(Boolean)
+      .join(" ");
+    $("#download").setAttribute("href", `api/dead/${encodeURIComponent(entry.id)}/payload`);
+    $("#detail").hidden = false;
+    $("#detail").scrollIntoView({ block: "nearest" });
+  }
+
+  // ---- actions -------------------------------------------------------------------------------
+  async function act(verb, ids) {
+    if (readOnly || ids.length === 0) return;
+    const many = ids.length === 1 ? `dead entry ${ids[0]}` : `${ids.length} dead entries`;
+    const question =
+      verb === "requeue"
+        ? `Requeue ${many}? They become pending again and the relay publishes them.`
+        : `Drop ${many} for good? This cannot be undone.`;
+    if (!(await confirmAction(question))) {
+      showResult(`${verb === "requeue" ? "Requeue" : "Drop"} cancelled.`);
+      return;
+    }
+    try {
+      const result = await postJson(`api/dead/${verb}`, { ids });
+      const done = verb === "requeue" ? result.requeued : result.dropped;
+      showResult(
+        `${verb === "requeue" ? "Requeued" : "Dropped"} ${done} of ${result.selected} selected` +
+          (done < result.selected ? " (the others were no longer dead)." : "."),
+      );
+      for (const id of ids) selected.delete(id);
+      if (detailId !== null && ids.includes(detailId)) {
+        $("#detail").hidden = true;
+        detailId = null;
+      }
+    } catch (error) {
+      showResult(`${verb === "requeue" ? "Requeue" : "Drop"} failed: ${error.message}`, true);
+    }
+    await Promise.all([loadDead(cursor), refreshState()]);
+  }
+
+  // ---- wiring --------------------------------------------------------------------------------
+  $("#filter").addEventListener("input", renderDead);
+  $("#select-all").addEventListener("change", (event) => {
+    const text = $("#filter").value.trim().toLowerCase();
+    for (const entry of entries.filter((item) => matchesFilter(item, text))) {
+      if (event.target.checked) selected.add(entry.id);
+      else selected.delete(entry.id);
+    }
+    renderDead();
+  });
+  $("#requeue-selected").addEventListener("click", () => void act("requeue", [...selected]));
+  $("#drop-selected").addEventListener("click", () => void act("drop", [...selected]));
+  $("#detail-requeue").addEventListener("click", () => detailId && void act("requeue", [detailId]));
+  $("#detail-drop").addEventListener("click", () => detailId && void act("drop", [detailId]));
+  $("#detail-close").addEventListener("click", () => {
+    $("#detail").hidden = true;
+    detailId = null;
+  });
+  $("#first-page").addEventListener("click", () => {
+    pageNumber = 1;
+    void loadDead(null);
+  });
+  $("#next-page").addEventListener("click", () => {
+    if (next === null) return;
+    pageNumber += 1;
+    void loadDead(next);
+  });
+  if (readOnly) for (const node of document.querySelectorAll("[data-action]")) node.remove();
+
+  pollState();
+  void loadDead(null);
+})();

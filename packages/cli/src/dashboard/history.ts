@@ -1,0 +1,149 @@
+import type { OutboxStore, StoreStats } from "@outbox/core";
+import { redactText } from "../redact.js";
+
+/** One sample of the backlog, as the chart draws it. */
+export interface Sample {
+  /** Unix time, seconds. */
+  readonly t: number;
+  readonly pending: number;
+  readonly inFlight: number;
+  readonly dead: number;
+  /** Age of the oldest pending entry, seconds (0 when nothing is pending). */
+  readonly lagSeconds: number;
+  /** Entries the probed relays published per second since the previous sample; null without relays. */
+  readonly publishedPerSecond: number | null;
+}
+
+/** A fixed-size ring buffer: the newest `capacity` items, oldest first. */
+export class RingBuffer<T> {
+  readonly #items: Array<T | undefined>;
+  #next = 0;
+  #size = 0;
+
+  constructor(readonly capacity: number) {
+    if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError("capacity must be a positive integer");
+    this.#items = new Array<T | undefined>(capacity);
+  }
+
+  push(item: T): void {
+    this.#items[this.#next] = item;
+    this.#next = (this.#next + 1) % this.capacity;
+    this.#size = Math.min(this.#size + 1, this.capacity);
+  }
+
+  toArray(): T[] {
+    const start = (this.#next - this.#size + this.capacity) % this.capacity;
+    const out: T[] = [];
+    for (let index = 0; index < this.#size; index++) out.push(this.#items[(start + index) % this.capacity] as T);
+    return out;
+  }
+
+  get size(): number {
+    return this.#size;
+  }
+}
+
+/** The sum of the `published` counters of running relays (their /readyz), or null when none answered. */
+export async function relaysPublished(urls: readonly string[], timeoutMs: number): Promise<number | null> {
+  if (urls.length === 0) return null;
+  const counts = await Promise.all(
+    urls.map(async (url) => {
+      try {
+        const response = await fetch(`${url.replace(/\/+$/, "")}/readyz`, { signal: AbortSignal.timeout(timeoutMs) });
+        const body = (await response.json()) as { published?: unknown };
+        return typeof body.published === "number" ? body.published : null;
+      } catch {
+        return null;
+      }
+    }),
+  );
+  const answered = counts.filter((count): count is number => count !== null);
+  return answered.length === 0 ? null : answered.reduce((sum, count) => sum + count, 0);
+}
+
+export interface SamplerOptions {
+  readonly store: () => Promise<OutboxStore<never>>;
+  readonly intervalMs: number;
+  readonly capacity: number;
+  readonly relays: readonly string[];
+  readonly now: () => number;
+}
+
+/**
+ * Reads the store's stats() every `intervalMs` into a ring buffer (the chart's last minutes),
+ * whether or not a browser is watching. A read that fails keeps the last error (redacted).
+ */
+export class Sampler {
+  readonly history: RingBuffer<Sample>;
+  lastError: string | null = null;
+  readonly #options: SamplerOptions;
+  #timer: NodeJS.Timeout | undefined;
+  #running: Promise<{ sample: Sample; stats: StoreStats }> | undefined;
+  #lastRecordedAt = -Infinity;
+  #lastPublished: { at: number; count: number } | null = null;
+
+  constructor(options: SamplerOptions) {
+    this.#options = options;
+    this.history = new RingBuffer<Sample>(options.capacity);
+  }
+
+  start(): void {
+    if (this.#timer) return;
+    const tick = () => void this.sample().catch(() => undefined);
+    tick();
+    this.#timer = setInterval(tick, this.#options.intervalMs);
+    this.#timer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+
+  /**
+   * Fresh stats from the store, recorded in the history unless a sample was recorded less than
+   * half an interval ago (pages polling do not crowd the chart); concurrent calls share one read.
+   * Rejects when the store does.
+   */
+  sample(): Promise<{ sample: Sample; stats: StoreStats }> {
+    this.#running ??= this.#read().finally(() => {
+      this.#running = undefined;
+    });
+    return this.#running;
+  }
+
+  async #read(): Promise<{ sample: Sample; stats: StoreStats }> {
+    const { now, relays } = this.#options;
+    try {
+      const read = async () => (await this.#options.store()).stats();
+      const [stats, published] = await Promise.all([read(), relaysPublished(relays, 2_000)]);
+      const at = now();
+      let publishedPerSecond: number | null = null;
+      if (published !== null) {
+        const previous = this.#lastPublished;
+        // A relay restart resets its counter: no rate for that interval.
+        if (previous && published >= previous.count && at > previous.at) {
+          publishedPerSecond = ((published - previous.count) * 1000) / (at - previous.at);
+        }
+        this.#lastPublished = { at, count: published };
+      }
+      const sample: Sample = {
+        t: at / 1000,
+        pending: stats.pending,
+        inFlight: stats.inFlight,
+        dead: stats.dead,
+        lagSeconds: stats.oldestPendingAt ? Math.max(0, at - stats.oldestPendingAt.getTime()) / 1000 : 0,
+        publishedPerSecond,
+      };
+      if (at - this.#lastRecordedAt >= this.#options.intervalMs / 2) {
+        this.history.push(sample);
+        this.#lastRecordedAt = at;
+      }
+      this.lastError = null;
+      return { sample, stats };
+    } catch (error) {
+      this.lastError = redactText(error instanceof Error ? error.message : String(error));
+      throw error;
+    }
+  }
+}

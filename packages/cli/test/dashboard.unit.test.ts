@@ -1,0 +1,248 @@
+// The dashboard's HTTP handler against an in-memory store: the token gate, read-only refusal,
+// CSRF refusal, Host checks, escaping and redaction. The browser test (dashboard.browser.pg)
+// drives the page itself against PostgreSQL.
+import { readFileSync } from "node:fs";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import type { OutboxEntry, OutboxStore, StoreStats } from "@outbox/core";
+import { afterEach, describe, expect, it } from "vitest";
+import { isLoopback } from "../src/commands/dashboard.js";
+import { createDashboardHandler, csrfHeader, type DashboardOptions, tokenCookie } from "../src/dashboard/handler.js";
+import { RingBuffer } from "../src/dashboard/history.js";
+import { ExitCode } from "../src/errors.js";
+import { globalConfigPath, run, setTestConfig } from "./support.js";
+
+function deadEntry(id: string, payload: string, lastError = "boom"): OutboxEntry {
+  return {
+    id,
+    topic: "orders",
+    key: `k${id}`,
+    payload: new TextEncoder().encode(payload),
+    headers: {},
+    attempts: 3,
+    createdAt: new Date("2025-01-01T00:00:00Z"),
+    availableAt: new Date("2025-01-01T00:00:00Z"),
+    idempotencyKey: id,
+    lastError,
+  } as OutboxEntry;
+}
+
+/** What the handler calls, recorded. */
+class FakeStore {
+  dead = [
+    deadEntry("1", "<script>alert(1)</script>"),
+    deadEntry("2", "plain", "connect failed: postgres://app:s3cret-pw@db.internal:5432/orders"),
+  ];
+  requeued: string[][] = [];
+  dropped: string[][] = [];
+  async stats(): Promise<StoreStats> {
+    return { pending: 7, inFlight: 2, dead: this.dead.length, oldestPendingAt: new Date(Date.now() - 5_000) };
+  }
+  async listDead(options: { limit?: number; after?: string } = {}) {
+    const start = options.after === undefined ? 0 : this.dead.findIndex((entry) => entry.id === options.after) + 1;
+    return this.dead.slice(start, start + (options.limit ?? 100));
+  }
+  async requeueDead(ids: readonly string[]) {
+    this.requeued.push([...ids]);
+    return ids.length;
+  }
+  async dropDead(ids: readonly string[]) {
+    this.dropped.push([...ids]);
+    return ids.length;
+  }
+}
+
+const servers: Server[] = [];
+afterEach(async () => {
+  await Promise.all(servers.splice(0).map((server) => new Promise((done) => server.close(done))));
+});
+
+async function serve(options: Partial<DashboardOptions> = {}) {
+  const store = new FakeStore();
+  const handler = createDashboardHandler({
+    store: store as unknown as OutboxStore<never>,
+    sampleIntervalMs: 60_000,
+    ...options,
+  });
+  const server = createServer(handler);
+  server.on("close", () => handler.close());
+  servers.push(server);
+  await new Promise<void>((done) => server.listen(0, "127.0.0.1", done));
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return { store, base };
+}
+
+const token = "a-long-enough-dashboard-token";
+
+async function csrfOf(base: string, headers: Record<string, string> = {}): Promise<string> {
+  const html = await (await fetch(`${base}/`, { headers })).text();
+  const match = /<meta name="outbox-csrf" content="([0-9a-f]+)">/.exec(html);
+  if (!match?.[1]) throw new Error("no CSRF token in the page");
+  return match[1];
+}
+
+const post = (base: string, path: string, headers: Record<string, string>, body: unknown = { ids: ["1"] }) =>
+  fetch(`${base}${path}`, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...headers },
+    body: JSON.stringify(body),
+  });
+
+describe("dashboard handler", () => {
+  it("serves the page, its assets (uPlot from the package, no CDN) and the state", async () => {
+    const { base } = await serve();
+    const page = await fetch(`${base}/`);
+    expect(page.status).toBe(200);
+    expect(page.headers.get("content-security-policy")).toContain("script-src 'self'");
+    expect(page.headers.get("x-content-type-options")).toBe("nosniff");
+    const html = await page.text();
+    expect(html).not.toMatch(/https?:\/\//);
+    for (const asset of ["app.js", "app.css", "uPlot.min.js", "uPlot.min.css"]) {
+      const response = await fetch(`${base}/assets/${asset}`);
+      expect(response.status, asset).toBe(200);
+    }
+    expect((await fetch(`${base}/assets/../package.json`)).status).toBe(404);
+    const state = (await (await fetch(`${base}/api/state`)).json()) as Record<string, unknown>;
+    expect(state).toMatchObject({ readOnly: false, canDrop: true, stats: { pending: 7, inFlight: 2, dead: 2 } });
+    expect((state.history as unknown[]).length).toBe(1);
+  });
+
+  it("refuses every request without the token; accepts a bearer header or the cookie ?token= sets", async () => {
+    const { base } = await serve({ token });
+    for (const path of ["/", "/api/state", "/api/dead", "/assets/app.js", "/api/dead/1/payload"]) {
+      expect((await fetch(`${base}${path}`)).status, path).toBe(401);
+      expect(
+        (await fetch(`${base}${path}`, { headers: { authorization: "Bearer wrong-token-of-some-length" } })).status,
+      ).toBe(401);
+    }
+    expect((await fetch(`${base}/api/state`, { headers: { authorization: `Bearer ${token}` } })).status).toBe(200);
+    expect((await fetch(`${base}/?token=nope`, { redirect: "manual" })).status).toBe(401);
+    const opened = await fetch(`${base}/?token=${token}`, { redirect: "manual" });
+    expect(opened.status).toBe(303);
+    expect(opened.headers.get("location")).toBe("/");
+    const cookie = opened.headers.get("set-cookie") ?? "";
+    expect(cookie).toMatch(/HttpOnly/);
+    expect(cookie).toMatch(/SameSite=Strict/);
+    const cookieHeader = cookie.split(";")[0] ?? "";
+    expect(cookieHeader.startsWith(`${tokenCookie}=`)).toBe(true);
+    expect((await fetch(`${base}/api/state`, { headers: { cookie: cookieHeader } })).status).toBe(200);
+    // A POST needs the token too, before anything else.
+    expect((await post(base, "/api/dead/requeue", {})).status).toBe(401);
+  });
+
+  it("refuses a token shorter than 16 characters", () => {
+    expect(() =>
+      createDashboardHandler({ store: new FakeStore() as unknown as OutboxStore<never>, token: "short" }),
+    ).toThrow(RangeError);
+  });
+
+  it("read-only: the page says so and the server refuses requeue and drop", async () => {
+    const { base, store } = await serve({ readOnly: true });
+    const html = await (await fetch(`${base}/`)).text();
+    expect(html).toContain('data-read-only="true"');
+    const csrf = await csrfOf(base);
+    for (const action of ["requeue", "drop"]) {
+      const response = await post(base, `/api/dead/${action}`, { [csrfHeader]: csrf });
+      expect(response.status).toBe(403);
+      expect(((await response.json()) as { error: { code: string } }).error.code).toBe("read-only");
+    }
+    expect(store.requeued).toEqual([]);
+    expect(store.dropped).toEqual([]);
+  });
+
+  it("CSRF: state changes need POST, the page's token header, and a same-origin request", async () => {
+    const { base, store } = await serve();
+    const csrf = await csrfOf(base);
+    const refused = async (response: Response, status = 403) => {
+      expect(response.status).toBe(status);
+      return ((await response.json()) as { error: { code: string } }).error.code;
+    };
+    expect(await refused(await fetch(`${base}/api/dead/requeue`), 405)).toBe("method");
+    expect(await refused(await post(base, "/api/dead/requeue", {}))).toBe("csrf");
+    expect(await refused(await post(base, "/api/dead/requeue", { [csrfHeader]: "0".repeat(64) }))).toBe("csrf");
+    expect(
+      await refused(await post(base, "/api/dead/requeue", { [csrfHeader]: csrf, origin: "http://evil.example" })),
+    ).toBe("csrf");
+    expect(
+      await refused(await post(base, "/api/dead/drop", { [csrfHeader]: csrf, "sec-fetch-site": "cross-site" })),
+    ).toBe("csrf");
+    expect(store.requeued).toEqual([]);
+    expect(store.dropped).toEqual([]);
+    // A form post (text/plain, what a cross-site form can send) is refused too.
+    const form = await fetch(`${base}/api/dead/requeue`, {
+      method: "POST",
+      headers: { "content-type": "text/plain", [csrfHeader]: csrf },
+      body: '{"ids":["1"]}',
+    });
+    expect(form.status).toBe(415);
+
+    const origin = base;
+    const ok = await post(base, "/api/dead/requeue", { [csrfHeader]: csrf, origin, "sec-fetch-site": "same-origin" });
+    expect(ok.status).toBe(200);
+    expect(await ok.json()).toEqual({ requeued: 1, selected: 1 });
+    const dropped = await post(base, "/api/dead/drop", { [csrfHeader]: csrf }, { ids: ["2", "2"] });
+    expect(await dropped.json()).toEqual({ dropped: 1, selected: 1 });
+    expect(store.requeued).toEqual([["1"]]);
+    expect(store.dropped).toEqual([["2"]]);
+    expect((await post(base, "/api/dead/drop", { [csrfHeader]: csrf }, { ids: [] })).status).toBe(400);
+  });
+
+  it("refuses an unexpected Host header (DNS rebinding) when given allowedHosts", async () => {
+    const { base } = await serve({ allowedHosts: ["127.0.0.1:1"] });
+    expect((await fetch(`${base}/api/state`)).status).toBe(421);
+  });
+
+  it("sends entry data as JSON only, its errors redacted; the page inserts it as text", async () => {
+    const { base } = await serve();
+    const detail = await fetch(`${base}/api/dead/1`);
+    expect(detail.headers.get("content-type")).toMatch(/^application\/json/);
+    expect(((await detail.json()) as { payloadText: string }).payloadText).toBe("<script>alert(1)</script>");
+    const list = await (await fetch(`${base}/api/dead?limit=10`)).text();
+    expect(list).not.toContain("s3cret-pw");
+    expect(list).toContain("***");
+    const download = await fetch(`${base}/api/dead/1/payload`);
+    expect(download.headers.get("content-type")).toBe("application/octet-stream");
+    expect(download.headers.get("content-disposition")).toMatch(/^attachment; filename="outbox-1\.bin"$/);
+    expect(await download.text()).toBe("<script>alert(1)</script>");
+    expect((await fetch(`${base}/api/dead/404`)).status).toBe(404);
+    const app = readFileSync(new URL("../assets/dashboard/app.js", import.meta.url), "utf8");
+    expect(app).not.toMatch(/innerHTML|outerHTML|insertAdjacentHTML|document\.write/);
+  });
+
+  it("pages dead letters with listDead's after cursor", async () => {
+    const { base } = await serve();
+    const first = (await (await fetch(`${base}/api/dead?limit=1`)).json()) as {
+      entries: { id: string }[];
+      next: string;
+    };
+    expect(first.entries.map((entry) => entry.id)).toEqual(["1"]);
+    expect(first.next).toBe("1");
+    const second = (await (await fetch(`${base}/api/dead?limit=1&after=1`)).json()) as { entries: { id: string }[] };
+    expect(second.entries.map((entry) => entry.id)).toEqual(["2"]);
+  });
+});
+
+describe("dashboard pieces", () => {
+  it("a ring buffer keeps the newest items, oldest first", () => {
+    const ring = new RingBuffer<number>(3);
+    for (let n = 1; n <= 5; n++) ring.push(n);
+    expect(ring.toArray()).toEqual([3, 4, 5]);
+  });
+
+  it("loopback addresses", () => {
+    for (const host of ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost"])
+      expect(isLoopback(host), host).toBe(true);
+    for (const host of ["0.0.0.0", "::", "10.0.0.1", "example.com"]) expect(isLoopback(host), host).toBe(false);
+  });
+
+  it("outbox dashboard refuses a non-loopback bind without --allow-remote, and --allow-remote without a token", async () => {
+    setTestConfig({ store: new FakeStore() });
+    const args = ["dashboard", "--config", globalConfigPath, "--port", "0", "--host", "0.0.0.0"];
+    const bare = await run(args);
+    expect(bare.code).toBe(ExitCode.Usage);
+    expect(bare.stderr.text).toContain("--allow-remote");
+    const noToken = await run([...args, "--allow-remote"]);
+    expect(noToken.code).toBe(ExitCode.Usage);
+    expect(noToken.stderr.text).toContain("OUTBOX_DASHBOARD_TOKEN");
+  });
+});
