@@ -221,6 +221,11 @@ start_postgres() {
     echo "listen_addresses = '127.0.0.1'"
     echo "port = 5432"
     echo "max_connections = 300"
+    # Log-based capture (@outbox/store-postgres, experimental): logical decoding needs
+    # wal_level = logical and a replication slot plus a walsender per capturing relay/test.
+    echo "wal_level = logical"
+    echo "max_replication_slots = 32"
+    echo "max_wal_senders = 32"
     if [[ ${OUTBOX_PG_FAST:-0} == 1 ]]; then
       echo "fsync = off"
       echo "synchronous_commit = off"
@@ -241,8 +246,9 @@ start_postgres() {
     pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" main start ||
       fail postgres "pg_ctlcluster start failed"
   fi
-  # max_connections only changes with a restart.
-  if (($(pg_su psql -XAtq -c 'show max_connections') < 200)); then
+  # max_connections and wal_level only change with a restart.
+  if (($(pg_su psql -XAtq -c 'show max_connections') < 200)) ||
+    [[ $(pg_su psql -XAtq -c 'show wal_level') != logical ]]; then
     pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" main restart -m fast ||
       fail postgres "pg_ctlcluster restart failed"
   fi

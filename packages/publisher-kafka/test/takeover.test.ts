@@ -85,7 +85,7 @@ describe("leader takeover: PostgreSQL + Kafka + Redis lock", () => {
         const leasedByA = async () =>
           (
             await pool.query(
-              `SELECT id::text FROM "${table}" WHERE status = 'pending' AND claimed_by = 'relay-a' AND lease_until > now()`,
+              `SELECT id::text FROM "${table}" WHERE status = 'pending' AND claimed_by LIKE 'relay-a#%' AND lease_until > now()`,
             )
           ).rows.map((row: { id: string }) => row.id);
         let held: string[] = [];
@@ -110,6 +110,7 @@ describe("leader takeover: PostgreSQL + Kafka + Redis lock", () => {
           held = await leasedByA();
           expect(a.leaderships.length, "A must not win the lock back first").toBe(leadershipsOfA);
         }
+        expect(held.length, "relay A held leased entries at the fault").toBeGreaterThan(0);
         await waitFor(
           async () => {
             const { rows } = await pool.query(
@@ -132,7 +133,8 @@ describe("leader takeover: PostgreSQL + Kafka + Redis lock", () => {
             held,
           ]);
           expect(
-            rows.map((row: { claimed_by: string }) => row.claimed_by),
+            // Claimer names are the relay's id and its claim number.
+            [...new Set(rows.map((row: { claimed_by: string }) => row.claimed_by.split("#")[0]))],
             "B took A's entries over",
           ).toEqual(["relay-b"]);
         }

@@ -720,9 +720,15 @@ export class MySqlStore implements OutboxStore<MySqlQueryable> {
     this.#assertOpen();
     checkFence(context.fence);
     const claimer = checkClaimer(context.claimer);
+    // Under the claim's read timeout: a claim that timed out is given back next, and what held
+    // that claim up must not hold the relay in its release instead.
+    const dialect = await this.#dialectOf();
+    const timeoutMs = this.#statementTimeoutMs;
     const { rows } = await this.#withRetries("releaseClaimer", true, () =>
-      runStatement(this.#pool, this.#sql.heldBy, [bytes(claimer)]),
-    );
+      runStatement(this.#pool, withTimeout(dialect, timeoutMs, this.#sql.heldBy, "read"), [bytes(claimer)]),
+    ).catch((error: unknown) => {
+      throw isStatementTimeout(error) ? timeoutError("releaseClaimer", timeoutMs, error) : error;
+    });
     const held = rows.map((row) => String(row.id));
     if (held.length === 0 && !context.fence) return 0;
     // By id, as release: the rows' own claimed_by check keeps a row taken over since untouched.

@@ -1,3 +1,13 @@
+export {
+  type CaptureNames,
+  type CaptureOptions,
+  createPostgresCaptureStore,
+  dropCapture,
+  migrateCapture,
+  PostgresCaptureStore,
+  type PostgresCaptureStoreOptions,
+  resolveCaptureNames,
+} from "./capture.js";
 export { sqlState } from "./errors.js";
 export {
   createPostgresInboxStore,

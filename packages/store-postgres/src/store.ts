@@ -199,7 +199,8 @@ function fromBase64(text: unknown, byteLength: unknown): Uint8Array {
   return bytes;
 }
 
-function toEntry(row: Row): OutboxEntry {
+/** A row read with `entryColumns` as an entry (also used by the log-capture store). */
+export function toEntry(row: Row): OutboxEntry {
   return {
     id: String(row.id),
     topic: String(row.topic),
