@@ -35,10 +35,20 @@ export function resolveRetryPolicy(input: Partial<RetryPolicy> = {}): RetryPolic
 /**
  * Exponential backoff with jitter: base * 2^(attempt-1), capped, then the jittered share is
  * drawn uniformly so that retries of a failed batch spread out instead of stampeding.
+ *
+ * `waitedMs` (how long the entry has waited since it was enqueued) caps the delay too, never below
+ * the base delay: attempts count claims, and claims a failed-over leader never answered inflate
+ * them, so a young entry's first failures after a few takeovers would otherwise be pushed minutes
+ * out. Under a real outage the entry's age grows with its delays and the cap is the exponential.
  */
-export function retryDelayMs(policy: RetryPolicy, attempt: number, random: () => number = Math.random): number {
+export function retryDelayMs(
+  policy: RetryPolicy,
+  attempt: number,
+  random: () => number = Math.random,
+  waitedMs = Number.POSITIVE_INFINITY,
+): number {
   const exponential = policy.baseDelayMs * 2 ** Math.max(0, attempt - 1);
-  const capped = Math.min(policy.maxDelayMs, exponential);
+  const capped = Math.min(policy.maxDelayMs, exponential, Math.max(policy.baseDelayMs, waitedMs));
   const fixed = capped * (1 - policy.jitter);
   return Math.round(fixed + capped * policy.jitter * random());
 }

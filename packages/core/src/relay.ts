@@ -528,7 +528,9 @@ export class OutboxRelay {
       } else if (entry.attempts >= this.#retry.maxAttempts) {
         settlement.deadLetter(entry, outcome.error, "attempts-exhausted");
       } else {
-        const availableAt = new Date(this.#clock.now() + retryDelayMs(this.#retry, entry.attempts, this.#random));
+        const now = this.#clock.now();
+        const waitedMs = now - entry.createdAt.getTime();
+        const availableAt = new Date(now + retryDelayMs(this.#retry, entry.attempts, this.#random, waitedMs));
         settlement.retry(entry, outcome.error, availableAt);
       }
     }

@@ -16,6 +16,16 @@ describe("retry backoff", () => {
     expect([1, 2, 3, 4].map((attempt) => retryDelayMs(exact, attempt, () => 0.7))).toEqual([10, 20, 40, 50]);
   });
 
+  it("never waits longer than the entry has waited, nor less than the base delay", () => {
+    const exact = resolveRetryPolicy({ baseDelayMs: 100, maxDelayMs: 10_000, jitter: 0 });
+    // Attempt 8 alone would be 12.8 s (capped at 10 s).
+    expect(retryDelayMs(exact, 8, Math.random, 3_000)).toBe(3_000);
+    expect(retryDelayMs(exact, 8, Math.random, 20)).toBe(100);
+    expect(retryDelayMs(exact, 8, Math.random, -5_000)).toBe(100);
+    expect(retryDelayMs(exact, 8, Math.random, 60_000)).toBe(10_000);
+    expect(retryDelayMs(exact, 2, Math.random, 60_000)).toBe(200);
+  });
+
   it.each([
     { maxAttempts: 0 },
     { maxAttempts: 1.5 },

@@ -91,6 +91,23 @@ describe("OutboxRelay cycle", () => {
     expect(relay.metrics()).toMatchObject({ claimed: 5, published: 5, retried: 0, deadLettered: 0, errors: 0 });
   });
 
+  it("a retry never waits longer than the entry has: claims lost to takeovers do not push a young entry minutes out", async () => {
+    const { clock, store, relay, events, enqueue } = setup({
+      publisher: { publish: async (entries) => entries.map(() => transientFailure(new Error("broker down"))) },
+      retry: { maxAttempts: 20, baseDelayMs: 1_000, maxDelayMs: 300_000, jitter: 0 },
+    });
+    await enqueue(msgs(1));
+    // Six leaders claimed it and vanished: each lease ran out unanswered, 1 s apart.
+    for (let n = 0; n < 6; n++) {
+      expect(await store.claim({ claimer: `gone-${n}`, limit: 1, leaseMs: 1_000 })).toHaveLength(1);
+      clock.advance(1_000);
+    }
+    await relay.runOnce();
+    const [retried] = events.filter((e) => e.type === "retried").map((e) => e.payload as RelayEvents["retried"]);
+    // Attempt 7 alone would wait 64 s; the entry is 6 s old.
+    expect(retried?.availableAt.getTime()).toBe(clock.now() + 6_000);
+  });
+
   it("retries a transient failure with exponential backoff, then dead-letters after maxAttempts", async () => {
     const { clock, store, relay, events, enqueue } = setup({
       publisher: { publish: async (entries) => entries.map(() => transientFailure(new Error("broker down"))) },
