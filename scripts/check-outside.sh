@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The path a stranger takes, tested, outside the pnpm workspace and from packed tarballs:
 # 1. pack the packages as they would be published and check their package.json;
-# 2. outside/third-party-adapter (a node:sqlite store): npm-install @outbox/core and
+# 2. outside/third-party-adapter (a node:sqlite store): npm-install @outbox/core, @outbox/memory and
 #    @outbox/conformance from the tarballs (vitest, typescript from the registry), type-check it and
-#    run the conformance kit there; require @outbox/core from CommonJS;
+#    run the conformance kit there; require @outbox/core and @outbox/memory from CommonJS;
 # 3. every Quick start (the root README's and each package README's: packages/<dir>/quick-start.ts, which
 #    `node scripts/quick-starts.mjs` checks is the README block byte for byte): npm-install what their install lines
 #    name (the @outbox packages from the tarballs), type-check them, and run each one as its own process with
@@ -24,8 +24,8 @@ if [ -z "${OUTBOX_PG_URL:-}" ] || [ -z "${OUTBOX_MYSQL_URL:-}" ] || [ -z "${OUTB
 fi
 
 # What the Quick starts need: every adapter the install lines name.
-adapters=(store-postgres store-mysql store-mongodb publisher-kafka publisher-rabbitmq publisher-pubsub publisher-redis
-  lock-redis lock-etcd lock-postgres inbox)
+adapters=(memory store-postgres store-mysql store-mongodb publisher-kafka publisher-rabbitmq publisher-pubsub
+  publisher-redis lock-redis lock-etcd lock-postgres inbox)
 node scripts/quick-starts.mjs # README blocks == files, install lines complete
 pnpm exec turbo run build --filter=@outbox/conformance... "${adapters[@]/#/--filter=@outbox/}" --output-logs=errors-only
 mkdir -p "$work/tarballs"
@@ -57,17 +57,19 @@ NODE
 
 cp -r outside/third-party-adapter "$work/app"
 cd "$work/app"
-npm install --no-audit --no-fund --loglevel=error --save-dev "$work"/tarballs/outbox-core-*.tgz "$work"/tarballs/outbox-conformance-*.tgz
+npm install --no-audit --no-fund --loglevel=error --save-dev "$work"/tarballs/outbox-core-*.tgz \
+  "$work"/tarballs/outbox-memory-*.tgz "$work"/tarballs/outbox-conformance-*.tgz
 npm run --silent typecheck
 npx vitest run --reporter=dot
 
-# CommonJS consumers: require() of the ESM package (no top-level await in its module graph).
+# CommonJS consumers: require() of the ESM packages (no top-level await in their module graphs).
 cat > require-core.cjs <<'CJS'
 const core = require("@outbox/core");
-if (typeof core.OutboxRelay !== "function" || typeof core.MemoryStore !== "function") {
-  throw new Error("require('@outbox/core') did not return the package's exports");
+const memory = require("@outbox/memory");
+if (typeof core.OutboxRelay !== "function" || typeof memory.MemoryStore !== "function") {
+  throw new Error("require('@outbox/core') or require('@outbox/memory') did not return the package's exports");
 }
-console.log(`require("@outbox/core") from CommonJS works on Node ${process.versions.node}`);
+console.log(`require("@outbox/core") and require("@outbox/memory") from CommonJS work on Node ${process.versions.node}`);
 CJS
 node require-core.cjs
 

@@ -24,6 +24,7 @@ const root = resolve(new URL("..", import.meta.url).pathname);
 export const quickStarts = [
   { readme: "README.md", dir: "store-postgres" },
   { readme: "packages/core/README.md", dir: "core", database: "none", broker: "memory", target: "-" },
+  { readme: "packages/memory/README.md", dir: "memory", database: "none", broker: "memory", target: "-" },
   { readme: "packages/inbox/README.md", dir: "inbox", database: "none", broker: "memory", target: "-" },
   {
     readme: "packages/store-postgres/README.md",

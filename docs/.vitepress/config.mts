@@ -76,7 +76,7 @@ export default defineConfig({
       {
         text: "Guide",
         link: "/getting-started",
-        activeMatch: "^/(getting-started|stack-picker|concepts|guarantees|inbox|claim-contract)",
+        activeMatch: "^/(getting-started|stack-picker|concepts|guarantees|inbox|claim-contract|capture-modes)",
       },
       { text: "Operations", link: "/operations", activeMatch: "^/(operations|troubleshooting|benchmarks)" },
       { text: "Packages", link: "/adapters/", activeMatch: "^/adapters/" },
@@ -94,6 +94,7 @@ export default defineConfig({
             { text: "Guarantees", link: "/guarantees" },
             { text: "Exactly-once effects (inbox)", link: "/inbox" },
             { text: "The claim contract", link: "/claim-contract" },
+            { text: "Capture modes (experimental)", link: "/capture-modes" },
           ],
         },
         {

@@ -19,6 +19,7 @@ const warnings = [];
 /** The packages the site documents, in sidebar order; any other public package found is appended. */
 const expected = [
   ["core", "Core"],
+  ["memory", "Core"],
   ["conformance", "Core"],
   ["cli", "Core"],
   ["store-postgres", "Stores"],

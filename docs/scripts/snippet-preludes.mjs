@@ -4,6 +4,7 @@
 // Keys: "*" for every source, else the source file relative to the repo root.
 
 const core = (name) => `import("@outbox/core").${name}`;
+const memory = (name) => `import("@outbox/memory").${name}`;
 
 /** @type {Record<string, Record<string, string>>} */
 export const preludes = {
@@ -15,7 +16,7 @@ export const preludes = {
     // "your" business object, store and publisher
     order: "declare const order: { id: string; customerId: string; total: number };",
     payload: "declare const payload: string;",
-    store: `declare const store: ${core("MemoryStore")};`,
+    store: `declare const store: ${memory("MemoryStore")};`,
     publisher: `declare const publisher: ${core("OutboxPublisher")};`,
   },
   "docs/getting-started.md": {
@@ -34,6 +35,9 @@ export const preludes = {
     createInbox: 'import { createInbox } from "@outbox/inbox";',
     createPostgresInboxStore: 'import { createPostgresInboxStore } from "@outbox/store-postgres";',
     createPostgresStore: 'import { createPostgresStore } from "@outbox/store-postgres";',
+    MYSQL_URL: "declare const MYSQL_URL: string;",
+    MONGODB_URL: "declare const MONGODB_URL: string;",
+    transactions: "declare const transactions: boolean;",
   },
   "packages/inbox/README.md": {
     pool: 'declare const pool: import("pg").Pool;',
@@ -45,8 +49,8 @@ export const preludes = {
     relay: `declare const relay: ${core("OutboxRelay")};`,
   },
   "packages/conformance/README.md": {
-    createMyStore: `declare function createMyStore(options: { clock: ${core("Clock")} }): ${core("MemoryStore")};`,
-    myDb: `declare const myDb: { transaction<T>(work: (tx: ${core("MemoryTransaction")}) => Promise<T>): Promise<T> };`,
+    createMyStore: `declare function createMyStore(options: { clock: ${core("Clock")} }): ${memory("MemoryStore")};`,
+    myDb: `declare const myDb: { transaction<T>(work: (tx: ${memory("MemoryTransaction")}) => Promise<T>): Promise<T> };`,
   },
   "packages/store-mongodb/README.md": {
     createMongoStore: 'import { createMongoStore } from "@outbox/store-mongodb";',

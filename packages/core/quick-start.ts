@@ -1,7 +1,9 @@
-// The in-memory demo: no database, no broker. MemoryStore and MemoryPublisher follow the contracts exactly (unit
-// tests of your own code can use them); each adapter's Quick start runs the same flow on a real database and broker.
+// The in-memory demo: no database, no broker. MemoryStore and MemoryPublisher (@outbox/memory) follow the contracts
+// exactly (unit tests of your own code can use them); each adapter's Quick start runs the same flow on a real
+// database and broker.
 import { randomUUID } from "node:crypto";
-import { jsonPayload, MemoryPublisher, MemoryStore, OutboxRelay } from "@outbox/core";
+import { jsonPayload, OutboxRelay } from "@outbox/core";
+import { MemoryPublisher, MemoryStore } from "@outbox/memory";
 
 const store = new MemoryStore();
 const publisher = new MemoryPublisher();

@@ -2,8 +2,9 @@
 // inbox, and the broker delivers it twice (as brokers do after a crash): the effect is applied once. With
 // PostgreSQL, `createPostgresInboxStore({ pool })` from @outbox/store-postgres replaces MemoryInboxStore.
 import { randomUUID } from "node:crypto";
-import { jsonPayload, MemoryPublisher, MemoryStore, OutboxRelay, payloadText } from "@outbox/core";
+import { jsonPayload, OutboxRelay, payloadText } from "@outbox/core";
 import { createInbox, type InboxMessage, MemoryInboxStore } from "@outbox/inbox";
+import { MemoryPublisher, MemoryStore } from "@outbox/memory";
 
 // The producing service: the order's event, enqueued in its transaction, published by the relay.
 const store = new MemoryStore();

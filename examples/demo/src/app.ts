@@ -1,7 +1,6 @@
 import type { PGlite, Transaction } from "@electric-sql/pglite";
 import {
   jsonPayload,
-  MemoryPublisher,
   OutboxError,
   OutboxErrorCode,
   OutboxRelay,
@@ -9,6 +8,7 @@ import {
   published,
   transientFailure,
 } from "@outbox/core";
+import { MemoryPublisher } from "@outbox/memory";
 import { createPostgresStore, migrate, type PostgresStore } from "@outbox/store-postgres";
 
 export interface Order {

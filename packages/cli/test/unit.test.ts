@@ -1,6 +1,4 @@
 import {
-  MemoryPublisher,
-  MemoryStore,
   OutboxErrorCode,
   type OutboxStore,
   permanentFailure,
@@ -8,6 +6,7 @@ import {
   systemClock,
   transientFailure,
 } from "@outbox/core";
+import { MemoryPublisher, MemoryStore } from "@outbox/memory";
 import { waitFor } from "@outbox/test-support/wait";
 import { beforeEach, describe, expect, it } from "vitest";
 import { validateConfig } from "../src/config.js";

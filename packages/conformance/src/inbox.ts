@@ -144,6 +144,9 @@ export const inboxStoreChecks = {
   "rollback-leaves-no-key": {
     title: "a failing handler rolls back its effect and the key; the error surfaces; the redelivery runs again",
     async run(h) {
+      // A store without transactions (declared `transactions: false`) cannot undo the handler's writes: only the
+      // key and the redelivery are checked there.
+      const transactional = h.store.capabilities.transactions;
       const inbox = await inboxOf(h, { maxAttempts: 10 });
       const id = uniqueName("fail");
       const boom = new Error("handler failed on purpose");
@@ -154,12 +157,12 @@ export const inboxStoreChecks = {
         }),
       );
       expect(error, "handle must reject with the handler's own error (the broker redelivers)").toBe(boom);
-      expect(await h.countEffects(id), "a rolled-back handler must leave no effect").toBe(0);
+      if (transactional) expect(await h.countEffects(id), "a rolled-back handler must leave no effect").toBe(0);
       const again = await inbox.handle(message(id), (tx) => h.effect(tx, id));
       expect(again.status, "a rolled-back handler must leave no key: the redelivery must run the handler").toBe(
         "handled",
       );
-      expect(await h.countEffects(id)).toBe(1);
+      if (transactional) expect(await h.countEffects(id)).toBe(1);
     },
   },
   retention: {
@@ -285,7 +288,10 @@ export const inboxStoreChecks = {
       await Promise.allSettled(calls);
       expect(overlap, "two messages of one key must never be handled at the same time").toBe(false);
       expect(log, "a key's messages must be handled in call order").toEqual(["0", "1", "2", "3", "4", "5"]);
-      expect(await h.countEffects(key), "the failed message's effect must be rolled back").toBe(5);
+      // Without transactions (`transactions: false`) the failed handler's write stays: nothing to check there.
+      if (h.store.capabilities.transactions) {
+        expect(await h.countEffects(key), "the failed message's effect must be rolled back").toBe(5);
+      }
     },
   },
 } satisfies Record<string, Check<Harness>>;

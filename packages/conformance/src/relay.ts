@@ -4,8 +4,6 @@ import {
   KeyFailures,
   type LockBackend,
   ManualClock,
-  MemoryLockBackend,
-  MemoryPublisher,
   type OutboxEntry,
   OutboxError,
   OutboxErrorCode,
@@ -18,6 +16,7 @@ import {
   permanentFailure,
   transientFailure,
 } from "@outbox/core";
+import { MemoryLockBackend, MemoryPublisher } from "@outbox/memory";
 import { expect } from "vitest";
 import type { PublisherHarness } from "./publisher.js";
 import type { StoreHarness } from "./store.js";
@@ -93,7 +92,10 @@ async function fill(c: RelayCheckContext, batch: OutboxMessage[]): Promise<void>
 /** A publisher that "dies" with its relay: after kill(), nothing it is handed is published. */
 class Killable {
   dead = false;
-  constructor(readonly tag: string) {}
+  readonly tag: string;
+  constructor(tag: string) {
+    this.tag = tag;
+  }
   kill(): never {
     this.dead = true;
     throw new Error(`relay ${this.tag} was killed`);

@@ -1,7 +1,5 @@
 import {
   type ManualClock,
-  MemoryStore,
-  type MemoryTransaction,
   type OutboxEntry,
   OutboxError,
   OutboxErrorCode,
@@ -9,6 +7,7 @@ import {
   type OutboxStore,
   type SettleContext,
 } from "@outbox/core";
+import { MemoryStore, type MemoryTransaction } from "@outbox/memory";
 import { expect } from "vitest";
 import { type Check, registerSuite, type SkipReasons } from "./suite.js";
 import {

@@ -27,11 +27,11 @@ const disposeGraceMs = 15_000;
 
 /** Raised when a check (or its setup or teardown) does not finish in time. */
 export class CheckTimeoutError extends Error {
-  constructor(
-    readonly checkId: string,
-    readonly phase: "check" | "dispose",
-    readonly timeoutMs: number,
-  ) {
+  readonly checkId: string;
+  readonly phase: "check" | "dispose";
+  readonly timeoutMs: number;
+
+  constructor(checkId: string, phase: "check" | "dispose", timeoutMs: number) {
     super(
       phase === "check"
         ? `check "${checkId}" did not finish within ${timeoutMs} ms: it hangs (a store call that waits for a lock ` +
@@ -39,6 +39,9 @@ export class CheckTimeoutError extends Error {
             "cannot do what this check needs, declare the capability (see docs/conformance.md) or skip it with a reason."
         : `teardown after check "${checkId}" did not finish within ${timeoutMs} ms (harness teardown or close hangs)`,
     );
+    this.checkId = checkId;
+    this.phase = phase;
+    this.timeoutMs = timeoutMs;
     this.name = "CheckTimeoutError";
   }
 }

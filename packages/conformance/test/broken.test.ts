@@ -4,10 +4,6 @@ import {
   KeyFailures,
   type LockBackend,
   ManualClock,
-  MemoryLockBackend,
-  MemoryPublisher,
-  MemoryStore,
-  type MemoryTransaction,
   type OutboxEntry,
   OutboxError,
   OutboxErrorCode,
@@ -19,6 +15,7 @@ import {
   permanentFailure,
   transientFailure,
 } from "@outbox/core";
+import { MemoryLockBackend, MemoryPublisher, MemoryStore, type MemoryTransaction } from "@outbox/memory";
 import { describe, expect, it } from "vitest";
 import {
   type LockHarness,

@@ -1,4 +1,4 @@
-import { MemoryLockBackend, MemoryPublisher } from "@outbox/core";
+import { MemoryLockBackend, MemoryPublisher } from "@outbox/memory";
 import {
   describeLockConformance,
   describePublisherConformance,

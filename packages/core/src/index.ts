@@ -21,9 +21,6 @@ export {
   type LockGrant,
   randomId,
 } from "./lock.js";
-export { MemoryLockBackend } from "./memory/lock.js";
-export { type MemoryMessage, MemoryPublisher, type MemoryPublisherOptions } from "./memory/publisher.js";
-export { MemoryStore, type MemoryStoreOptions, MemoryTransaction } from "./memory/store.js";
 export {
   headersWithMetadata,
   heldBack,

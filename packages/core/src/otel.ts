@@ -1,5 +1,4 @@
 import type * as OtelApi from "@opentelemetry/api";
-import type { OutboxEntry } from "./entry.js";
 
 /*
  * OpenTelemetry is an optional peer: when @opentelemetry/api is installed, enqueue carries the
@@ -59,7 +58,16 @@ export interface PublishSpan {
 
 const noSpan: PublishSpan = { end: () => {} };
 
-export function startPublishSpan(entry: OutboxEntry): PublishSpan {
+/** What a publish span records of an entry: fields of `OutboxEntry` (entry.ts imports this module, not the reverse). */
+export interface TracedEntry {
+  readonly id: string;
+  readonly topic: string;
+  readonly headers: Readonly<Record<string, string>>;
+  readonly idempotencyKey: string;
+  readonly attempts: number;
+}
+
+export function startPublishSpan(entry: TracedEntry): PublishSpan {
   const otel = api;
   if (!otel) return noSpan;
   const parent = otel.propagation.extract(otel.context.active(), entry.headers, headerGetter);

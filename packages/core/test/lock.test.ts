@@ -1,12 +1,7 @@
 import { describe, expect, it } from "vitest";
-import {
-  DistributedLock,
-  type LockBackend,
-  type LockGrant,
-  ManualClock,
-  MemoryLockBackend,
-  OutboxErrorCode,
-} from "../src/index.js";
+// The reference adapters by path: @outbox/memory depends on @outbox/core, so core takes no dependency on it back.
+import { MemoryLockBackend } from "../../memory/src/index.js";
+import { DistributedLock, type LockBackend, type LockGrant, ManualClock, OutboxErrorCode } from "../src/index.js";
 
 function counting(backend: LockBackend) {
   const calls = { acquire: 0, renew: 0, release: 0 };

@@ -3,7 +3,9 @@ import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-ho
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ManualClock, MemoryPublisher, MemoryStore, OutboxRelay, prepareMessages } from "../src/index.js";
+// The reference adapters by path: @outbox/memory depends on @outbox/core, so core takes no dependency on it back.
+import { MemoryPublisher, MemoryStore } from "../../memory/src/index.js";
+import { ManualClock, OutboxRelay, prepareMessages } from "../src/index.js";
 
 const exporter = new InMemorySpanExporter();
 

@@ -1,9 +1,8 @@
 import { describe, expect, it, vi } from "vitest";
+// The reference adapters by path: @outbox/memory depends on @outbox/core, so core takes no dependency on it back.
+import { MemoryLockBackend, MemoryPublisher, MemoryStore } from "../../memory/src/index.js";
 import {
   ManualClock,
-  MemoryLockBackend,
-  MemoryPublisher,
-  MemoryStore,
   type OutboxEntry,
   OutboxError,
   OutboxErrorCode,

@@ -1,6 +1,7 @@
 import { type Clock, describeError, OutboxError, OutboxErrorCode, systemClock } from "@outbox/core";
 import { dedupeKey, type InboxMessage, normalizedMessage, orderingKey } from "./message.js";
 import type { InboxDeadLetter, InboxStore, ListInboxDeadOptions } from "./store.js";
+import { positiveInteger } from "./stored.js";
 
 export interface InboxOptions<Tx> {
   store: InboxStore<Tx>;
@@ -46,15 +47,6 @@ export interface Inbox<Tx> {
   purge(olderThan?: Date): Promise<number>;
   /** Resolves once every `handle` call made so far has settled. */
   idle(): Promise<void>;
-}
-
-function positiveInteger(value: unknown, name: string): number {
-  if (typeof value !== "number" || !Number.isInteger(value) || value <= 0) {
-    throw new OutboxError(OutboxErrorCode.InvalidOptions, `${name} must be a positive integer, got ${String(value)}`, {
-      details: { option: name },
-    });
-  }
-  return value;
 }
 
 class InboxImpl<Tx> implements Inbox<Tx> {

@@ -22,3 +22,10 @@ export type {
   ListInboxDeadOptions,
   RecordOutcome,
 } from "./store.js";
+export {
+  decodeStoredMessage,
+  encodeStoredMessage,
+  listDeadOptions,
+  type PurgeBatches,
+  purgeInBatches,
+} from "./stored.js";

@@ -2,7 +2,11 @@ import type { InboxMessage } from "./message.js";
 
 /** What an inbox store promises. Read by the inbox and by the conformance kit. */
 export interface InboxStoreCapabilities {
-  /** A rolled-back transaction leaves no key and no effect behind. Always true for a real store. */
+  /**
+   * A rolled-back transaction leaves no key and no effect behind. `false` for a store on a server without
+   * multi-document transactions (MongoDB with `transactions: false`): the key is still removed when the handler
+   * fails, but the handler's own writes stay (the kit then checks the key only).
+   */
   readonly transactions: boolean;
   /**
    * Two transactions can be open at once and block each other on the same key (a connection pool on

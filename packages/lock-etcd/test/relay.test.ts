@@ -2,7 +2,8 @@
 // publishes, and releases the lock on stop(). (The README's Quick start itself runs outside the workspace:
 // scripts/check-outside.sh.)
 import { uniqueName } from "@outbox/conformance";
-import { MemoryPublisher, MemoryStore, OutboxRelay } from "@outbox/core";
+import { OutboxRelay } from "@outbox/core";
+import { MemoryPublisher, MemoryStore } from "@outbox/memory";
 import { afterAll, expect, it } from "vitest";
 import { createEtcdLockBackend } from "../src/index.js";
 import { closeClients, newClient } from "./support.js";

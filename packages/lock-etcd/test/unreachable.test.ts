@@ -1,5 +1,6 @@
 import { uniqueName, wrapLockBackend, wrapStore } from "@outbox/conformance";
-import { type LockGrant, MemoryPublisher, MemoryStore, OutboxRelay, type OutboxStore } from "@outbox/core";
+import { type LockGrant, OutboxRelay, type OutboxStore } from "@outbox/core";
+import { MemoryPublisher, MemoryStore } from "@outbox/memory";
 import { TcpProxy } from "@outbox/test-support/tcp-proxy";
 import { waitFor } from "@outbox/test-support/wait";
 import type { Etcd3 } from "etcd3";

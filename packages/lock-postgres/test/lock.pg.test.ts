@@ -4,14 +4,8 @@ import {
   memoryStoreHarness,
   wrapLockBackend,
 } from "@outbox/conformance";
-import {
-  DistributedLock,
-  type LockGrant,
-  MemoryPublisher,
-  OutboxError,
-  OutboxErrorCode,
-  OutboxRelay,
-} from "@outbox/core";
+import { DistributedLock, type LockGrant, OutboxError, OutboxErrorCode, OutboxRelay } from "@outbox/core";
+import { MemoryPublisher } from "@outbox/memory";
 import { createPostgresStore, migrate } from "@outbox/store-postgres";
 import { freshIdentifier as fresh, pgUrl, restartPostgres } from "@outbox/test-support/postgres";
 import { sleep, waitFor } from "@outbox/test-support/wait";

@@ -2,7 +2,8 @@
 // lazy connect): it leads, publishes, and releases the lock on stop(), leaving the fence counter in place.
 // (The README's Quick start itself runs outside the workspace: scripts/check-outside.sh.)
 import { uniqueName } from "@outbox/conformance";
-import { MemoryPublisher, MemoryStore, OutboxRelay } from "@outbox/core";
+import { OutboxRelay } from "@outbox/core";
+import { MemoryPublisher, MemoryStore } from "@outbox/memory";
 import { closeClients, newClient, redisUrl } from "@outbox/test-support/redis";
 import { Redis } from "ioredis";
 import { afterAll, expect, it } from "vitest";

@@ -1,5 +1,6 @@
 import { uniqueName, wrapLockBackend, wrapStore } from "@outbox/conformance";
-import { type LockGrant, MemoryPublisher, MemoryStore, OutboxRelay, type OutboxStore } from "@outbox/core";
+import { type LockGrant, OutboxRelay, type OutboxStore } from "@outbox/core";
+import { MemoryPublisher, MemoryStore } from "@outbox/memory";
 import { closeClients, failFast, newClient, RedisProxy } from "@outbox/test-support/redis";
 import { waitFor } from "@outbox/test-support/wait";
 import type { Redis } from "ioredis";

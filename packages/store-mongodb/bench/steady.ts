@@ -14,7 +14,8 @@
 // (default 3), OUTBOX_BENCH_BATCH (relay batch size, default 100), OUTBOX_BENCH_WAKEUPS (1: change
 // streams where the server has them; default polling), OUTBOX_BENCH_PRODUCERS (concurrent enqueue
 // calls, default 8), OUTBOX_BENCH_PAYLOAD (bytes, default 1024).
-import { MemoryPublisher, OutboxRelay, type OutboxStore } from "@outbox/core";
+import { OutboxRelay, type OutboxStore } from "@outbox/core";
+import { MemoryPublisher } from "@outbox/memory";
 import { createMongoStore } from "@outbox/store-mongodb";
 import { MongoClient } from "mongodb";
 import { type BenchServer, benchServers, describeServer, machine, quantile } from "./common.js";

@@ -168,6 +168,31 @@ interface ServerInfo {
 function validCollection(name: string): boolean {
   return name.length >= 1 && name.length <= 100 && !name.includes("$") && !name.includes(String.fromCharCode(0));
 }
+
+/**
+ * The `client`, `db` and `collection` options the stores share, validated (OUTBOX_INVALID_OPTIONS naming
+ * `factory`). Returns the collection name.
+ */
+export function checkNamespace(
+  options: { client?: MongoClient; db?: string; collection?: string } | undefined,
+  factory: string,
+  defaultCollection: string,
+): string {
+  if (!options?.client || typeof options.client.db !== "function") {
+    throw new OutboxError(OutboxErrorCode.InvalidOptions, `${factory} needs \`client\`: a MongoClient`);
+  }
+  if (typeof options.db !== "string" || options.db.length === 0) {
+    throw new OutboxError(OutboxErrorCode.InvalidOptions, `${factory} needs \`db\`: a database name`);
+  }
+  const collection = options.collection ?? defaultCollection;
+  if (typeof collection !== "string" || !validCollection(collection) || collection.startsWith("system.")) {
+    throw new OutboxError(
+      OutboxErrorCode.InvalidOptions,
+      `collection must be 1-100 characters without "$" or U+0000, got ${JSON.stringify(collection)}`,
+    );
+  }
+  return collection;
+}
 const idPattern = /^[0-9]{1,16}$/;
 /** The server's "no such command" error code. */
 const commandNotFound = 59;
@@ -192,7 +217,7 @@ const bulkStatements = 8;
  * Creates the indexes that are missing. Only those: FerretDB 1.24 drops the connection (a
  * panic) on createIndexes for indexes that already exist.
  */
-async function ensureIndexes(
+export async function ensureIndexes(
   collection: {
     listIndexes(): { toArray(): Promise<Array<{ name?: unknown }>> };
     createIndexes: Collection["createIndexes"];
@@ -208,6 +233,34 @@ async function ensureIndexes(
   }
   const missing = wanted.filter((index) => !existing.includes(index.name));
   if (missing.length > 0) await collection.createIndexes(missing);
+}
+
+/**
+ * What a store reads of the server at `init()`: whether it is a replica set member or mongos (multi-document
+ * transactions, change streams) and whether it is FerretDB. Fails with OUTBOX_INVALID_OPTIONS when
+ * `transactions` is asked for on a standalone server.
+ */
+export async function probeServer(
+  client: MongoClient,
+  transactions: boolean,
+): Promise<{ replicated: boolean; ferretdb: boolean }> {
+  const admin = client.db("admin");
+  // Servers without `hello` (older ones, mongo-java-server) answer the legacy isMaster.
+  const hello = await admin.command({ hello: 1 }).catch((error: unknown) => {
+    if (mongoCode(error) !== commandNotFound) throw error;
+    return admin.command({ isMaster: 1 });
+  });
+  const replicated = typeof hello.setName === "string" || hello.msg === "isdbgrid";
+  if (transactions && !replicated) {
+    throw new OutboxError(
+      OutboxErrorCode.InvalidOptions,
+      "transactions: true needs a replica set or a sharded cluster, and this server is standalone (no multi-document transactions): use transactions: false (see the README)",
+    );
+  }
+  // FerretDB names itself in buildInfo. What the store knows of it is 1.24 (see ServerInfo and
+  // the README); any version is treated the same way, which is correct everywhere.
+  const ferretdb = typeof (await admin.command({ buildInfo: 1 })).ferretdbVersion === "string";
+  return { replicated, ferretdb };
 }
 
 function groupBy<T, K>(items: readonly T[], keyOf: (item: T) => K): Map<K, T[]> {
@@ -291,7 +344,7 @@ function toEntry(doc: EntryDoc): OutboxEntry {
   };
 }
 
-function looksLikeSession(value: unknown): value is ClientSession {
+export function looksLikeSession(value: unknown): value is ClientSession {
   const candidate = value as { inTransaction?: unknown; endSession?: unknown } | null;
   return typeof candidate?.inTransaction === "function" && typeof candidate.endSession === "function";
 }
@@ -337,19 +390,7 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
   };
 
   constructor(options: MongoStoreOptions) {
-    if (!options?.client || typeof options.client.db !== "function") {
-      throw new OutboxError(OutboxErrorCode.InvalidOptions, "createMongoStore needs `client`: a MongoClient");
-    }
-    if (typeof options.db !== "string" || options.db.length === 0) {
-      throw new OutboxError(OutboxErrorCode.InvalidOptions, "createMongoStore needs `db`: a database name");
-    }
-    const collection = options.collection ?? "outbox";
-    if (typeof collection !== "string" || !validCollection(collection) || collection.startsWith("system.")) {
-      throw new OutboxError(
-        OutboxErrorCode.InvalidOptions,
-        `collection must be 1-100 characters without "$" or U+0000, got ${JSON.stringify(collection)}`,
-      );
-    }
+    const collection = checkNamespace(options, "createMongoStore", "outbox");
     this.#client = options.client;
     const db = options.client.db(options.db);
     this.names = {
@@ -404,22 +445,7 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
   }
 
   async #initialize(): Promise<void> {
-    const admin = this.#client.db("admin");
-    // Servers without `hello` (older ones, mongo-java-server) answer the legacy isMaster.
-    const hello = await admin.command({ hello: 1 }).catch((error: unknown) => {
-      if (mongoCode(error) !== commandNotFound) throw error;
-      return admin.command({ isMaster: 1 });
-    });
-    const replicated = typeof hello.setName === "string" || hello.msg === "isdbgrid";
-    if (this.#transactions && !replicated) {
-      throw new OutboxError(
-        OutboxErrorCode.InvalidOptions,
-        "transactions: true needs a replica set or a sharded cluster, and this server is standalone (no multi-document transactions): use transactions: false (see the README)",
-      );
-    }
-    // FerretDB names itself in buildInfo. What the store knows of it is 1.24 (see ServerInfo and
-    // the README); any version is treated the same way, which is correct everywhere.
-    const ferretdb = typeof (await admin.command({ buildInfo: 1 })).ferretdbVersion === "string";
+    const { replicated, ferretdb } = await probeServer(this.#client, this.#transactions);
     if (!ferretdb) {
       await ensureIndexes(this.#entries as unknown as Collection, [
         // The claim's window: the oldest pending entries; also dead entries oldest first.

@@ -1,5 +1,6 @@
 import { keyOrderViolations, wrapStore } from "@outbox/conformance";
-import { MemoryPublisher, type OutboxError, OutboxRelay } from "@outbox/core";
+import { type OutboxError, OutboxRelay } from "@outbox/core";
+import { MemoryPublisher } from "@outbox/memory";
 import { TcpProxy } from "@outbox/test-support/tcp-proxy";
 import { waitFor } from "@outbox/test-support/wait";
 import { expect, it } from "vitest";

@@ -71,3 +71,18 @@ export async function mongoHarness(
     },
   };
 }
+
+/**
+ * A MongoClient stand-in for a replica-set member, no server: `hello` names a replica set; `collection(name)`
+ * and `session` are the test's fakes.
+ */
+export function fakeReplicaSetClient(collection: (name: string) => unknown, session: unknown): MongoClient {
+  const client = {
+    db: (name: string) =>
+      name === "admin"
+        ? { command: async () => ({ setName: "rs0", ok: 1 }) }
+        : { collection: (c: string) => collection(c) },
+    startSession: () => session,
+  };
+  return client as unknown as MongoClient;
+}

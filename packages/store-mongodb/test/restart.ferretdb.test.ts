@@ -1,5 +1,6 @@
 import { keyOrderViolations } from "@outbox/conformance";
-import { MemoryPublisher, type OutboxError, OutboxRelay } from "@outbox/core";
+import { type OutboxError, OutboxRelay } from "@outbox/core";
+import { MemoryPublisher } from "@outbox/memory";
 import { services } from "@outbox/test-support/services";
 import { waitFor } from "@outbox/test-support/wait";
 import { expect, it } from "vitest";

@@ -1,10 +1,10 @@
 import { EventEmitter } from "node:events";
 import { OutboxError, OutboxErrorCode } from "@outbox/core";
-import type { MongoClient } from "mongodb";
 import { describe, expect, it } from "vitest";
 import { createMongoStore } from "../src/index.js";
 import { type Candidate, keepRuns, Selection } from "../src/select.js";
 import { ChangeStreamWakeSource } from "../src/wake.js";
+import { fakeReplicaSetClient } from "./helpers.js";
 
 const entry = (seq: number, key: string | null, extra: Partial<Candidate> = {}): Candidate => ({
   seq,
@@ -157,14 +157,7 @@ function fakeReplicaSet(headToken: number) {
       return { matchedCount: 1, modifiedCount: 1 };
     },
   });
-  const client = {
-    db: (name: string) =>
-      name === "admin"
-        ? { command: async () => ({ setName: "rs0", ok: 1 }) }
-        : { collection: (c: string) => collection(c) },
-    startSession: () => session,
-  };
-  return { client: client as unknown as MongoClient, calls, session };
+  return { client: fakeReplicaSetClient(collection, session), calls, session };
 }
 
 describe("replica-set code paths (driver API, no server)", () => {

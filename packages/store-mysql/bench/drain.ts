@@ -25,7 +25,8 @@
 import { execFileSync } from "node:child_process";
 import { cpus, loadavg, totalmem } from "node:os";
 import { monitorEventLoopDelay } from "node:perf_hooks";
-import { MemoryPublisher, type OutboxMessage, OutboxRelay } from "@outbox/core";
+import { type OutboxMessage, OutboxRelay } from "@outbox/core";
+import { MemoryPublisher } from "@outbox/memory";
 import { createMySqlStore, type MySqlStore, migrate } from "@outbox/store-mysql";
 import mysql from "mysql2/promise";
 

@@ -1,5 +1,17 @@
 export { ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT, isConnectionError, isLockConflict, mysqlErrno } from "./errors.js";
 export {
+  createMySqlInboxStore,
+  type InboxSchemaNames,
+  type InboxSchemaOptions,
+  inboxKeyHash,
+  inboxSchemaSql,
+  inboxSchemaStatements,
+  MySqlInboxStore,
+  type MySqlInboxStoreOptions,
+  migrateInbox,
+  resolveInboxNames,
+} from "./inbox.js";
+export {
   type DrizzleLike,
   type DrizzleSqlTag,
   fromDrizzle,

@@ -23,7 +23,7 @@ const identifier = /^[A-Za-z_][A-Za-z0-9_]*$/;
 /** MySQL identifiers are at most 64 characters; the fence table adds 6. */
 const maxTableLength = 58;
 
-function checkIdentifier(value: unknown, what: string, maxLength: number): string {
+export function checkIdentifier(value: unknown, what: string, maxLength: number): string {
   if (typeof value !== "string" || !identifier.test(value) || value.length > maxLength) {
     throw new OutboxError(
       OutboxErrorCode.InvalidOptions,
@@ -141,20 +141,34 @@ export interface ConnectionSource {
  */
 export async function migrate(db: ConnectionSource | MySqlQueryable, options: SchemaOptions = {}): Promise<void> {
   const n = resolveNames(options);
-  const lockName = `outbox-migrate-${fnv1a(`${n.database ?? ""}.${n.table}`).toString(36)}`;
+  await runMigration(db, `${n.database ?? ""}.${n.table}`, n.qualifiedTable, schemaStatements(options));
+}
+
+/**
+ * Runs DDL `statements` under a `GET_LOCK` named after `lockKey` (so concurrent migrations of one table wait
+ * for each other), on a connection borrowed from `db` when it is a pool. Failures become
+ * OUTBOX_STORE_UNAVAILABLE naming `qualifiedTable`.
+ */
+export async function runMigration(
+  db: ConnectionSource | MySqlQueryable,
+  lockKey: string,
+  qualifiedTable: string,
+  statements: readonly string[],
+): Promise<void> {
+  const lockName = `outbox-migrate-${fnv1a(lockKey).toString(36)}`;
   const pooled = typeof (db as Partial<ConnectionSource>).getConnection === "function";
   let conn: (MySqlQueryable & { release?(): void }) | undefined;
   try {
     conn = pooled ? await (db as ConnectionSource).getConnection() : (db as MySqlQueryable);
     await runStatement(conn, "SELECT GET_LOCK(?, 60) AS locked", [lockName]);
     try {
-      for (const statement of schemaStatements(options)) await runStatement(conn, statement);
+      for (const statement of statements) await runStatement(conn, statement);
     } finally {
       await runStatement(conn, "SELECT RELEASE_LOCK(?) AS released", [lockName]).catch(() => undefined);
     }
   } catch (cause) {
     if (OutboxError.is(cause)) throw cause;
-    throw new OutboxError(OutboxErrorCode.StoreUnavailable, `migrating ${n.qualifiedTable} failed`, { cause });
+    throw new OutboxError(OutboxErrorCode.StoreUnavailable, `migrating ${qualifiedTable} failed`, { cause });
   } finally {
     if (pooled) conn?.release?.();
   }

@@ -113,7 +113,7 @@ const utf8 = new TextEncoder();
 const utf8Decoder = new TextDecoder();
 
 /** A text value as UTF-8 bytes, re-read as utf8mb4 by the server: immune to the connection's charset. */
-const TXT = "CONVERT(? USING utf8mb4) COLLATE utf8mb4_bin";
+export const TXT = "CONVERT(? USING utf8mb4) COLLATE utf8mb4_bin";
 
 /** The state a claim decides on, read from the window, the fallback scans or the locked rows. */
 interface StateRow {
@@ -138,7 +138,7 @@ function validIds(ids: readonly string[]): string[] {
   return ids.filter((id) => typeof id === "string" && idPattern.test(id) && BigInt(id) <= maxBigint);
 }
 
-function bytes(text: string): Buffer {
+export function bytes(text: string): Buffer {
   return Buffer.from(utf8.encode(text.toWellFormed()));
 }
 
@@ -150,7 +150,7 @@ function toBuffer(value: Uint8Array): Buffer {
   return Buffer.from(value.buffer, value.byteOffset, value.byteLength);
 }
 
-function text(value: unknown): string {
+export function text(value: unknown): string {
   if (value instanceof Uint8Array) return utf8Decoder.decode(value);
   return String(value);
 }
@@ -178,7 +178,7 @@ export function keyHash(key: string): Buffer {
   return createHash("sha256").update(utf8.encode(key)).digest().subarray(0, 16);
 }
 
-function cleanError(error: unknown): string {
+export function cleanError(error: unknown): string {
   const message = String(error);
   return message.length > maxErrorChars ? `${message.slice(0, maxErrorChars - 1)}…` : message;
 }
@@ -292,18 +292,8 @@ export class MySqlStore implements OutboxStore<MySqlQueryable> {
   lockConflictsRetried = 0;
 
   constructor(options: MySqlStoreOptions) {
-    if (
-      !options?.pool ||
-      typeof options.pool.getConnection !== "function" ||
-      typeof options.pool.query !== "function"
-    ) {
-      throw new OutboxError(
-        OutboxErrorCode.InvalidOptions,
-        "createMySqlStore needs `pool`: a mysql2/promise Pool (query() and getConnection())",
-      );
-    }
+    this.#pool = checkPool(options?.pool, "createMySqlStore");
     this.names = resolveNames(options);
-    this.#pool = options.pool;
     this.#clock = options.clock ?? systemClock;
     this.#limits = options.limits;
     for (const field of ["maxTopicLength", "maxKeyLength"] as const) {
@@ -844,30 +834,9 @@ export class MySqlStore implements OutboxStore<MySqlQueryable> {
    */
   async transaction<T>(work: (tx: MySqlPoolConnectionLike) => Promise<T>): Promise<T> {
     this.#assertOpen();
-    let conn: MySqlPoolConnectionLike;
-    try {
-      conn = await this.#pool.getConnection();
-    } catch (error) {
-      throw storeError("transaction", error);
-    }
-    let broken = false;
-    try {
-      await runStatement(conn, "START TRANSACTION");
-      const result = await work(conn);
-      await runStatement(conn, "COMMIT");
-      this.#wake();
-      return result;
-    } catch (error) {
-      if (isConnectionError(error)) broken = true;
-      else
-        await runStatement(conn, "ROLLBACK").catch(() => {
-          broken = true;
-        });
-      throw error;
-    } finally {
-      if (broken && conn.destroy) conn.destroy();
-      else conn.release();
-    }
+    const result = await poolTransaction(this.#pool, "transaction", work);
+    this.#wake();
+    return result;
   }
 
   /** Every later call fails with OUTBOX_CLOSED. Does not end the pool: it is yours. */
@@ -1189,6 +1158,60 @@ function buildStatements(n: SchemaNames) {
       (SELECT COUNT(*) FROM ${t} WHERE status = 2) AS dead,
       (SELECT MIN(created_at) FROM ${t} WHERE status = 0) AS oldest`,
   };
+}
+
+/** `pool` as the stores take it (a mysql2/promise Pool), or OUTBOX_INVALID_OPTIONS naming `factory`. */
+export function checkPool<P extends MySqlQueryable & { getConnection(): unknown }>(
+  pool: P | undefined,
+  factory: string,
+): P {
+  if (!pool || typeof pool.getConnection !== "function" || typeof pool.query !== "function") {
+    throw new OutboxError(
+      OutboxErrorCode.InvalidOptions,
+      `${factory} needs \`pool\`: a mysql2/promise Pool (query() and getConnection())`,
+    );
+  }
+  return pool;
+}
+
+/**
+ * START TRANSACTION, `work`, COMMIT on a connection of `pool`; ROLLBACK when anything throws, and the error is
+ * rethrown as it is (`boundary` may turn failures of START TRANSACTION and COMMIT into other errors). A
+ * connection that failed, or whose ROLLBACK failed, is destroyed instead of going back to the pool.
+ */
+export async function poolTransaction<T, C extends MySqlPoolConnectionLike = MySqlPoolConnectionLike>(
+  pool: { getConnection(): Promise<C> },
+  operation: string,
+  work: (tx: C) => Promise<T>,
+  boundary: (error: unknown) => unknown = (error) => error,
+): Promise<T> {
+  let conn: C;
+  try {
+    conn = await pool.getConnection();
+  } catch (error) {
+    throw storeError(operation, error);
+  }
+  let broken = false;
+  try {
+    await runStatement(conn, "START TRANSACTION").catch((error: unknown) => {
+      throw boundary(error);
+    });
+    const result = await work(conn);
+    await runStatement(conn, "COMMIT").catch((error: unknown) => {
+      throw boundary(error);
+    });
+    return result;
+  } catch (error) {
+    if (isConnectionError(error) || isConnectionError((error as { cause?: unknown } | null)?.cause)) broken = true;
+    else
+      await runStatement(conn, "ROLLBACK").catch(() => {
+        broken = true;
+      });
+    throw error;
+  } finally {
+    if (broken && conn.destroy) conn.destroy();
+    else conn.release();
+  }
 }
 
 /** Creates the MySQL/MariaDB store. Run `migrate()` once first (or apply `sql/schema.sql`). */

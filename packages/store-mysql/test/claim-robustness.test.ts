@@ -4,13 +4,13 @@
 // (the benchmark measures latency).
 import {
   type Fence,
-  MemoryPublisher,
   type OutboxEntry,
   OutboxError,
   OutboxErrorCode,
   type OutboxMessage,
   OutboxRelay,
 } from "@outbox/core";
+import { MemoryPublisher } from "@outbox/memory";
 import type mysql from "mysql2/promise";
 import { afterAll, describe, expect, it } from "vitest";
 import { createMySqlStore, type MySqlPoolLike, type MySqlQueryable, migrate } from "../src/index.js";

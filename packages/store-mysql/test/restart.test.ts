@@ -1,5 +1,6 @@
 import { keyOrderViolations } from "@outbox/conformance";
-import { MemoryPublisher, OutboxRelay } from "@outbox/core";
+import { OutboxRelay } from "@outbox/core";
+import { MemoryPublisher } from "@outbox/memory";
 import { expect, it } from "vitest";
 import { createMySqlStore, migrate } from "../src/index.js";
 import { createPool, freshTable, inTransaction, restartMariaDb, waitFor } from "./helpers.js";

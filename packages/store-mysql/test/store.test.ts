@@ -2,7 +2,6 @@ import { readFile } from "node:fs/promises";
 import { keyOrderViolations } from "@outbox/conformance";
 import {
   ManualClock,
-  MemoryPublisher,
   type OutboxEntry,
   OutboxError,
   OutboxErrorCode,
@@ -12,6 +11,7 @@ import {
   published,
   transientFailure,
 } from "@outbox/core";
+import { MemoryPublisher } from "@outbox/memory";
 import mysql from "mysql2/promise";
 import { afterAll, describe, expect, it } from "vitest";
 import { createMySqlStore, type MySqlStoreOptions, migrate, schemaSql } from "../src/index.js";

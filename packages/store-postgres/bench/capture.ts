@@ -12,7 +12,8 @@
 // OUTBOX_BENCH_RUNS (default 3, medians), OUTBOX_BENCH_RATE (default 500), OUTBOX_BENCH_SECONDS
 // (latency run length, default 10).
 import { loadavg } from "node:os";
-import { MemoryPublisher, type OutboxMessage, OutboxRelay, type OutboxStore } from "@outbox/core";
+import { type OutboxMessage, OutboxRelay, type OutboxStore } from "@outbox/core";
+import { MemoryPublisher } from "@outbox/memory";
 import {
   createPostgresCaptureStore,
   createPostgresStore,

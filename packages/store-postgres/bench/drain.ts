@@ -18,7 +18,8 @@
 // OUTBOX_BENCH_IN_FLIGHT (relay batches in flight to compare, default "2", the relay's default),
 // OUTBOX_BENCH_PGLITE=0 to skip PGlite.
 import { PGlite } from "@electric-sql/pglite";
-import { MemoryPublisher, type OutboxMessage, OutboxRelay } from "@outbox/core";
+import { type OutboxMessage, OutboxRelay } from "@outbox/core";
+import { MemoryPublisher } from "@outbox/memory";
 import { createPostgresStore, migrate, type PostgresStore } from "@outbox/store-postgres";
 import pg from "pg";
 import { describeMachine, inTransaction, percentiles } from "./support.js";

@@ -10,7 +10,8 @@
 // published, none pending), then 70,000 entries over 1,000 keys are enqueued and never analyzed.
 // Environment: OUTBOX_PG_URL, OUTBOX_BENCH_BATCH (relay batch size, default: the relay's default),
 // OUTBOX_BENCH_SECONDS (production time, default 20), OUTBOX_BENCH_RATE (entries/s, default 500).
-import { MemoryPublisher, type OutboxMessage, OutboxRelay } from "@outbox/core";
+import { type OutboxMessage, OutboxRelay } from "@outbox/core";
+import { MemoryPublisher } from "@outbox/memory";
 import { createPostgresStore, migrate, type PostgresStore, type Queryable } from "@outbox/store-postgres";
 import pg from "pg";
 import { describeMachine, inTransaction, percentiles } from "./support.js";

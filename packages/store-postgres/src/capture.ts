@@ -142,13 +142,42 @@ END $$;`;
   }
 }
 
-/** Drops the slot, the trigger and the publication (e.g. to go back to polling). */
+/** How long dropCapture waits for a slot's consumer to let go (a store closed a moment ago). */
+const dropWaitMs = 5_000;
+
+/**
+ * Drops the slot, the trigger and the publication (e.g. to go back to polling). A slot still in
+ * use is waited for up to 5 s (a consumer closed a moment ago), then refused with
+ * OUTBOX_STORE_UNAVAILABLE and nothing dropped: close the store (stop the relay) holding it first.
+ */
 export async function dropCapture(db: Queryable, options: CaptureOptions = {}): Promise<void> {
   const c = resolveCaptureNames(options);
-  await db.query(
-    `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active`,
-    [c.slot],
-  );
+  const deadline = Date.now() + dropWaitMs;
+  for (;;) {
+    const { rows } = await db.query("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", [c.slot]);
+    const row = rows[0] as { active_pid: number | null } | undefined;
+    if (!row) break;
+    if (row.active_pid === null) {
+      const dropped = await db.query("SELECT pg_drop_replication_slot($1)", [c.slot]).then(
+        () => true,
+        (error: unknown) => {
+          // 42704: dropped meanwhile; 55006: a consumer took it meanwhile (waited for below).
+          if (sqlState(error) === "42704") return true;
+          if (sqlState(error) === "55006") return false;
+          throw error;
+        },
+      );
+      if (dropped) break;
+    } else if (Date.now() > deadline) {
+      throw new OutboxError(
+        OutboxErrorCode.StoreUnavailable,
+        `replication slot "${c.slot}" is in use by backend ${row.active_pid}: close the store (stop the relay) ` +
+          "that holds it, then run dropCapture again; nothing was dropped",
+        { details: { operation: "dropCapture", slot: c.slot } },
+      );
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
   await runScript(
     db,
     `DROP TRIGGER IF EXISTS ${c.requeueTrigger} ON ${c.qualifiedTable};
@@ -389,12 +418,14 @@ export class PostgresCaptureStore implements OutboxStore<Queryable> {
 
   /**
    * Waits until the stream has delivered every transaction committed before this call: writes a
-   * non-transactional logical message (a marker) and waits for it to come back through the slot.
-   * Also moves the slot's position past idle WAL when nothing is pending.
+   * logical message (a marker) and waits for it to come back through the slot. Also moves the
+   * slot's position past idle WAL when nothing is pending. Returns early when the buffer is full
+   * (`maxBuffered`): the stream is paused until entries are settled, and what is buffered comes
+   * first in commit order anyway.
    */
   async catchUp(timeoutMs = 5_000): Promise<void> {
     this.#assertOpen();
-    if (!this.#streamAlive) return;
+    if (!this.#streamAlive || this.#space !== null) return;
     this.#markerCount += 1;
     const marker = `${this.#markerCount}:${Math.random().toString(36).slice(2)}`;
     const seen = new Promise<boolean>((resolve) => this.#markers.set(marker, resolve));
@@ -601,6 +632,10 @@ export class PostgresCaptureStore implements OutboxStore<Queryable> {
     if (fence) await this.#fenceCheck(fence);
     // A newer token: what older tokens leased is claimable again at once (see claimable in #take).
     if (newToken) this.#streamFence = fence ?? null;
+    // Another consumer may have held the slot since this store last read it (a leader in between,
+    // or a relay without a lock) and settled entries held here: check them against the table
+    // before serving them again (the fence check above has made that table state final).
+    this.#recheckHeld();
     // This store holds the slot already: a new token of ours needs no new stream.
     if (this.#streamAlive) return;
     this.#starting ??= this.#startStream(fence !== undefined).finally(() => {
@@ -633,11 +668,16 @@ export class PostgresCaptureStore implements OutboxStore<Queryable> {
     await this.#stopStream();
     const slot = this.names.slot;
     const { rows } = await this.#pool
-      .query("SELECT active_pid, wal_status FROM pg_replication_slots WHERE slot_name = $1", [slot])
+      .query(
+        "SELECT active_pid, wal_status, confirmed_flush_lsn::text AS confirmed FROM pg_replication_slots WHERE slot_name = $1",
+        [slot],
+      )
       .catch((error: unknown) => {
         throw storeError("claim", error);
       });
-    const row = rows[0] as { active_pid: number | null; wal_status: string | null } | undefined;
+    const row = rows[0] as
+      | { active_pid: number | null; wal_status: string | null; confirmed: string | null }
+      | undefined;
     if (!row || row.wal_status === "lost") {
       this.#fatal = new OutboxError(
         OutboxErrorCode.StoreUnavailable,
@@ -735,6 +775,10 @@ export class PostgresCaptureStore implements OutboxStore<Queryable> {
       throw error;
     }
     this.#streamAlive = true;
+    // The periodic status update is also what keeps wal_sender_timeout away: it needs a position
+    // to send before anything is settled in this stream, and the slot's own one changes nothing.
+    const flushed = parseLsn(row.confirmed);
+    if (flushed > this.#confirmed) this.#confirmed = flushed;
     this.#statusTimer = setInterval(() => this.#sendStatus(true), statusIntervalMs);
     this.#statusTimer.unref?.();
   }
@@ -817,6 +861,9 @@ export class PostgresCaptureStore implements OutboxStore<Queryable> {
         for (const marker of this.#txnMarkers.splice(0)) this.#markers.get(marker)?.(true);
         while (this.#items.size >= this.#maxBuffered && !this.#closed && this.#service) {
           this.#space ??= promiseWithResolve();
+          // Paused until entries are settled: a marker behind the pause would only arrive after
+          // the claims waiting for it had settled entries. Those claims serve the buffer instead.
+          for (const resolve of this.#markers.values()) resolve(true);
           await this.#space.promise;
         }
         return;
@@ -889,9 +936,11 @@ export class PostgresCaptureStore implements OutboxStore<Queryable> {
           this.#settle(item);
           continue;
         }
+        const base = row ? toEntry(row) : item.entry;
         item.entry = {
-          ...(row ? toEntry(row) : item.entry),
-          attempts: Number(state.attempts),
+          ...base,
+          // The table counts failed attempts; an entry held here also counts its claims.
+          attempts: Math.max(base.attempts, Number(state.attempts)),
           availableAt: new Date(Number(state.available_at)),
           lastError: state.last_error === null ? null : String(state.last_error),
         };
@@ -899,6 +948,15 @@ export class PostgresCaptureStore implements OutboxStore<Queryable> {
         item.requeued = false;
       }
       this.#advance();
+    }
+  }
+
+  /** Every entry held and not settled is checked against the table again (see #verify). */
+  #recheckHeld(): void {
+    for (const item of this.#items.values()) {
+      if (item.state === "done" || !item.verified) continue;
+      item.verified = false;
+      this.#unverified.push(item);
     }
   }
 

@@ -3,7 +3,6 @@ import type {
   InboxDeadItem,
   InboxDeadLetter,
   InboxFailure,
-  InboxMessage,
   InboxPurgeRequest,
   InboxRecord,
   InboxStore,
@@ -112,6 +111,9 @@ export interface PostgresInboxStoreOptions extends InboxSchemaOptions {
 
 type Row = Record<string, unknown>;
 
+/** `@outbox/inbox`, an optional peer: loaded by the inbox store only, so the outbox store never needs it. */
+const inboxHelpers = () => import("@outbox/inbox");
+
 interface PgliteLike extends Queryable {
   transaction<T>(work: (tx: Queryable) => Promise<T>): Promise<T>;
 }
@@ -123,74 +125,6 @@ function isPglite(db: unknown): db is PgliteLike {
 
 function cleanText(value: string): string {
   return value.includes("\u0000") ? value.replaceAll("\u0000", "\uFFFD") : value;
-}
-
-const NodeBuffer = (
-  globalThis as {
-    Buffer?: {
-      from(bytes: Uint8Array): { toString(encoding: "base64"): string };
-      from(text: string, encoding: "base64"): Uint8Array;
-    };
-  }
-).Buffer;
-
-function toBase64(bytes: Uint8Array): string {
-  if (NodeBuffer) return NodeBuffer.from(bytes).toString("base64");
-  let binary = "";
-  for (const byte of bytes) binary += String.fromCharCode(byte);
-  return btoa(binary);
-}
-
-function fromBase64(text: string): Uint8Array {
-  if (NodeBuffer) return new Uint8Array(NodeBuffer.from(text, "base64"));
-  const binary = atob(text);
-  const bytes = new Uint8Array(binary.length);
-  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
-  return bytes;
-}
-
-interface StoredMessage {
-  id: string;
-  idempotencyKey: string | null;
-  key: string | null;
-  topic: string | null;
-  payload: string | null;
-  headers: Record<string, string>;
-}
-
-function storeMessage(message: InboxMessage): string {
-  const payload = message.payload;
-  const stored: StoredMessage = {
-    id: message.id,
-    idempotencyKey: message.idempotencyKey ?? null,
-    key: message.key ?? null,
-    topic: message.topic ?? null,
-    payload:
-      payload === null || payload === undefined
-        ? null
-        : toBase64(typeof payload === "string" ? new TextEncoder().encode(payload) : payload),
-    headers: { ...(message.headers ?? {}) },
-  };
-  return JSON.stringify(stored);
-}
-
-function loadMessage(text: unknown): InboxMessage {
-  const stored = (typeof text === "string" ? JSON.parse(text) : text) as StoredMessage;
-  return {
-    id: stored.id,
-    idempotencyKey: stored.idempotencyKey,
-    key: stored.key,
-    topic: stored.topic,
-    payload: stored.payload === null ? null : fromBase64(stored.payload),
-    headers: stored.headers,
-  };
-}
-
-function positiveInteger(value: unknown, name: string): number {
-  if (typeof value !== "number" || !Number.isInteger(value) || value <= 0) {
-    throw new OutboxError(OutboxErrorCode.InvalidOptions, `${name} must be a positive integer, got ${String(value)}`);
-  }
-  return value;
 }
 
 /**
@@ -293,18 +227,19 @@ export class PostgresInboxStore implements InboxStore<Queryable> {
       item.at.toISOString(),
       item.attempts,
       cleanText(item.error),
-      storeMessage(item.message),
+      (await inboxHelpers()).encodeStoredMessage(item.message),
     ]);
     return Number(rows[0]?.n ?? 0) > 0;
   }
 
   async listDead(consumer: string, options: ListInboxDeadOptions = {}): Promise<InboxDeadLetter[]> {
-    const limit = positiveInteger(options.limit ?? 100, "limit");
-    const rows = await this.#run("inbox listDead", this.#sql.listDead, [consumer, options.after ?? null, limit]);
+    const { listDeadOptions, decodeStoredMessage } = await inboxHelpers();
+    const { limit, after } = listDeadOptions(options);
+    const rows = await this.#run("inbox listDead", this.#sql.listDead, [consumer, after, limit]);
     return rows.map((row) => ({
       consumer,
       messageId: String(row.message_id),
-      message: loadMessage(row.message),
+      message: decodeStoredMessage(row.message),
       error: String(row.last_error ?? ""),
       attempts: Number(row.attempts),
       deadAt: new Date(Number(row.recorded_at)),
@@ -328,22 +263,12 @@ export class PostgresInboxStore implements InboxStore<Queryable> {
   }
 
   async purge(request: InboxPurgeRequest): Promise<number> {
-    if (!(request.olderThan instanceof Date) || Number.isNaN(request.olderThan.getTime())) {
-      throw new OutboxError(OutboxErrorCode.InvalidOptions, "purge needs olderThan as a valid Date");
-    }
-    const batchSize = positiveInteger(request.batchSize ?? 1000, "batchSize");
-    const cutoff = request.olderThan.toISOString();
-    let total = 0;
-    for (;;) {
-      const rows = await this.#run("inbox purge", this.#sql.purge, [cutoff, batchSize]);
-      const deleted = Number(rows[0]?.n ?? 0);
-      total += deleted;
-      if (deleted < batchSize) break;
-    }
-    for (;;) {
-      const rows = await this.#run("inbox purge", this.#sql.purgeAttempts, [cutoff, batchSize]);
-      if (Number(rows[0]?.n ?? 0) < batchSize) return total;
-    }
+    const count = async (sql: string, olderThan: Date, batchSize: number) =>
+      Number((await this.#run("inbox purge", sql, [olderThan.toISOString(), batchSize]))[0]?.n ?? 0);
+    return (await inboxHelpers()).purgeInBatches(request, {
+      keys: (olderThan, batchSize) => count(this.#sql.purge, olderThan, batchSize),
+      attempts: (olderThan, batchSize) => count(this.#sql.purgeAttempts, olderThan, batchSize),
+    });
   }
 
   /** Marks the store closed. Does not end the pool or db: they are yours. */

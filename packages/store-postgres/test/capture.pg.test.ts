@@ -5,14 +5,8 @@ import {
   keyOrderViolations,
   type StoreHarness,
 } from "@outbox/conformance";
-import {
-  type ManualClock,
-  MemoryPublisher,
-  type OutboxError,
-  OutboxErrorCode,
-  OutboxRelay,
-  transientFailure,
-} from "@outbox/core";
+import { type ManualClock, type OutboxError, OutboxErrorCode, OutboxRelay, transientFailure } from "@outbox/core";
+import { MemoryPublisher } from "@outbox/memory";
 import { afterAll, describe, expect, it } from "vitest";
 import {
   createPostgresCaptureStore,
@@ -24,7 +18,7 @@ import {
   type Queryable,
   resolveCaptureNames,
 } from "../src/index.js";
-import { createPool, freshSchema, inTransaction, waitFor } from "./helpers.js";
+import { createPool, freshSchema, inTransaction, pgUrl, waitFor } from "./helpers.js";
 
 const pool = createPool({ max: 12, application_name: "outbox-capture" });
 afterAll(() => pool.end());
@@ -258,6 +252,145 @@ describe("log capture (experimental)", () => {
     }
   });
 
+  it("a full buffer (maxBuffered) pauses the stream but not the claims: a claim does not wait for the rest of the log", async () => {
+    const { schema, cleanup } = await captureSchema();
+    const s = store(schema, { maxBuffered: 10 });
+    try {
+      // 3 transactions of 20: the first one alone fills the buffer, so the stream pauses after it.
+      for (let t = 0; t < 3; t++) {
+        await inTransaction(pool, (tx) =>
+          s.enqueue(
+            tx,
+            Array.from({ length: 20 }, (_, i) => message(t * 20 + i, `k${i % 4}`)),
+          ),
+        );
+      }
+      const claimed: Awaited<ReturnType<typeof s.claim>> = [];
+      const timed = async () => {
+        const started = Date.now();
+        const entries = await s.claim({ claimer: "c", limit: 100, leaseMs: 60_000 });
+        return { entries, ms: Date.now() - started };
+      };
+      // The stream opens; what it delivers before pausing is served at once (catch-up stops at the
+      // full buffer instead of waiting 5 s for a marker that sits behind the pause).
+      let first = await timed();
+      if (first.entries.length === 0) first = await timed();
+      expect(first.entries.map(seq)).toEqual(Array.from({ length: 20 }, (_, i) => i));
+      expect(first.ms).toBeLessThan(4_500); // the catch-up would have given up at 5 s
+      claimed.push(...first.entries);
+      // Everything held is leased and the stream is paused: nothing to serve, and no wait either.
+      const empty = await timed();
+      expect(empty.entries).toEqual([]);
+      expect(empty.ms).toBeLessThan(2_000);
+      // Acks make room: the stream resumes and the rest arrives, in commit order per key.
+      await s.ack(
+        first.entries.map((e) => e.id),
+        { claimer: "c" },
+      );
+      await waitFor(
+        async () => {
+          const entries = await s.claim({ claimer: "c", limit: 100, leaseMs: 60_000 });
+          claimed.push(...entries);
+          if (entries.length > 0)
+            await s.ack(
+              entries.map((e) => e.id),
+              { claimer: "c" },
+            );
+          return claimed.length >= 60;
+        },
+        10_000,
+        "all 60 claimed",
+      );
+      expect(claimed.map(seq).sort((a, b) => a - b)).toEqual(Array.from({ length: 60 }, (_, i) => i));
+      expect(keyOrderViolations(claimed.map((e) => ({ key: e.key, seq: seq(e) })))).toEqual([]);
+    } finally {
+      await s.close();
+      await cleanup();
+    }
+  });
+
+  it("catchUpClaims with a backlog larger than maxBuffered: the relay drains it", async () => {
+    const { schema, cleanup } = await captureSchema();
+    const s = store(schema, { maxBuffered: 10, catchUpClaims: true });
+    const broker = new MemoryPublisher();
+    const relay = new OutboxRelay({ store: s, publisher: broker, pollMs: 50 });
+    relay.on("error", () => undefined);
+    try {
+      for (let t = 0; t < 3; t++) {
+        await inTransaction(pool, (tx) =>
+          s.enqueue(
+            tx,
+            Array.from({ length: 20 }, (_, i) => message(t * 20 + i, `k${i % 4}`)),
+          ),
+        );
+      }
+      relay.start();
+      await waitFor(() => broker.messages.length >= 60, 10_000, "all 60 published");
+      const published = broker.messages.map((m) => ({ key: m.key, seq: seq(m) }));
+      expect(keyOrderViolations(published)).toEqual([]);
+    } finally {
+      await relay.stop();
+      await s.close();
+      await cleanup();
+    }
+  });
+
+  it("dropCapture refuses a slot still in use (nothing dropped) and drops one its consumer just released", async () => {
+    const { schema, cleanup } = await captureSchema();
+    const s = store(schema);
+    const { slot, publication } = resolveCaptureNames({ schema });
+    const exists = async () => ({
+      slot: (await pool.query("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", [slot])).rowCount,
+      publication: (await pool.query("SELECT 1 FROM pg_publication WHERE pubname = $1", [publication])).rowCount,
+    });
+    try {
+      await s.claim({ claimer: "c", limit: 1, leaseMs: 1_000 }); // opens the stream: the slot is active
+      const error = await dropCapture(pool, { schema }).then(
+        () => null,
+        (e: OutboxError) => e,
+      );
+      expect(error?.code).toBe(OutboxErrorCode.StoreUnavailable);
+      expect(error?.message).toContain("in use");
+      expect(await exists()).toEqual({ slot: 1, publication: 1 });
+      // Closed a moment ago (its walsender may not have exited yet): waited for, then dropped.
+      await s.close();
+      await dropCapture(pool, { schema });
+      expect(await exists()).toEqual({ slot: 0, publication: 0 });
+    } finally {
+      await s.close();
+      await cleanup();
+    }
+  });
+
+  it("a stream whose oldest entry stays unsettled still answers the server (no wal_sender_timeout)", async () => {
+    const { schema, cleanup } = await captureSchema();
+    const errors: OutboxError[] = [];
+    // A short timeout on this walsender only (the setting is per connection); status updates go every 5 s.
+    const replication = { connectionString: pgUrl, options: "-c wal_sender_timeout=8000" };
+    const s = store(schema, { replication, onError: (error) => errors.push(error) });
+    const { slot } = resolveCaptureNames({ schema });
+    const walsender = async () =>
+      (await pool.query("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", [slot])).rows[0]
+        ?.active_pid as number | null;
+    try {
+      await inTransaction(pool, (tx) => s.enqueue(tx, message(1, "a")));
+      // Claimed and never settled (a broker that is down): nothing is confirmed in this stream.
+      await waitFor(
+        async () => (await s.claim({ claimer: "c", limit: 1, leaseMs: 60_000 })).length === 1,
+        10_000,
+        "the entry claimed",
+      );
+      const pid = await walsender();
+      expect(pid).not.toBeNull();
+      await new Promise((resolve) => setTimeout(resolve, 12_000));
+      expect(errors.map((e) => e.message)).toEqual([]);
+      expect(await walsender()).toBe(pid);
+    } finally {
+      await s.close();
+      await cleanup();
+    }
+  }, 30_000);
+
   it("a newer fencing token takes the slot over; the deposed holder's acks are refused", async () => {
     const { schema, cleanup } = await captureSchema();
     const old = store(schema);
@@ -306,17 +439,59 @@ describe("log capture (experimental)", () => {
       await cleanup();
     }
   });
+
+  it("a store that takes the slot back checks what it still holds against the table: nothing another leader settled is served again", async () => {
+    const { schema, cleanup } = await captureSchema();
+    const errorsOfA: OutboxError[] = [];
+    const a = store(schema, { onError: (error) => errorsOfA.push(error) });
+    const b = store(schema);
+    const lock = "capture-leader";
+    const claimBoth = async (s: PostgresCaptureStore, claimer: string, token: bigint) => {
+      let got: Awaited<ReturnType<typeof s.claim>> = [];
+      await waitFor(
+        async () => {
+          got = [...got, ...(await s.claim({ claimer, limit: 10, leaseMs: 60_000, fence: { lock, token } }))];
+          return got.length === 2;
+        },
+        10_000,
+        `${claimer}'s claim`,
+      );
+      return got;
+    };
+    try {
+      await inTransaction(pool, (tx) => a.enqueue(tx, [message(1, "a"), message(2, "b")]));
+      // A leads (token 1): it claims both and gives them back, so it holds them, ready.
+      const held = await claimBoth(a, "a", 1n);
+      await a.release(
+        held.map((e) => e.id),
+        { claimer: "a", fence: { lock, token: 1n } },
+      );
+      // B leads (token 2): it takes the slot over (A's stream ends), publishes both and acks them.
+      const taken = await claimBoth(b, "b", 2n);
+      await b.ack(
+        taken.map((e) => e.id),
+        { claimer: "b", fence: { lock, token: 2n } },
+      );
+      await waitFor(() => errorsOfA.length > 0, 5_000, "A's stream to end");
+      // A leads again (token 3) and takes the slot back: what it held was settled meanwhile.
+      const again = await a.claim({ claimer: "a", limit: 10, leaseMs: 60_000, fence: { lock, token: 3n } });
+      expect(again.map(seq)).toEqual([]);
+      expect((await a.stats()).pending).toBe(0);
+    } finally {
+      await a.close();
+      await b.close();
+      await cleanup();
+    }
+  });
 });
 
 // The kit, against log capture: the harness has no peer (one consumer per slot: a second store
-// instance would take the slot over, so multi-claimer checks run on one instance).
+// instance would take the slot over, so multi-claimer checks run on one instance). Wake-ups come
+// from the replication stream, which the first claim opens: the harness's warm-up claim has.
 describeStoreConformance({
   name: "store-postgres log capture (experimental, PostgreSQL 15)",
   create: harness,
-  skip: {
-    "wake-ups":
-      "log capture: wake-ups come from the replication stream, which the first claim opens (it carries the leader's fence); a subscriber is woken from then on",
-  },
+  skip: {},
 });
 
 describeRelayConformance({

@@ -1,5 +1,6 @@
 import { PGlite } from "@electric-sql/pglite";
-import { MemoryPublisher, OutboxRelay } from "@outbox/core";
+import { OutboxRelay } from "@outbox/core";
+import { MemoryPublisher } from "@outbox/memory";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createPostgresStore, migrate } from "../src/index.js";
 import { freshSchema, waitFor } from "./helpers.js";

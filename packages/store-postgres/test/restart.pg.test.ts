@@ -1,5 +1,6 @@
 import { keyOrderViolations } from "@outbox/conformance";
-import { MemoryPublisher, type OutboxError, OutboxRelay } from "@outbox/core";
+import { type OutboxError, OutboxRelay } from "@outbox/core";
+import { MemoryPublisher } from "@outbox/memory";
 import { expect, it } from "vitest";
 import { createPostgresStore, migrate } from "../src/index.js";
 import { createPool, freshSchema, inTransaction, restartPostgres, waitFor } from "./helpers.js";

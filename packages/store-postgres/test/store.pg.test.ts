@@ -4,7 +4,6 @@ import {
   heldBack,
   KeyFailures,
   ManualClock,
-  MemoryPublisher,
   type OutboxEntry,
   OutboxError,
   OutboxErrorCode,
@@ -14,6 +13,7 @@ import {
   published,
   transientFailure,
 } from "@outbox/core";
+import { MemoryPublisher } from "@outbox/memory";
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
 import { createPostgresStore, migrate, schemaSql } from "../src/index.js";

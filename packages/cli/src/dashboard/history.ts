@@ -16,12 +16,14 @@ export interface Sample {
 
 /** A fixed-size ring buffer: the newest `capacity` items, oldest first. */
 export class RingBuffer<T> {
+  readonly capacity: number;
   readonly #items: Array<T | undefined>;
   #next = 0;
   #size = 0;
 
-  constructor(readonly capacity: number) {
+  constructor(capacity: number) {
     if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError("capacity must be a positive integer");
+    this.capacity = capacity;
     this.#items = new Array<T | undefined>(capacity);
   }
 

@@ -1,14 +1,15 @@
-import type { OutboxEntry } from "../entry.js";
-import { OutboxError, OutboxErrorCode } from "../errors.js";
 import {
   heldBack,
   KeyFailures,
+  type OutboxEntry,
+  OutboxError,
+  OutboxErrorCode,
   type OutboxPublisher,
   type PublishOptions,
   type PublishOutcome,
   published,
   transientFailure,
-} from "../publisher.js";
+} from "@outbox/core";
 
 /** What a consumer of the in-memory broker sees. */
 export interface MemoryMessage {

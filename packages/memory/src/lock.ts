@@ -1,6 +1,12 @@
-import { type Clock, systemClock } from "../clock.js";
-import { OutboxError, OutboxErrorCode } from "../errors.js";
-import { checkLockCall, type LockBackend, type LockBackendCapabilities } from "../lock.js";
+import {
+  type Clock,
+  checkLockCall,
+  type LockBackend,
+  type LockBackendCapabilities,
+  OutboxError,
+  OutboxErrorCode,
+  systemClock,
+} from "@outbox/core";
 
 interface Holding {
   holder: string;

@@ -1,25 +1,25 @@
-import { type Clock, systemClock } from "../clock.js";
 import {
+  type ClaimRequest,
+  type Clock,
+  type DeadLetterItem,
   type EntryLimits,
+  type Fence,
+  type ListDeadOptions,
   type OutboxEntry,
+  OutboxError,
+  OutboxErrorCode,
   type OutboxMessage,
+  type OutboxStore,
   type PreparedMessage,
+  type PurgeRequest,
   prepareMessages,
-} from "../entry.js";
-import { OutboxError, OutboxErrorCode } from "../errors.js";
-import type {
-  ClaimRequest,
-  DeadLetterItem,
-  Fence,
-  ListDeadOptions,
-  OutboxStore,
-  PurgeRequest,
-  RetryItem,
-  SettleContext,
-  StoreCapabilities,
-  StoreStats,
-  Unsubscribe,
-} from "../store.js";
+  type RetryItem,
+  type SettleContext,
+  type StoreCapabilities,
+  type StoreStats,
+  systemClock,
+  type Unsubscribe,
+} from "@outbox/core";
 
 interface Row {
   seq: number;
