@@ -23,7 +23,7 @@ import {
   type Queryable,
 } from "@outbox/store-postgres";
 import pg from "pg";
-import { describeMachine, inTransaction, percentiles } from "./support.js";
+import { commitToPublish, describeMachine, inTransaction } from "./support.js";
 
 const url = process.env.OUTBOX_PG_URL ?? "postgres://postgres:postgres@127.0.0.1:5432/outbox_test";
 const rows = Number(process.env.OUTBOX_BENCH_ROWS ?? 20_000);
@@ -130,42 +130,12 @@ async function drainOnce(mode: Mode): Promise<number> {
 
 async function latency(mode: "polling" | "log"): Promise<{ p50: number; p99: number; max: number; n: number }> {
   const outbox = await freshOutbox(mode === "log");
-  const store = storeFor(mode, outbox.schema);
-  const committedAt = new Map<string, number>();
-  const latencies: number[] = [];
-  const relay = new OutboxRelay({ store: store as OutboxStore<never>, publisher: new MemoryPublisher() });
-  relay.on("error", ({ error }) => console.error(error));
-  relay.on("published", ({ entries }) => {
-    const now = performance.now();
-    for (const entry of entries) {
-      const at = committedAt.get(entry.id);
-      if (at !== undefined) latencies.push(now - at);
-    }
-  });
-  relay.start();
-  await new Promise((resolve) => setTimeout(resolve, 1_000));
-  const total = rate * latencySeconds;
-  const start = performance.now();
-  for (let i = 0; i < total; i++) {
-    const due = start + (i * 1000) / rate;
-    const wait = due - performance.now();
-    if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
-    const client = await pool.connect();
-    try {
-      await client.query("BEGIN");
-      const [id] = await store.enqueue(client, { topic: "latency", key: `k${i % 50}`, payload });
-      await client.query("COMMIT");
-      committedAt.set(id as string, performance.now());
-    } finally {
-      client.release();
-    }
+  try {
+    const store = storeFor(mode, outbox.schema) as OutboxStore<Queryable>;
+    return await commitToPublish(pool, store, { rate, seconds: latencySeconds, payload, warmUpMs: 1_000 });
+  } finally {
+    await outbox.drop();
   }
-  const deadline = performance.now() + 10_000;
-  while (latencies.length < total && performance.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-  await relay.stop();
-  await store.close();
-  await outbox.drop();
-  return { ...percentiles(latencies.filter((l) => l >= 0)), n: latencies.length };
 }
 
 console.log(await describeMachine(pool));

@@ -22,7 +22,7 @@ import { type OutboxMessage, OutboxRelay } from "@outbox/core";
 import { MemoryPublisher } from "@outbox/memory";
 import { createPostgresStore, migrate, type PostgresStore } from "@outbox/store-postgres";
 import pg from "pg";
-import { describeMachine, inTransaction, percentiles } from "./support.js";
+import { commitToPublish, describeMachine, inTransaction } from "./support.js";
 
 const url = process.env.OUTBOX_PG_URL ?? "postgres://postgres:postgres@127.0.0.1:5432/outbox_test";
 const rows = Number(process.env.OUTBOX_BENCH_ROWS ?? 20_000);
@@ -156,43 +156,13 @@ async function measureOnce(count: number, keying: Keying, what: Measure): Promis
 async function latency(rate: number, seconds: number): Promise<{ p50: number; p99: number; max: number }> {
   const schema = `bench_${globalThis.crypto.randomUUID().replaceAll("-", "").slice(0, 10)}`;
   await migrate(pool, { schema });
-  const store = createPostgresStore({ pool, schema });
-  const committedAt = new Map<string, number>();
-  const latencies: number[] = [];
-  const publisher = new MemoryPublisher();
-  const relay = new OutboxRelay({ store, publisher, ...(tunedBatch ? { batchSize: tunedBatch } : {}) });
-  relay.on("published", ({ entries }) => {
-    const now = performance.now();
-    for (const entry of entries) {
-      const at = committedAt.get(entry.id);
-      if (at !== undefined) latencies.push(now - at);
-    }
-  });
-  relay.start();
-  await new Promise((resolve) => setTimeout(resolve, 500));
-  const total = rate * seconds;
-  const start = performance.now();
-  for (let i = 0; i < total; i++) {
-    const due = start + (i * 1000) / rate;
-    const wait = due - performance.now();
-    if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
-    const client = await pool.connect();
-    try {
-      await client.query("BEGIN");
-      const [id] = await store.enqueue(client, { topic: "latency", key: `k${i % 50}`, payload });
-      await client.query("COMMIT");
-      committedAt.set(id as string, performance.now());
-    } finally {
-      client.release();
-    }
+  try {
+    const store = createPostgresStore({ pool, schema });
+    const relay = tunedBatch ? { batchSize: tunedBatch } : {};
+    return await commitToPublish(pool, store, { rate, seconds, payload, warmUpMs: 500, relay });
+  } finally {
+    await pool.query(`DROP SCHEMA "${schema}" CASCADE`);
   }
-  const deadline = performance.now() + 10_000;
-  while (latencies.length < total && performance.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-  await relay.stop();
-  await store.close();
-  await pool.query(`DROP SCHEMA "${schema}" CASCADE`);
-  // A publish may land before the producer recorded its commit time; those count from the next read.
-  return percentiles(latencies.filter((l) => l >= 0));
 }
 
 async function pgliteRelay(count: number): Promise<number> {

@@ -1,6 +1,8 @@
-// What the store's benchmarks share: the machine line, transactions, percentiles.
+// What the store's benchmarks share: the machine line, transactions, percentiles, the latency run.
 import { execFileSync } from "node:child_process";
 import { cpus, totalmem } from "node:os";
+import { OutboxRelay, type OutboxRelayOptions, type OutboxStore } from "@outbox/core";
+import { MemoryPublisher } from "@outbox/memory";
 import type { Queryable } from "@outbox/store-postgres";
 import type pg from "pg";
 
@@ -44,4 +46,59 @@ export function percentiles(values: readonly number[]): { p50: number; p99: numb
   const sorted = [...values].sort((a, b) => a - b);
   const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? Number.NaN;
   return { p50: at(0.5), p99: at(0.99), max: sorted.at(-1) ?? Number.NaN };
+}
+
+/**
+ * Commit -> publish latency of single-entry transactions enqueued at `rate` per second for
+ * `seconds`, through a relay on `store` (closed at the end). Milliseconds.
+ */
+export async function commitToPublish(
+  pool: pg.Pool,
+  store: OutboxStore<Queryable>,
+  options: {
+    rate: number;
+    seconds: number;
+    payload: Uint8Array;
+    warmUpMs: number;
+    relay?: Partial<OutboxRelayOptions>;
+  },
+): Promise<{ p50: number; p99: number; max: number; n: number }> {
+  const committedAt = new Map<string, number>();
+  const latencies: number[] = [];
+  const relay = new OutboxRelay({
+    store: store as OutboxStore<never>,
+    publisher: new MemoryPublisher(),
+    ...options.relay,
+  });
+  relay.on("error", ({ error }) => console.error(error));
+  relay.on("published", ({ entries }) => {
+    const now = performance.now();
+    for (const entry of entries) {
+      const at = committedAt.get(entry.id);
+      if (at !== undefined) latencies.push(now - at);
+    }
+  });
+  relay.start();
+  await new Promise((resolve) => setTimeout(resolve, options.warmUpMs));
+  const total = options.rate * options.seconds;
+  const start = performance.now();
+  for (let i = 0; i < total; i++) {
+    const wait = start + (i * 1000) / options.rate - performance.now();
+    if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+    const client = await pool.connect();
+    try {
+      await client.query("BEGIN");
+      const [id] = await store.enqueue(client, { topic: "latency", key: `k${i % 50}`, payload: options.payload });
+      await client.query("COMMIT");
+      committedAt.set(id as string, performance.now());
+    } finally {
+      client.release();
+    }
+  }
+  const deadline = performance.now() + 10_000;
+  while (latencies.length < total && performance.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  await relay.stop();
+  await store.close();
+  // A publish may land before the producer recorded its commit time: those are not measured.
+  return { ...percentiles(latencies.filter((l) => l >= 0)), n: latencies.length };
 }
