@@ -28,6 +28,8 @@ function sitePageExists(path) {
   if (adapter) return adapter[1] === "index" || existsSync(join(root, "packages", adapter[1], "README.md"));
   if (clean.startsWith("/api/")) return true;
   if (["/benchmarks", "/stack-picker"].includes(clean)) return true;
+  // Files of docs/public/ are served at the site's root (screenshots).
+  if (/\.(png|svg|jpe?g|webp)$/.test(path)) return existsSync(join(docs, "public", path));
   return existsSync(join(docs, `${clean}.md`));
 }
 

@@ -35,6 +35,7 @@ class FakeStore {
   ];
   requeued: string[][] = [];
   dropped: string[][] = [];
+  summaries: unknown[] = [];
   async stats(): Promise<StoreStats> {
     return { pending: 7, inFlight: 2, dead: this.dead.length, oldestPendingAt: new Date(Date.now() - 5_000) };
   }
@@ -45,6 +46,10 @@ class FakeStore {
   async requeueDead(ids: readonly string[]) {
     this.requeued.push([...ids]);
     return ids.length;
+  }
+  async pendingSummary(options: unknown) {
+    this.summaries.push(options);
+    return { scanned: 7, retryWaiting: 3, hotKeys: [{ key: "<b>hot</b>", pending: 4 }] };
   }
   async dropDead(ids: readonly string[]) {
     this.dropped.push([...ids]);
@@ -57,8 +62,7 @@ afterEach(async () => {
   await Promise.all(servers.splice(0).map((server) => new Promise((done) => server.close(done))));
 });
 
-async function serve(options: Partial<DashboardOptions> = {}) {
-  const store = new FakeStore();
+async function serve(options: Partial<DashboardOptions> = {}, store = new FakeStore()) {
   const handler = createDashboardHandler({
     store: store as unknown as OutboxStore<never>,
     sampleIntervalMs: 60_000,
@@ -105,6 +109,31 @@ describe("dashboard handler", () => {
     const state = (await (await fetch(`${base}/api/state`)).json()) as Record<string, unknown>;
     expect(state).toMatchObject({ readOnly: false, canDrop: true, stats: { pending: 7, inFlight: 2, dead: 2 } });
     expect((state.history as unknown[]).length).toBe(1);
+  });
+
+  it("retry-waiting and hot keys from the store's pendingSummary (bounded by pendingScanLimit), null without it", async () => {
+    const { base, store } = await serve({ pendingScanLimit: 500, hotKeys: 3 });
+    const state = (await (await fetch(`${base}/api/state`)).json()) as Record<string, unknown>;
+    expect(state.pending).toEqual({
+      scanned: 7,
+      scanLimit: 500,
+      complete: true,
+      retryWaiting: 3,
+      hotKeys: [{ key: "<b>hot</b>", pending: 4 }],
+    });
+    expect(store.summaries).toEqual([{ scanLimit: 500, hotKeys: 3 }]);
+    // A scan that filled its limit is not the whole backlog: the page says "among the oldest".
+    const full = await serve({ pendingScanLimit: 7 });
+    expect(((await (await fetch(`${full.base}/api/state`)).json()) as { pending: unknown }).pending).toMatchObject({
+      scanned: 7,
+      complete: false,
+    });
+    const bare = new FakeStore() as Partial<FakeStore>;
+    bare.pendingSummary = undefined;
+    const without = await serve({}, bare as FakeStore);
+    const plain = (await (await fetch(`${without.base}/api/state`)).json()) as Record<string, unknown>;
+    expect(plain.pending).toBeNull();
+    expect(plain.stats).toMatchObject({ pending: 7 });
   });
 
   it("refuses every request without the token; accepts a bearer header or the cookie ?token= sets", async () => {

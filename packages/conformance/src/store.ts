@@ -588,6 +588,70 @@ export const storeChecks = {
       expect(await drop(ids), "dropping again must delete nothing").toBe(0);
     },
   },
+  "pending-summary": {
+    title: "pendingSummary counts retry-waiting entries and hot keys among the oldest pending entries",
+    requires: (h) => (h.store.pendingSummary ? null : "store has no optional pendingSummary()"),
+    async run(h) {
+      const summary = h.store.pendingSummary?.bind(h.store) as NonNullable<OutboxStore["pendingSummary"]>;
+      expect(await summary(), "an empty outbox has nothing to summarise").toEqual({
+        scanned: 0,
+        retryWaiting: 0,
+        hotKeys: [],
+      });
+      const topic = uniqueName("summary");
+      const [hot1, hot2, warm1, hot3, warm2, keyless, cold, gone, retry] = (await enqueue(h, [
+        message(topic, 1, "hot"),
+        message(topic, 2, "hot"),
+        message(topic, 3, "warm"),
+        message(topic, 4, "hot"),
+        message(topic, 5, "warm"),
+        message(topic, 6),
+        message(topic, 7, "cold"),
+        message(topic, 8, "gone"),
+        message(topic, 9, "retry"),
+      ])) as string[];
+      const claimed = await h.store.claim({ claimer: "a", limit: 100, leaseMs: 60_000 });
+      expect(idsOf(claimed).sort(), "every entry is claimable").toEqual(
+        [hot1, hot2, warm1, hot3, warm2, keyless, cold, gone, retry].sort(),
+      );
+      // Settled entries leave the pending ones; a retry waits; the warm run stays leased (in flight).
+      await h.store.deadLetter([{ id: cold as string, error: "x" }], ctx("a"));
+      await h.store.ack([gone as string], ctx("a"));
+      const later = new Date(h.clock.now() + 60_000);
+      await h.store.retry([{ id: retry as string, error: "later", availableAt: later }], ctx("a"));
+      await h.store.release([hot1, hot2, hot3, keyless] as string[], ctx("a"));
+      expect(await summary(), "pending entries only, keyless ones in the scan but not in the keys").toEqual({
+        scanned: 7,
+        retryWaiting: 1,
+        hotKeys: [
+          { key: "hot", pending: 3 },
+          { key: "warm", pending: 2 },
+          { key: "retry", pending: 1 },
+        ],
+      });
+      expect(await summary({ hotKeys: 2 }), "hotKeys bounds the keys returned, the most pending first").toMatchObject({
+        scanned: 7,
+        hotKeys: [
+          { key: "hot", pending: 3 },
+          { key: "warm", pending: 2 },
+        ],
+      });
+      expect(
+        await summary({ scanLimit: 3 }),
+        "scanLimit bounds the scan to the oldest pending entries, in id order",
+      ).toEqual({
+        scanned: 3,
+        retryWaiting: 0,
+        hotKeys: [
+          { key: "hot", pending: 2 },
+          { key: "warm", pending: 1 },
+        ],
+      });
+      h.clock.advance(60_001);
+      expect((await summary()).retryWaiting, "an entry past its availableAt no longer waits").toBe(0);
+      await expectCode(summary({ scanLimit: 0 }), OutboxErrorCode.InvalidOptions, "a scanLimit of 0 is refused");
+    },
+  },
   "dead-letters": {
     title: "dead-lettered entries are listed, never claimed, and can be requeued",
     async run(h) {

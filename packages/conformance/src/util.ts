@@ -99,6 +99,7 @@ export function wrapStore<Tx>(inner: OutboxStore<Tx>, overrides: Partial<OutboxS
   const subscribe = inner.subscribe?.bind(inner);
   const dropDead = inner.dropDead?.bind(inner);
   const releaseClaimer = inner.releaseClaimer?.bind(inner);
+  const pendingSummary = inner.pendingSummary?.bind(inner);
   return {
     capabilities: inner.capabilities,
     enqueue: (tx, messages) => inner.enqueue(tx, messages),
@@ -114,6 +115,7 @@ export function wrapStore<Tx>(inner: OutboxStore<Tx>, overrides: Partial<OutboxS
     ...(subscribe ? { subscribe } : {}),
     ...(dropDead ? { dropDead } : {}),
     ...(releaseClaimer ? { releaseClaimer } : {}),
+    ...(pendingSummary ? { pendingSummary } : {}),
     close: () => inner.close(),
     ...overrides,
   };

@@ -207,6 +207,23 @@ describe("the kit catches broken stores (contract v2 rules)", () => {
     expect(await storeFailure(partial, "fenced-settles")).toContain("deadLetter with an older token must be rejected");
   });
 
+  it("a store whose pendingSummary ignores scanLimit, or counts leased entries as waiting, fails pending-summary", async () => {
+    const unbounded = brokenStore((inner) => ({
+      pendingSummary: (options) => inner.pendingSummary({ ...options, scanLimit: 1_000_000 }),
+    }));
+    expect(await failingStoreChecks(unbounded)).toContain("pending-summary");
+    expect(await storeFailure(unbounded, "pending-summary")).toContain("scanLimit bounds the scan");
+    const leasedCount = brokenStore((inner) => ({
+      async pendingSummary(options) {
+        const summary = await inner.pendingSummary(options);
+        // Also counts the leased entries (the in-flight warm run) as waiting.
+        const inFlight = (await inner.stats()).inFlight;
+        return { ...summary, retryWaiting: summary.retryWaiting + inFlight };
+      },
+    }));
+    expect(await storeFailure(leasedCount, "pending-summary")).toContain("pending entries only");
+  });
+
   it("a store whose releaseClaimer skips the fence check fails release-claimer", async () => {
     const unfenced = brokenStore((inner) => ({
       releaseClaimer: (context) => inner.releaseClaimer({ claimer: context.claimer }),

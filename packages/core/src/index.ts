@@ -50,6 +50,8 @@ export type {
   Fence,
   ListDeadOptions,
   OutboxStore,
+  PendingSummary,
+  PendingSummaryOptions,
   PurgeRequest,
   RetryItem,
   SettleContext,

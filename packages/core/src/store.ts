@@ -48,6 +48,26 @@ export interface StoreStats {
   readonly oldestPendingAt: Date | null;
 }
 
+export interface PendingSummaryOptions {
+  /** Pending entries looked at, oldest first (id order). Default 10,000. */
+  readonly scanLimit?: number;
+  /** Hot keys returned at most. Default 10. */
+  readonly hotKeys?: number;
+}
+
+/** What `pendingSummary` found among the oldest pending entries. */
+export interface PendingSummary {
+  /** Pending entries looked at. Below `scanLimit`: every pending entry was. */
+  readonly scanned: number;
+  /**
+   * Among them: entries waiting for a retry or a delayed start (`availableAt` in the future, not
+   * under a lease).
+   */
+  readonly retryWaiting: number;
+  /** Among them: the keys holding the most entries, most first (then by key); keyless entries are not counted. */
+  readonly hotKeys: ReadonlyArray<{ readonly key: string; readonly pending: number }>;
+}
+
 export interface PurgeRequest {
   /** Published and dead entries older than this go. Pending entries never do. */
   readonly olderThan: Date;
@@ -132,6 +152,12 @@ export interface OutboxStore<Tx = unknown> {
   /** Deletes old published and dead entries in bounded batches. Returns how many went. */
   purge(request: PurgeRequest): Promise<number>;
   stats(): Promise<StoreStats>;
+  /**
+   * Optional (operator tooling, e.g. `outbox dashboard`): a look at the oldest `scanLimit` pending
+   * entries, one bounded read of the pending index however deep the backlog: how many of them wait
+   * for a retry, and the keys holding the most of them.
+   */
+  pendingSummary?(options?: PendingSummaryOptions): Promise<PendingSummary>;
   /** Wake-up hints (declared by `capabilities.wakeUps`); polling stays the safety net. */
   subscribe?(listener: () => void): Promise<Unsubscribe>;
   close(): Promise<void>;

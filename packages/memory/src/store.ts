@@ -10,6 +10,8 @@ import {
   OutboxErrorCode,
   type OutboxMessage,
   type OutboxStore,
+  type PendingSummary,
+  type PendingSummaryOptions,
   type PreparedMessage,
   type PurgeRequest,
   prepareMessages,
@@ -288,6 +290,29 @@ export class MemoryStore implements OutboxStore<MemoryTransaction> {
     return { pending, inFlight, dead, oldestPendingAt: oldest === null ? null : new Date(oldest) };
   }
 
+  async pendingSummary(options: PendingSummaryOptions = {}): Promise<PendingSummary> {
+    this.#assertOpen();
+    const scanLimit = positiveInteger(options.scanLimit ?? 10_000, "scanLimit");
+    const hotKeys = positiveInteger(options.hotKeys ?? 10, "hotKeys");
+    const now = this.#clock.now();
+    let scanned = 0;
+    let retryWaiting = 0;
+    const perKey = new Map<string, number>();
+    for (const row of this.#ordered()) {
+      if (scanned >= scanLimit) break;
+      if (row.status !== "pending") continue;
+      scanned += 1;
+      if (row.availableAt > now && row.leaseUntil <= now) retryWaiting += 1;
+      const key = row.message.key;
+      if (key !== null) perKey.set(key, (perKey.get(key) ?? 0) + 1);
+    }
+    const hot = [...perKey]
+      .map(([key, pending]) => ({ key, pending }))
+      .sort((a, b) => b.pending - a.pending || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0))
+      .slice(0, hotKeys);
+    return { scanned, retryWaiting, hotKeys: hot };
+  }
+
   async subscribe(listener: () => void): Promise<Unsubscribe> {
     this.#assertOpen();
     this.#listeners.add(listener);
@@ -362,4 +387,11 @@ export class MemoryStore implements OutboxStore<MemoryTransaction> {
 /** A claim under `fence` takes over a lease held under an older token of the same lock. */
 function takesOver(fence: Fence | undefined, leaseFence: Fence | null): boolean {
   return fence !== undefined && leaseFence !== null && leaseFence.lock === fence.lock && leaseFence.token < fence.token;
+}
+
+function positiveInteger(value: unknown, name: string): number {
+  if (typeof value !== "number" || !Number.isInteger(value) || value <= 0) {
+    throw new OutboxError(OutboxErrorCode.InvalidOptions, `${name} must be a positive integer, got ${String(value)}`);
+  }
+  return value;
 }

@@ -11,6 +11,8 @@ import {
   OutboxErrorCode,
   type OutboxMessage,
   type OutboxStore,
+  type PendingSummary,
+  type PendingSummaryOptions,
   type PurgeRequest,
   prepareMessages,
   type RetryItem,
@@ -1266,6 +1268,52 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
       inFlight,
       dead,
       oldestPendingAt: oldest?.createdAt ? new Date(oldest.createdAt.getTime()) : null,
+    };
+  }
+
+  /**
+   * The oldest `scanLimit` pending entries (default 10,000), read in id order through the
+   * { status, _id } index: bounded, however deep the backlog. Retry-waiting and hot keys are
+   * counted among them, on the server (three aggregations, each a bounded scan).
+   */
+  async pendingSummary(options: PendingSummaryOptions = {}): Promise<PendingSummary> {
+    this.#assertOpen();
+    const scanLimit = positiveInteger(options.scanLimit ?? 10_000, "scanLimit");
+    const hotKeys = positiveInteger(options.hotKeys ?? 10, "hotKeys");
+    await this.init();
+    const now = new Date(this.#clock.now());
+    const scan = [{ $match: { status: "pending" } }, { $sort: { _id: 1 } }, { $limit: scanLimit }];
+    const count = (match: Filter<EntryDoc>[]) =>
+      this.#entries
+        .aggregate<{ n: number }>([
+          ...scan,
+          ...match.map(($match) => ({ $match })),
+          { $group: { _id: null, n: { $sum: 1 } } },
+        ])
+        .toArray()
+        .then((rows) => Number(rows[0]?.n ?? 0));
+    const [scanned, retryWaiting, hot] = await this.#run("pendingSummary", true, () =>
+      Promise.all([
+        count([]),
+        // Not leased: leaseUntil missing, null or past (no $cond: FerretDB 1.x has none).
+        count([{ availableAt: { $gt: now }, $or: [{ leaseUntil: null }, { leaseUntil: { $lte: now } }] }]),
+        this.#entries
+          .aggregate<{ _id: string; pending: number }>([
+            ...scan,
+            { $match: { key: { $ne: null } } },
+            { $group: { _id: "$key", pending: { $sum: 1 } } },
+            { $sort: { pending: -1, _id: 1 } },
+            { $limit: hotKeys },
+          ])
+          .toArray(),
+      ]),
+    );
+    return {
+      scanned,
+      retryWaiting,
+      hotKeys: hot
+        .map((row) => ({ key: row._id, pending: Number(row.pending) }))
+        .sort((a, b) => b.pending - a.pending || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0)),
     };
   }
 

@@ -11,6 +11,8 @@ import {
   OutboxErrorCode,
   type OutboxMessage,
   type OutboxStore,
+  type PendingSummary,
+  type PendingSummaryOptions,
   type PurgeRequest,
   prepareMessages,
   type RetryItem,
@@ -794,6 +796,30 @@ export class MySqlStore implements OutboxStore<MySqlQueryable> {
     }
   }
 
+  /**
+   * The oldest `scanLimit` pending entries (default 10,000), read in id order through the
+   * (status, id) index: bounded range scans however deep the backlog, in one statement (one
+   * snapshot). Retry-waiting and hot keys are counted among them.
+   */
+  async pendingSummary(options: PendingSummaryOptions = {}): Promise<PendingSummary> {
+    this.#assertOpen();
+    const scanLimit = positiveInteger(options.scanLimit ?? 10_000, "scanLimit");
+    const hotKeys = positiveInteger(options.hotKeys ?? 10, "hotKeys");
+    const now = this.#clock.now();
+    const { rows } = await this.#withRetries("pendingSummary", true, () =>
+      runStatement(this.#pool, this.#sql.pendingSummary, [now, now, scanLimit, scanLimit, hotKeys]),
+    );
+    const summary = rows.find((row) => Number(row.kind) === 0);
+    return {
+      scanned: Number(summary?.n ?? 0),
+      retryWaiting: Number(summary?.waiting ?? 0),
+      hotKeys: rows
+        .filter((row) => Number(row.kind) === 1)
+        .map((row) => ({ key: String(row.entry_key), pending: Number(row.n) }))
+        .sort((a, b) => b.pending - a.pending || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0)),
+    };
+  }
+
   async stats(): Promise<StoreStats> {
     this.#assertOpen();
     const {
@@ -1157,6 +1183,17 @@ function buildStatements(n: SchemaNames) {
       (SELECT COUNT(*) FROM ${t} WHERE status = 0 AND lease_until > ?) AS in_flight,
       (SELECT COUNT(*) FROM ${t} WHERE status = 2) AS dead,
       (SELECT MIN(created_at) FROM ${t} WHERE status = 0) AS oldest`,
+    // Row kind 0: the scan's size and retry-waiting count; kind 1: one hot key each.
+    pendingSummary: `SELECT 0 AS kind, NULL AS entry_key, COUNT(*) AS n,
+        COALESCE(SUM(s.available_at > ? AND (s.lease_until IS NULL OR s.lease_until <= ?)), 0) AS waiting
+      FROM (SELECT o.available_at, o.lease_until FROM ${t} o FORCE INDEX (${indexNames.pending})
+        WHERE o.status = 0 ORDER BY o.id LIMIT ?) s
+      UNION ALL
+      SELECT 1 AS kind, h.entry_key, h.n, NULL AS waiting
+      FROM (SELECT s.entry_key, COUNT(*) AS n
+        FROM (SELECT o.entry_key FROM ${t} o FORCE INDEX (${indexNames.pending})
+          WHERE o.status = 0 ORDER BY o.id LIMIT ?) s
+        WHERE s.entry_key IS NOT NULL GROUP BY s.entry_key ORDER BY n DESC, s.entry_key LIMIT ?) h`,
   };
 }
 

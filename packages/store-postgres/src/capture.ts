@@ -219,8 +219,9 @@ export interface PostgresCaptureStoreOptions extends CaptureOptions {
    */
   replication?: object;
   /**
-   * Most entries held in memory (received and not settled). Past it the stream is paused
-   * (backpressure to the server). Default 10000.
+   * Most unsettled entries held in memory (received, not acked or dead). Past it, or past 16 x
+   * as many settled entries still waiting for the slot's position to pass them, the stream is
+   * paused (backpressure to the server). Default 10000.
    */
   maxBuffered?: number;
   /**
@@ -295,6 +296,14 @@ function tupleEntry(row: Record<string, unknown>): OutboxEntry {
   };
 }
 
+/**
+ * Settled entries that wait behind an unsettled one for the slot's position (payload dropped)
+ * may be this many times maxBuffered before the stream pauses: a key waiting for a retry holds
+ * back the slot, not the other keys, for that long.
+ */
+const settledBehindFactor = 16;
+const noBytes = new Uint8Array(0);
+
 /** Entries verified against the table per statement. */
 const verifyChunk = 2_000;
 /** A status update goes to the server at least this often (it also keeps wal_sender_timeout away). */
@@ -322,6 +331,8 @@ export class PostgresCaptureStore implements OutboxStore<Queryable> {
   readonly #sql: ReturnType<typeof captureStatements>;
   #closed = false;
 
+  /** Items added and not settled: what maxBuffered bounds. */
+  #unsettled = 0;
   /** Every item received and not yet popped, by id. */
   readonly #items = new Map<string, Item>();
   /** Items in commit order (from #orderHead on): the slot's position follows its settled prefix. */
@@ -387,9 +398,9 @@ export class PostgresCaptureStore implements OutboxStore<Queryable> {
     this.#sql = captureStatements(this.names);
   }
 
-  /** Entries held in memory (received, not settled). */
+  /** Entries held in memory and not settled (received, not acked or dead). */
   get buffered(): number {
-    return this.#items.size;
+    return this.#unsettled;
   }
 
   /** The LSN up to which the slot has been told everything is settled. */
@@ -859,7 +870,7 @@ export class PostgresCaptureStore implements OutboxStore<Queryable> {
         }
         if (added > 0) this.#wake();
         for (const marker of this.#txnMarkers.splice(0)) this.#markers.get(marker)?.(true);
-        while (this.#items.size >= this.#maxBuffered && !this.#closed && this.#service) {
+        while (this.#full() && !this.#closed && this.#service) {
           this.#space ??= promiseWithResolve();
           // Paused until entries are settled: a marker behind the pause would only arrive after
           // the claims waiting for it had settled entries. Those claims serve the buffer instead.
@@ -890,7 +901,13 @@ export class PostgresCaptureStore implements OutboxStore<Queryable> {
     };
   }
 
+  #full(): boolean {
+    const held = this.#order.length - this.#orderHead;
+    return this.#unsettled >= this.#maxBuffered || held >= this.#maxBuffered * settledBehindFactor;
+  }
+
   #add(item: Item): void {
+    this.#unsettled += 1;
     this.#sequence += 1;
     item.seq = this.#sequence;
     this.#items.set(item.entry.id, item);
@@ -975,6 +992,9 @@ export class PostgresCaptureStore implements OutboxStore<Queryable> {
   #settle(item: Item): void {
     if (item.state === "done") return;
     item.state = "done";
+    this.#unsettled -= 1;
+    // Only its place in the commit order matters now.
+    item.entry = { ...item.entry, payload: noBytes, headers: {} };
     const run = this.#runs.get(item.runKey);
     if (run) {
       const index = run.indexOf(item);
@@ -1004,7 +1024,7 @@ export class PostgresCaptureStore implements OutboxStore<Queryable> {
       this.#orderHead = 0;
     }
     if (moved) this.#sendStatus(false);
-    if (this.#space && this.#items.size < this.#maxBuffered) {
+    if (this.#space && !this.#full()) {
       this.#space.resolve();
       this.#space = null;
     }
@@ -1022,6 +1042,7 @@ export class PostgresCaptureStore implements OutboxStore<Queryable> {
   }
 
   #forgetAll(): void {
+    this.#unsettled = 0;
     this.#items.clear();
     this.#order = [];
     this.#orderHead = 0;

@@ -10,6 +10,8 @@ import {
   OutboxErrorCode,
   type OutboxMessage,
   type OutboxStore,
+  type PendingSummary,
+  type PendingSummaryOptions,
   type PreparedMessage,
   type PurgeRequest,
   prepareMessages,
@@ -530,6 +532,25 @@ export class PostgresStore implements OutboxStore<Queryable> {
     };
   }
 
+  /**
+   * The oldest `scanLimit` pending entries (default 10,000), read in id order through the pending
+   * index: one bounded range scan however deep the backlog. Retry-waiting and hot keys are counted
+   * among them.
+   */
+  async pendingSummary(options: PendingSummaryOptions = {}): Promise<PendingSummary> {
+    this.#assertOpen();
+    const scanLimit = positiveInteger(options.scanLimit ?? 10_000, "scanLimit");
+    const hotKeys = positiveInteger(options.hotKeys ?? 10, "hotKeys");
+    const params = [iso(this.#clock.now()), scanLimit, hotKeys];
+    const [row] = await this.#run("pendingSummary", this.#sql.pendingSummary, params, undefined, true);
+    const hot = (row?.hot_keys ?? []) as Array<{ key: string; pending: number }>;
+    return {
+      scanned: Number(row?.scanned ?? 0),
+      retryWaiting: Number(row?.retry_waiting ?? 0),
+      hotKeys: hot.map((entry) => ({ key: entry.key, pending: Number(entry.pending) })),
+    };
+  }
+
   async subscribe(listener: () => void): Promise<Unsubscribe> {
     this.#assertOpen();
     if (!this.#wakeSource) {
@@ -768,6 +789,21 @@ function buildStatements(n: SchemaNames) {
       (SELECT count(*) FROM ${t} WHERE status = 'pending' AND lease_until > $1::timestamptz)::float8 AS in_flight,
       (SELECT count(*) FROM ${t} WHERE status = 'dead')::float8 AS dead,
       (SELECT (extract(epoch FROM min(created_at)) * 1000)::float8 FROM ${t} WHERE status = 'pending') AS oldest`,
+    // The CTE is read once (it is referenced twice: PostgreSQL materialises it).
+    pendingSummary: `WITH scan AS (
+      SELECT key, available_at, lease_until FROM ${t} WHERE status = 'pending' ORDER BY id LIMIT $2
+    ),
+    hot AS (
+      SELECT key, count(*)::int AS pending FROM scan WHERE key IS NOT NULL
+      GROUP BY key ORDER BY count(*) DESC, key COLLATE "C" LIMIT $3
+    )
+    SELECT
+      (SELECT count(*) FROM scan)::int AS scanned,
+      (SELECT count(*) FROM scan
+        WHERE available_at > $1::timestamptz AND (lease_until IS NULL OR lease_until <= $1::timestamptz))::int
+        AS retry_waiting,
+      (SELECT coalesce(json_agg(json_build_object('key', key, 'pending', pending) ORDER BY pending DESC, key COLLATE "C"), '[]')
+        FROM hot) AS hot_keys`,
   };
 }
 

@@ -207,6 +207,43 @@ describe("log capture (experimental)", () => {
     }
   });
 
+  it("a key waiting for a long retry holds back the slot's position, not other keys: settled entries behind it do not count toward maxBuffered", async () => {
+    const { schema, cleanup } = await captureSchema();
+    const s = store(schema, { maxBuffered: 10 });
+    const broker = new MemoryPublisher({
+      outcome: (entry) =>
+        entry.key === "bad" ? transientFailure(new Error("broker says no")) : { status: "published" },
+    });
+    const relay = new OutboxRelay({
+      store: s,
+      publisher: broker,
+      pollMs: 50,
+      retry: { maxAttempts: 5, baseDelayMs: 600_000, maxDelayMs: 600_000, jitter: 0 },
+    });
+    relay.on("error", () => undefined);
+    try {
+      relay.start();
+      await inTransaction(pool, (tx) => s.enqueue(tx, [message(0, "bad")]));
+      await waitFor(async () => (await s.stats()).pending === 1 && relay.metrics().retried === 1, 10_000, "the retry");
+      // 100 entries of other keys, 10 per transaction: 10 times maxBuffered behind the waiting one.
+      for (let t = 0; t < 10; t++) {
+        await inTransaction(pool, (tx) =>
+          s.enqueue(
+            tx,
+            Array.from({ length: 10 }, (_, i) => message(1 + t * 10 + i, `good${i % 3}`)),
+          ),
+        );
+      }
+      await waitFor(() => broker.messages.length >= 100, 10_000, "the 100 entries of other keys");
+      expect(broker.messages.map(seq).sort((a, b) => a - b)).toEqual(Array.from({ length: 100 }, (_, i) => i + 1));
+      expect(s.buffered).toBe(1);
+    } finally {
+      await relay.stop();
+      await s.close();
+      await cleanup();
+    }
+  });
+
   it("pg_terminate_backend of the walsender: the stream restarts and nothing is lost", async () => {
     const { schema, cleanup } = await captureSchema();
     const s = store(schema);

@@ -151,6 +151,7 @@
       const lag = $('[data-stat="lag"]');
       lag.textContent = state.stats.oldestPendingAt ? formatAge(state.stats.lagSeconds) : "– (nothing pending)";
       lag.dataset.seconds = String(state.stats.lagSeconds);
+      renderPending(state.pending);
       $("#updated").textContent = `updated ${new Date(state.at).toLocaleTimeString()}`;
       $("#state-error").hidden = true;
       if (!chartsMade) {
@@ -168,6 +169,36 @@
       const box = $("#state-error");
       box.textContent = `Cannot read the outbox: ${error.message}`;
       box.hidden = false;
+    }
+  }
+
+  /** Retry-waiting count and hot keys: from the store's pendingSummary() (null: the store has none). */
+  function renderPending(pending) {
+    const waiting = $('[data-stat="retryWaiting"]');
+    const body = $("#hot-keys tbody");
+    body.replaceChildren();
+    if (pending === null) {
+      waiting.textContent = "n/a";
+      $("#hot-note").textContent =
+        "This store has no pendingSummary(): retry-waiting entries and hot keys are not available.";
+      return;
+    }
+    const scope = pending.complete
+      ? `all ${pending.scanned} pending entries`
+      : `the oldest ${pending.scanned} pending entries`;
+    waiting.textContent = pending.complete ? String(pending.retryWaiting) : `${pending.retryWaiting}+`;
+    waiting.dataset.value = String(pending.retryWaiting);
+    waiting.title = `among ${scope}`;
+    $("#hot-note").textContent = `The keys holding the most pending entries, among ${scope}.`;
+    for (const hot of pending.hotKeys) {
+      const row = el("tr", null, { "data-key": hot.key });
+      row.append(el("td", hot.key), el("td", hot.pending, { "data-pending": String(hot.pending) }));
+      body.append(row);
+    }
+    if (pending.hotKeys.length === 0) {
+      const row = el("tr");
+      row.append(el("td", "No keyed entry pending.", { colspan: "2" }));
+      body.append(row);
     }
   }
 

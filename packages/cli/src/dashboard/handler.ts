@@ -33,6 +33,13 @@ export interface DashboardOptions {
   readonly historyMs?: number;
   /** Dead entries searched (oldest first) to find one by id for its detail. Default 10,000. */
   readonly scanLimit?: number;
+  /**
+   * Pending entries the store's optional `pendingSummary()` looks at (oldest first) for the
+   * retry-waiting count and the hot keys. Default 10,000: a bounded read, however deep the backlog.
+   */
+  readonly pendingScanLimit?: number;
+  /** Hot keys shown. Default 10. */
+  readonly hotKeys?: number;
   /** Payload bytes in the detail's preview. Default 4 KiB (the download has all of it). */
   readonly previewBytes?: number;
   readonly now?: () => number;
@@ -161,6 +168,8 @@ export function createDashboardHandler(options: DashboardOptions): DashboardHand
   const historyMs = options.historyMs ?? 10 * 60_000;
   const scanLimit = options.scanLimit ?? 10_000;
   const previewBytes = options.previewBytes ?? 4_096;
+  const pendingScanLimit = options.pendingScanLimit ?? 10_000;
+  const hotKeys = options.hotKeys ?? 10;
   if (options.token !== undefined && options.token.length < 16) {
     throw new RangeError("the dashboard token must be at least 16 characters");
   }
@@ -288,8 +297,11 @@ export function createDashboardHandler(options: DashboardOptions): DashboardHand
       return;
     }
     if (pathname === "/api/state") {
-      const { sample, stats } = await sampler.sample();
       const s = await store();
+      const [{ sample, stats }, summary] = await Promise.all([
+        sampler.sample(),
+        s.pendingSummary ? s.pendingSummary({ scanLimit: pendingScanLimit, hotKeys }) : null,
+      ]);
       sendJson(response, 200, {
         at: new Date(sample.t * 1000).toISOString(),
         readOnly,
@@ -301,6 +313,17 @@ export function createDashboardHandler(options: DashboardOptions): DashboardHand
           oldestPendingAt: stats.oldestPendingAt?.toISOString() ?? null,
           lagSeconds: sample.lagSeconds,
         },
+        // Null when the store has no pendingSummary() (the page says so).
+        pending:
+          summary === null
+            ? null
+            : {
+                scanned: summary.scanned,
+                scanLimit: pendingScanLimit,
+                complete: summary.scanned < pendingScanLimit,
+                retryWaiting: summary.retryWaiting,
+                hotKeys: summary.hotKeys,
+              },
         history: sampler.history.toArray(),
         throughput: (options.relays ?? []).length > 0 ? "relays" : null,
       });

@@ -1,8 +1,12 @@
 // PostgreSQL -> Pub/Sub relay throughput next to the raw @google-cloud/pubsub client (the
 // ceiling), same data, same client settings, same fake server, same run.
 //
-//   pnpm --filter @outbox/publisher-pubsub bench     (servers: scripts/services.sh start postgres pubsub)
-//   BENCH_ROWS=10000 BENCH_REPS=3 BENCH_BATCHES=100,1000 BENCH_KEYS=1000 pnpm bench
+//   pnpm --filter @outbox/bench bench:postgres-pubsub      (servers: scripts/services.sh start postgres pubsub)
+//   BENCH_ROWS=10000 BENCH_REPS=3 BENCH_BATCHES=100,1000 BENCH_KEYS=1000 \
+//     pnpm --filter @outbox/bench bench:postgres-pubsub
+//
+// It lives in @outbox/bench because it needs two adapters (no adapter depends on another); the figures
+// are in packages/publisher-pubsub/README.md, Bench.
 //
 // Relay: rows pre-filled (1 KiB random payloads, BENCH_KEYS keys round-robin), then timed
 // `relay.drain()` (claim -> publish -> ack, one batch in flight). Raw: the same payloads, keys
@@ -13,9 +17,9 @@ import { randomBytes } from "node:crypto";
 import { cpus, totalmem } from "node:os";
 import { PubSub } from "@google-cloud/pubsub";
 import { OutboxRelay } from "@outbox/core";
+import { createPubSubPublisher, defaultBatching } from "@outbox/publisher-pubsub";
 import { createPostgresStore, migrate } from "@outbox/store-postgres";
 import pg from "pg";
-import { createPubSubPublisher, defaultBatching } from "../src/index.js";
 
 const ROWS = Number(process.env.BENCH_ROWS ?? 10_000);
 const REPS = Number(process.env.BENCH_REPS ?? 3);

@@ -1,8 +1,12 @@
 // PostgreSQL -> Kafka relay throughput next to the raw kafkajs producer (the ceiling), same
 // data, same producer settings, same machine, same run.
 //
-//   pnpm --filter @outbox/publisher-kafka bench            (servers: scripts/services.sh start postgres kafka)
-//   BENCH_ROWS=20000 BENCH_REPS=3 BENCH_BATCHES=32,256,1024 BENCH_KEYS=4096 pnpm bench
+//   pnpm --filter @outbox/bench bench:postgres-kafka       (servers: scripts/services.sh start postgres kafka)
+//   BENCH_ROWS=20000 BENCH_REPS=3 BENCH_BATCHES=32,256,1024 BENCH_KEYS=4096 \
+//     pnpm --filter @outbox/bench bench:postgres-kafka
+//
+// It lives in @outbox/bench because it needs two adapters (no adapter depends on another); the figures
+// are in packages/publisher-kafka/README.md, Bench.
 //
 // Relay: rows pre-filled (1 KiB random payloads, BENCH_KEYS distinct keys round-robin), then
 // the relay's background loop, timed until every row is published (default maxInFlightBatches:
@@ -13,11 +17,11 @@
 import { randomBytes } from "node:crypto";
 import { cpus, totalmem } from "node:os";
 import { OutboxRelay } from "@outbox/core";
+import { createKafkaPublisher, createOutboxPartitioner, defaultProducerConfig } from "@outbox/publisher-kafka";
 import { createPostgresStore, migrate } from "@outbox/store-postgres";
 import { type CpuUse, measureCpu } from "@outbox/test-support/cpu";
 import { Kafka, logLevel } from "kafkajs";
 import pg from "pg";
-import { createKafkaPublisher, createOutboxPartitioner, defaultProducerConfig } from "../src/index.js";
 
 const ROWS = Number(process.env.BENCH_ROWS ?? 20_000);
 const REPS = Number(process.env.BENCH_REPS ?? 3);
