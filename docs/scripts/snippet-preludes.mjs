@@ -45,6 +45,10 @@ export const preludes = {
     orderId: "declare const orderId: string;",
     outboxStore: 'declare const outboxStore: import("@outbox/store-postgres").PostgresStore;',
   },
+  "packages/publisher-rabbitmq/README.md": {
+    channel: 'declare const channel: import("amqplib").Channel;',
+    inbox: 'declare const inbox: import("@outbox/inbox").Inbox<import("@outbox/store-postgres").Queryable>;',
+  },
   "docs/operations.md": {
     relay: `declare const relay: ${core("OutboxRelay")};`,
   },

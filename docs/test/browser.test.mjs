@@ -174,11 +174,12 @@ describe("docs site in chromium", () => {
     await page.goto(`${base}/`, { waitUntil: "networkidle" });
     await page.getByRole("link", { name: "Get started" }).first().click();
     await page.waitForURL(/\/getting-started(\.html)?$/);
-    assert.match((await page.locator(".VPContent h1").first().textContent()) ?? "", /^Getting started\b/);
+    // The URL changes before the page's content is swapped in: wait for the heading, not a moment.
+    await page.locator(".VPContent h1", { hasText: /^Getting started\b/ }).waitFor();
 
     await page.locator(".VPSidebar").getByRole("link", { name: "Guarantees", exact: true }).click();
     await page.waitForURL(/\/guarantees(\.html)?$/);
-    assert.match((await page.locator(".VPContent h1").first().textContent()) ?? "", /Guarantees/);
+    await page.locator(".VPContent h1", { hasText: "Guarantees" }).waitFor();
 
     await page.locator(".VPNavBar").getByRole("link", { name: "Packages" }).click();
     await page.waitForURL(/\/adapters\/(index\.html)?$/);
