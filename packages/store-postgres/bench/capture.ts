@@ -12,8 +12,7 @@
 // OUTBOX_BENCH_RUNS (default 3, medians), OUTBOX_BENCH_RATE (default 500), OUTBOX_BENCH_SECONDS
 // (latency run length, default 10).
 import { loadavg } from "node:os";
-import { type OutboxMessage, OutboxRelay, type OutboxStore } from "@outbox/core";
-import { MemoryPublisher } from "@outbox/memory";
+import type { OutboxMessage, OutboxStore } from "@outbox/core";
 import {
   createPostgresCaptureStore,
   createPostgresStore,
@@ -23,7 +22,7 @@ import {
   type Queryable,
 } from "@outbox/store-postgres";
 import pg from "pg";
-import { commitToPublish, describeMachine, inTransaction } from "./support.js";
+import { commitToPublish, describeMachine, inTransaction, relayDrain } from "./support.js";
 
 const url = process.env.OUTBOX_PG_URL ?? "postgres://postgres:postgres@127.0.0.1:5432/outbox_test";
 const rows = Number(process.env.OUTBOX_BENCH_ROWS ?? 20_000);
@@ -86,24 +85,6 @@ async function bareDrain(schema: string, count: number): Promise<number> {
   }
   if (drained !== count) throw new Error(`bare drained ${drained} of ${count}`);
   return (performance.now() - start) / 1000;
-}
-
-async function relayDrain(store: OutboxStore<never>, count: number): Promise<number> {
-  const relay = new OutboxRelay({ store, publisher: new MemoryPublisher() });
-  relay.on("error", ({ error }) => console.error(error));
-  const done = new Promise<void>((resolve) => {
-    let published = 0;
-    relay.on("published", ({ entries }) => {
-      published += entries.length;
-      if (published >= count) resolve();
-    });
-  });
-  const start = performance.now();
-  relay.start();
-  await done;
-  const seconds = (performance.now() - start) / 1000;
-  await relay.stop();
-  return seconds;
 }
 
 function storeFor(mode: "polling" | "log", schema: string): OutboxStore<Queryable> {

@@ -18,11 +18,10 @@
 // OUTBOX_BENCH_IN_FLIGHT (relay batches in flight to compare, default "2", the relay's default),
 // OUTBOX_BENCH_PGLITE=0 to skip PGlite.
 import { PGlite } from "@electric-sql/pglite";
-import { type OutboxMessage, OutboxRelay } from "@outbox/core";
-import { MemoryPublisher } from "@outbox/memory";
+import type { OutboxMessage, OutboxRelayOptions, OutboxStore } from "@outbox/core";
 import { createPostgresStore, migrate, type PostgresStore } from "@outbox/store-postgres";
 import pg from "pg";
-import { commitToPublish, describeMachine, inTransaction } from "./support.js";
+import { commitToPublish, describeMachine, inTransaction, relayDrain } from "./support.js";
 
 const url = process.env.OUTBOX_PG_URL ?? "postgres://postgres:postgres@127.0.0.1:5432/outbox_test";
 const rows = Number(process.env.OUTBOX_BENCH_ROWS ?? 20_000);
@@ -103,32 +102,12 @@ async function storeDrain(store: PostgresStore, count: number): Promise<number> 
   return (performance.now() - start) / 1000;
 }
 
-/** The relay's background loop with the in-memory publisher, until everything is published. */
-async function relayDrain(store: PostgresStore, count: number, inFlight: number): Promise<number> {
-  const publisher = new MemoryPublisher();
-  const relay = new OutboxRelay({
-    store,
-    publisher,
-    maxInFlightBatches: inFlight,
-    ...(tunedBatch ? { batchSize: tunedBatch } : {}),
-  });
-  relay.on("error", ({ error }) => console.error(error));
-  const done = new Promise<void>((resolve) => {
-    let published = 0;
-    relay.on("published", ({ entries }) => {
-      published += entries.length;
-      if (published >= count) resolve();
-    });
-  });
-  const start = performance.now();
-  relay.start();
-  await done;
-  const seconds = (performance.now() - start) / 1000;
-  await relay.stop();
-  return seconds;
-}
-
 type Measure = "bare-update" | "bare-delete" | "store" | `relay-${number}`;
+
+/** The relay's options in the drains: the package defaults, `OUTBOX_BENCH_BATCH` when tuned. */
+function relayOptions(maxInFlightBatches: number): Partial<OutboxRelayOptions> {
+  return { maxInFlightBatches, ...(tunedBatch ? { batchSize: tunedBatch } : {}) };
+}
 
 /** One drain of a fresh outbox: entries/s. */
 async function measureOnce(count: number, keying: Keying, what: Measure): Promise<number> {
@@ -142,7 +121,7 @@ async function measureOnce(count: number, keying: Keying, what: Measure): Promis
         count,
         what === "store"
           ? await storeDrain(store, count)
-          : await relayDrain(store, count, Number(what.slice("relay-".length))),
+          : await relayDrain(store as OutboxStore<never>, count, relayOptions(Number(what.slice("relay-".length)))),
       );
     } finally {
       await store.close();
@@ -179,7 +158,7 @@ async function pgliteRelay(count: number): Promise<number> {
       }));
       await db.transaction((tx) => store.enqueue(tx, messages));
     }
-    times.push(await relayDrain(store, count, 2));
+    times.push(await relayDrain(store as OutboxStore<never>, count, relayOptions(2)));
     await store.close();
     await db.close();
   }

@@ -1,4 +1,5 @@
-// What the store's benchmarks share: the machine line, transactions, percentiles, the latency run.
+// What the store's benchmarks share: the machine line, transactions, percentiles, the relay drain and the
+// latency run.
 import { execFileSync } from "node:child_process";
 import { cpus, totalmem } from "node:os";
 import { OutboxRelay, type OutboxRelayOptions, type OutboxStore } from "@outbox/core";
@@ -101,4 +102,30 @@ export async function commitToPublish(
   await store.close();
   // A publish may land before the producer recorded its commit time: those are not measured.
   return { ...percentiles(latencies.filter((l) => l >= 0)), n: latencies.length };
+}
+
+/**
+ * Seconds for a relay (in-memory publisher) to publish `count` entries: the clock stops at the
+ * `published` event, which the relay emits once the store has recorded the ack.
+ */
+export async function relayDrain(
+  store: OutboxStore<never>,
+  count: number,
+  options: Partial<OutboxRelayOptions> = {},
+): Promise<number> {
+  const relay = new OutboxRelay({ store, publisher: new MemoryPublisher(), ...options });
+  relay.on("error", ({ error }) => console.error(error));
+  const done = new Promise<void>((resolve) => {
+    let published = 0;
+    relay.on("published", ({ entries }) => {
+      published += entries.length;
+      if (published >= count) resolve();
+    });
+  });
+  const start = performance.now();
+  relay.start();
+  await done;
+  const seconds = (performance.now() - start) / 1000;
+  await relay.stop();
+  return seconds;
 }
