@@ -1,6 +1,4 @@
-// Shared by the benchmarks: which servers to run on, and how to describe the machine and the server.
-import { execFileSync } from "node:child_process";
-import { cpus, totalmem } from "node:os";
+import { machineLine } from "@outbox/test-support/bench";
 import type { MongoClient } from "mongodb";
 
 export interface BenchServer {
@@ -21,16 +19,8 @@ export function benchServers(): BenchServer[] {
   return all.filter((server) => wanted.includes(server.name));
 }
 
-function cpuModel(): string {
-  try {
-    return /Model name:\s*(.+)/.exec(execFileSync("lscpu", { encoding: "utf8" }))?.[1]?.trim() ?? "unknown";
-  } catch {
-    return cpus()[0]?.model ?? "unknown";
-  }
-}
-
 export function machine(): string {
-  return `Machine: ${cpuModel()} (lscpu), ${cpus().length} cores, ${Math.round(totalmem() / 2 ** 30)} GiB; Node ${process.version}`;
+  return machineLine();
 }
 
 export async function describeServer(client: MongoClient): Promise<string> {

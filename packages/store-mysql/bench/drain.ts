@@ -1,33 +1,9 @@
-// Benchmarks on MariaDB, beside packages/store-postgres/bench. Three parts, in this order:
-//
-// - drain: pre-filled outbox tables drained through the store (claim + ack loop) and through the
-//   relay with the in-memory publisher, for the same workloads, and bare-SQL ceilings measured in
-//   the same run.
-// - trap: what a prefilled, freshly analyzed benchmark never sees. The table's persistent
-//   statistics are taken while it is empty and frozen there (STATS_AUTO_RECALC=0, ANALYZE TABLE),
-//   the heads of 500 keys and 35,000 entries behind them and on 500 other keys are enqueued, and
-//   the statistics are reloaded as after a server restart (row count included); a frozen relay
-//   (a claimer that claims and never settles) holds those 500 heads; a producer writes 220
-//   entries/s over all 1,000 keys while 3 relays drain: pending stays above 35,000. Every claim's
-//   latency is recorded (target: max < 100 ms).
-// - steady: a producer at 220 entries/s over 1,000 keys, 3 relays in-process (each with its own
-//   store and pool, as separate processes would be) and the in-memory publisher, for 60 s:
-//   delivered per 5 s window, commit -> ack latency.
-//
-//   pnpm --filter @outbox/store-mysql bench      (needs scripts/services.sh's MariaDB)
-//
-// Environment: OUTBOX_MYSQL_URL, OUTBOX_BENCH_PARTS (default "drain,trap,steady"),
-// OUTBOX_BENCH_RUNS (drain: default 3, the table shows the median run), OUTBOX_BENCH_TRAP_BATCHES
-// (relay batch sizes of the trap, default "32,256"), OUTBOX_BENCH_TRAP_SECONDS (default 30),
-// OUTBOX_BENCH_STEADY_SECONDS (default 60), OUTBOX_BENCH_RATE (producer entries/s, default 220),
-// OUTBOX_BENCH_POLL_MS (relay poll interval in trap and steady, default 100: relays in other
-// processes learn of commits by polling).
-import { execFileSync } from "node:child_process";
-import { cpus, loadavg, totalmem } from "node:os";
+import { cpus, loadavg } from "node:os";
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import { type OutboxMessage, OutboxRelay } from "@outbox/core";
 import { MemoryPublisher } from "@outbox/memory";
 import { createMySqlStore, type MySqlStore, migrate } from "@outbox/store-mysql";
+import { machineLine, percentiles } from "@outbox/test-support/bench";
 import mysql from "mysql2/promise";
 
 const url = process.env.OUTBOX_MYSQL_URL ?? "mysql://outbox:outbox@127.0.0.1:3306/outbox_test";
@@ -44,15 +20,6 @@ const payload = new Uint8Array(1024).map((_, i) => (i * 31 + 7) % 256);
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.floor(sorted.length / 2)] as number;
-}
-
-function cpuModel(): string {
-  try {
-    const out = execFileSync("lscpu", { encoding: "utf8" });
-    return /Model name:\s*(.+)/.exec(out)?.[1]?.trim() ?? cpus()[0]?.model ?? "unknown";
-  } catch {
-    return cpus()[0]?.model ?? "unknown";
-  }
 }
 
 const pool = mysql.createPool({ uri: url, connectionLimit: 6 });
@@ -189,12 +156,6 @@ async function measure(w: Workload, mode: Mode): Promise<number> {
 const KEYS = 1_000;
 const keyed = (count: number, offset: number): OutboxMessage[] =>
   Array.from({ length: count }, (_, i) => ({ topic: "bench", key: `key-${(offset + i) % KEYS}`, payload }));
-
-function percentiles(values: readonly number[]): { p50: number; p99: number; max: number } {
-  const sorted = [...values].sort((a, b) => a - b);
-  const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? Number.NaN;
-  return { p50: at(0.5), p99: at(0.99), max: sorted.at(-1) ?? Number.NaN };
-}
 
 const ms = (value: number) => `${value.toFixed(1)} ms`;
 
@@ -473,9 +434,7 @@ async function steady(): Promise<void> {
 const [[server]] = await pool.query<mysql.RowDataPacket[]>(
   "SELECT VERSION() AS v, @@innodb_flush_log_at_trx_commit AS flush, @@sync_binlog AS sb, @@log_bin AS lb",
 );
-console.log(
-  `Machine: ${cpuModel()}, ${cpus().length} cores, ${Math.round(totalmem() / 2 ** 30)} GiB; Node ${process.version}`,
-);
+console.log(machineLine());
 console.log(
   `Server: MariaDB ${server?.v}, innodb_flush_log_at_trx_commit=${server?.flush} (durable commits), log_bin=${server?.lb}`,
 );

@@ -1178,11 +1178,13 @@ function buildStatements(n: SchemaNames) {
     purgeIds: `SELECT CAST(o.id AS CHAR) AS id FROM ${t} o FORCE INDEX (${indexNames.settled})
       WHERE o.settled_at < ? ORDER BY o.settled_at LIMIT ?`,
     purge: (count: number) => `DELETE FROM ${t} WHERE id IN ${inList(count)} AND status <> 0 AND settled_at < ?`,
-    stats: `SELECT
-      (SELECT COUNT(*) FROM ${t} WHERE status = 0) AS pending,
-      (SELECT COUNT(*) FROM ${t} WHERE status = 0 AND lease_until > ?) AS in_flight,
-      (SELECT COUNT(*) FROM ${t} WHERE status = 2) AS dead,
-      (SELECT MIN(created_at) FROM ${t} WHERE status = 0) AS oldest`,
+    // One pass over the pending entries through the (status, id) index for their count, the leased
+    // ones and the oldest. Without the hint the optimizer reads the leased count and the oldest
+    // with full table scans (2 s for 1,000,000 rows, 100,000 of them pending).
+    stats: `SELECT p.pending, p.in_flight, p.oldest,
+      (SELECT COUNT(*) FROM ${t} FORCE INDEX (${indexNames.pending}) WHERE status = 2) AS dead
+      FROM (SELECT COUNT(*) AS pending, COALESCE(SUM(o.lease_until > ?), 0) AS in_flight, MIN(o.created_at) AS oldest
+        FROM ${t} o FORCE INDEX (${indexNames.pending}) WHERE o.status = 0) p`,
     // Row kind 0: the scan's size and retry-waiting count; kind 1: one hot key each.
     pendingSummary: `SELECT 0 AS kind, NULL AS entry_key, COUNT(*) AS n,
         COALESCE(SUM(s.available_at > ? AND (s.lease_until IS NULL OR s.lease_until <= ?)), 0) AS waiting

@@ -1,20 +1,10 @@
-// What the store's benchmarks share: the machine line, transactions, percentiles, the relay drain and the
-// latency run.
-import { execFileSync } from "node:child_process";
-import { cpus, totalmem } from "node:os";
 import { OutboxRelay, type OutboxRelayOptions, type OutboxStore } from "@outbox/core";
 import { MemoryPublisher } from "@outbox/memory";
 import type { Queryable } from "@outbox/store-postgres";
+import { machineLine, percentiles } from "@outbox/test-support/bench";
 import type pg from "pg";
 
-function cpuModel(): string {
-  try {
-    const out = execFileSync("lscpu", { encoding: "utf8" });
-    return /Model name:\s*(.+)/.exec(out)?.[1]?.trim() ?? cpus()[0]?.model ?? "unknown";
-  } catch {
-    return cpus()[0]?.model ?? "unknown";
-  }
-}
+export { percentiles };
 
 /** The machine, Node and the server's durability settings, as every figure must be quoted with them. */
 export async function describeMachine(pool: pg.Pool): Promise<string> {
@@ -23,7 +13,7 @@ export async function describeMachine(pool: pg.Pool): Promise<string> {
   );
   const { fsync, sc, version } = settings.rows[0] as { fsync: string; sc: string; version: string };
   return [
-    `Machine: ${cpuModel()}, ${cpus().length} cores, ${Math.round(totalmem() / 2 ** 30)} GiB; Node ${process.version}`,
+    machineLine(),
     `PostgreSQL: ${version.split(" on ")[0]}, fsync=${fsync}, synchronous_commit=${sc}`,
     ...(fsync === "on" ? [] : ["WARNING: fsync is off: these figures are not from a durable setup"]),
   ].join("\n");
@@ -41,12 +31,6 @@ export async function inTransaction(pool: pg.Pool, work: (tx: Queryable) => Prom
   } finally {
     client.release();
   }
-}
-
-export function percentiles(values: readonly number[]): { p50: number; p99: number; max: number } {
-  const sorted = [...values].sort((a, b) => a - b);
-  const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? Number.NaN;
-  return { p50: at(0.5), p99: at(0.99), max: sorted.at(-1) ?? Number.NaN };
 }
 
 /**

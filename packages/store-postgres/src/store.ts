@@ -784,11 +784,17 @@ function buildStatements(n: SchemaNames) {
     ),
     gone AS (DELETE FROM ${t} o USING doomed d WHERE o.id = d.id RETURNING 1)
     SELECT (SELECT count(*) FROM gone)::int AS n`,
-    stats: `SELECT
-      (SELECT count(*) FROM ${t} WHERE status = 'pending')::float8 AS pending,
-      (SELECT count(*) FROM ${t} WHERE status = 'pending' AND lease_until > $1::timestamptz)::float8 AS in_flight,
-      (SELECT count(*) FROM ${t} WHERE status = 'dead')::float8 AS dead,
-      (SELECT (extract(epoch FROM min(created_at)) * 1000)::float8 FROM ${t} WHERE status = 'pending') AS oldest`,
+    // One pass over the pending entries (through the pending index) for their count, the leased
+    // ones and the oldest, not three: the dashboard reads this every few seconds. Dead entries are
+    // counted from their own index (an index-only scan once vacuum has visited the table).
+    stats: `SELECT p.pending, p.in_flight, p.oldest,
+      (SELECT count(*) FROM ${t} WHERE status = 'dead')::float8 AS dead
+    FROM (
+      SELECT count(*)::float8 AS pending,
+        (count(*) FILTER (WHERE lease_until > $1::timestamptz))::float8 AS in_flight,
+        (extract(epoch FROM min(created_at)) * 1000)::float8 AS oldest
+      FROM ${t} WHERE status = 'pending'
+    ) p`,
     // The CTE is read once (it is referenced twice: PostgreSQL materialises it).
     pendingSummary: `WITH scan AS (
       SELECT key, available_at, lease_until FROM ${t} WHERE status = 'pending' ORDER BY id LIMIT $2
