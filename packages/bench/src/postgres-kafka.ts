@@ -15,10 +15,11 @@
 // batches of the same size, one awaited after the other, from a producer configured like the
 // publisher's own (idempotent, acks -1, one in-flight request, same partitioner).
 import { randomBytes } from "node:crypto";
-import { cpus, totalmem } from "node:os";
+import { cpus } from "node:os";
 import { OutboxRelay } from "@outbox/core";
 import { createKafkaPublisher, createOutboxPartitioner, defaultProducerConfig } from "@outbox/publisher-kafka";
 import { createPostgresStore, migrate } from "@outbox/store-postgres";
+import { machineLine, median } from "@outbox/test-support/bench";
 import { type CpuUse, measureCpu } from "@outbox/test-support/cpu";
 import { Kafka, logLevel } from "kafkajs";
 import pg from "pg";
@@ -159,7 +160,6 @@ function cpuPerEntry(uses: CpuUse[]): { node: number; postgres: number; kafka: n
   return { node, postgres, kafka, total: node + postgres + kafka };
 }
 
-const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] as number;
 const fmt = (value: number) => Math.round(value).toLocaleString("en-US");
 
 await admin.connect();
@@ -168,7 +168,7 @@ const [{ server_version: pgVersion, fsync }] = (
 ).rows as [{ server_version: string; fsync: string }];
 console.log(
   `# PostgreSQL -> Kafka relay vs raw kafkajs: ${ROWS.toLocaleString("en-US")} rows x 1 KiB, ${KEYS} keys, median of ${REPS}\n` +
-    `machine: ${cpus().length} cores ${cpus()[0]?.model}, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}, ` +
+    `${machineLine()}, ` +
     `kafkajs 2.2.4, Kafka 3.9.1 single node (KRaft), PostgreSQL ${pgVersion} fsync=${fsync}\n`,
 );
 const rows: string[] = [];

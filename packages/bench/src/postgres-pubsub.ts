@@ -14,11 +14,11 @@
 // publisher's settings (message ordering, batching), one batch awaited after the other.
 // "Publisher alone": `publish()` of the same entries, no store.
 import { randomBytes } from "node:crypto";
-import { cpus, totalmem } from "node:os";
 import { PubSub } from "@google-cloud/pubsub";
 import { OutboxRelay } from "@outbox/core";
 import { createPubSubPublisher, defaultBatching } from "@outbox/publisher-pubsub";
 import { createPostgresStore, migrate } from "@outbox/store-postgres";
+import { machineLine, median } from "@outbox/test-support/bench";
 import pg from "pg";
 
 const ROWS = Number(process.env.BENCH_ROWS ?? 10_000);
@@ -140,7 +140,6 @@ async function relay(batch: number): Promise<number> {
   }
 }
 
-const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] as number;
 const fmt = (value: number) => Math.round(value).toLocaleString("en-US");
 
 const [{ server_version: pgVersion, fsync }] = (
@@ -148,7 +147,7 @@ const [{ server_version: pgVersion, fsync }] = (
 ).rows as [{ server_version: string; fsync: string }];
 console.log(
   `# PostgreSQL -> Pub/Sub relay vs raw @google-cloud/pubsub: ${ROWS.toLocaleString("en-US")} rows x 1 KiB, ${KEYS} ordering keys, median of ${REPS}\n` +
-    `machine: ${cpus().length} cores ${cpus()[0]?.model}, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}, ` +
+    `${machineLine()}, ` +
     `@google-cloud/pubsub 6.3.0, pstest fake server v2.9.0 (loopback), PostgreSQL ${pgVersion} fsync=${fsync}\n`,
 );
 const rows: string[] = [];

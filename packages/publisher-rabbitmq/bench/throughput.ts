@@ -9,8 +9,8 @@
 // publisher: `publish(batch)` with the batch's keys spread over K distinct keys: K = batch size
 // is one wave per batch, K = 10 is batch/10 waves, K = 1 (one hot key) is one wave per entry.
 import { randomBytes } from "node:crypto";
-import { cpus, totalmem } from "node:os";
 import type { OutboxEntry } from "@outbox/core";
+import { machineLine, median } from "@outbox/test-support/bench";
 import amqplib from "amqplib";
 import { createRabbitMqPublisher, encodeMessage } from "../src/index.js";
 
@@ -105,7 +105,6 @@ function publisher(rows: number, keys: number): Promise<number> {
   }).finally(() => p.close());
 }
 
-const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] as number;
 const modes: Array<[string, () => Promise<number>]> = [
   ["raw amqplib, streamed batch + waitForConfirms", () => raw(ROWS, true)],
   [`publisher, ${BATCH} distinct keys per batch (1 wave)`, () => publisher(ROWS, BATCH)],
@@ -115,7 +114,7 @@ const modes: Array<[string, () => Promise<number>]> = [
 ];
 console.log(
   `RabbitMQ publisher bench: ${ROWS} x ${PAYLOAD} B (hot key and one-by-one: ${HOT_ROWS}), batch ${BATCH}, quorum queue, ` +
-    `median of ${REPS}; ${cpus().length} x ${cpus()[0]?.model}, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}`,
+    `median of ${REPS}; ${machineLine()}`,
 );
 const results = new Map<string, number[]>();
 for (let rep = 0; rep < REPS; rep++) {

@@ -3,7 +3,7 @@ import { monitorEventLoopDelay } from "node:perf_hooks";
 import { type OutboxMessage, OutboxRelay } from "@outbox/core";
 import { MemoryPublisher } from "@outbox/memory";
 import { createMySqlStore, type MySqlStore, migrate } from "@outbox/store-mysql";
-import { machineLine, percentiles } from "@outbox/test-support/bench";
+import { machineLine, median, percentiles } from "@outbox/test-support/bench";
 import mysql from "mysql2/promise";
 
 const url = process.env.OUTBOX_MYSQL_URL ?? "mysql://outbox:outbox@127.0.0.1:3306/outbox_test";
@@ -16,11 +16,6 @@ const producerRate = Number(process.env.OUTBOX_BENCH_RATE ?? 220);
 const pollMs = Number(process.env.OUTBOX_BENCH_POLL_MS ?? 100);
 const BATCH = 256;
 const payload = new Uint8Array(1024).map((_, i) => (i * 31 + 7) % 256);
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)] as number;
-}
 
 const pool = mysql.createPool({ uri: url, connectionLimit: 6 });
 

@@ -21,6 +21,7 @@ import {
   migrateCapture,
   type Queryable,
 } from "@outbox/store-postgres";
+import { median } from "@outbox/test-support/bench";
 import pg from "pg";
 import { commitToPublish, describeMachine, inTransaction, relayDrain } from "./support.js";
 
@@ -34,7 +35,6 @@ const batch = 32;
 const payload = new Uint8Array(payloadBytes).map((_, i) => (i * 31 + 7) % 256);
 const keying = (i: number) => `key-${i % 1_000}`;
 
-const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] as number;
 const perSecond = (count: number, seconds: number): number => Math.round(count / seconds);
 
 const pool = new pg.Pool({ connectionString: url, max: 8 });

@@ -20,6 +20,7 @@
 import { PGlite } from "@electric-sql/pglite";
 import type { OutboxMessage, OutboxRelayOptions, OutboxStore } from "@outbox/core";
 import { createPostgresStore, migrate, type PostgresStore } from "@outbox/store-postgres";
+import { median } from "@outbox/test-support/bench";
 import pg from "pg";
 import { commitToPublish, describeMachine, inTransaction, relayDrain } from "./support.js";
 
@@ -36,7 +37,6 @@ const inFlightChoices = (process.env.OUTBOX_BENCH_IN_FLIGHT ?? "2").split(",").m
 const withPglite = process.env.OUTBOX_BENCH_PGLITE !== "0";
 const payload = new Uint8Array(payloadBytes).map((_, i) => (i * 31 + 7) % 256);
 
-const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] as number;
 const perSecond = (count: number, seconds: number): number => Math.round(count / seconds);
 
 type Keying = (i: number) => string | null;

@@ -1,4 +1,4 @@
-// What every benchmark prints its figures with: the host line and percentiles.
+// What every benchmark prints its figures with: the host line, medians and percentiles.
 import { execFileSync } from "node:child_process";
 import { cpus, totalmem } from "node:os";
 
@@ -21,4 +21,9 @@ export function percentiles(values: readonly number[]): { p50: number; p99: numb
   const sorted = [...values].sort((a, b) => a - b);
   const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? Number.NaN;
   return { p50: at(0.5), p99: at(0.99), max: sorted.at(-1) ?? Number.NaN };
+}
+
+/** The middle value (the upper one of an even count). */
+export function median(values: readonly number[]): number {
+  return [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] as number;
 }
