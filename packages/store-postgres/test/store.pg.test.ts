@@ -116,7 +116,10 @@ describe("schema and configuration", () => {
   });
 
   it("a hand-written INSERT of topic, key and payload is an entry the relay claims", async () => {
-    const { store, schema, cleanup } = await setup();
+    // The column defaults stamp the entry with the server's now(), in microseconds; the store's
+    // clock reads whole milliseconds, so a claim in the same millisecond would still see the entry
+    // as not yet available. The clock starts a second ahead of the server.
+    const { store, schema, cleanup } = await setup({ clock: new ManualClock(Date.now() + 1_000) });
     try {
       await admin.query(`INSERT INTO "${schema}".outbox (topic, key, payload) VALUES ('orders', 'k1', 'hello')`);
       const [entry] = await store.claim({ claimer: "a", limit: 10, leaseMs: 60_000 });

@@ -17,6 +17,9 @@ import { createServer, type Server, Socket } from "node:net";
 export class TcpProxy {
   readonly #server: Server;
   readonly #pairs = new Set<[Socket, Socket]>();
+  /** Connections that sent a chunk `tags` matched (see `start`). */
+  readonly #tagged = new WeakSet<[Socket, Socket]>();
+  readonly #tags: ((chunk: Buffer) => boolean) | undefined;
   #refusing = false;
   #holding = false;
   #dropOnSend: ((chunk: Buffer) => boolean) | null = null;
@@ -25,20 +28,33 @@ export class TcpProxy {
   readonly targetPort: number;
   port = 0;
 
-  private constructor(targetHost: string, targetPort: number, resetGapMs: number) {
+  private constructor(
+    targetHost: string,
+    targetPort: number,
+    resetGapMs: number,
+    tags: ((chunk: Buffer) => boolean) | undefined,
+  ) {
     this.targetHost = targetHost;
     this.targetPort = targetPort;
     this.#resetGapMs = resetGapMs;
+    this.#tags = tags;
     this.#server = createServer((inbound) => this.#accept(inbound));
   }
 
-  /** Starts a proxy to `target` (`host:port`). */
-  static async start(target: string, options: { resetGapMs?: number } = {}): Promise<TcpProxy> {
+  /**
+   * Starts a proxy to `target` (`host:port`). `tags`: a connection whose client ever sent a chunk
+   * it matches is tagged, so `dropEach({ tagged })` can reset one kind of connection before the
+   * other (a client's busy connections before its idle monitor, say).
+   */
+  static async start(
+    target: string,
+    options: { resetGapMs?: number; tags?: (chunk: Buffer) => boolean } = {},
+  ): Promise<TcpProxy> {
     const colon = target.lastIndexOf(":");
     const port = Number(target.slice(colon + 1));
     if (colon <= 0 || !Number.isInteger(port) || port <= 0)
       throw new Error(`TcpProxy target must be host:port, got ${target}`);
-    const proxy = new TcpProxy(target.slice(0, colon), port, options.resetGapMs ?? 0);
+    const proxy = new TcpProxy(target.slice(0, colon), port, options.resetGapMs ?? 0, options.tags);
     await new Promise<void>((resolve) => proxy.#server.listen(0, "127.0.0.1", resolve));
     const address = proxy.#server.address();
     proxy.port = typeof address === "object" && address ? address.port : 0;
@@ -74,9 +90,11 @@ export class TcpProxy {
    * Resets the live connections one at a time, oldest first, `gapMs` apart (new ones are let
    * through). Returns how many were reset. Unlike `drop()`, the client sees each reset on its own
    * turn of the event loop, as when a server or a middlebox kills connections one by one.
+   * `tagged`: only the connections `tags` tagged (true) or only the others (false).
    */
-  async dropEach(gapMs = 5): Promise<number> {
-    const live = [...this.#pairs];
+  async dropEach(options: { gapMs?: number; tagged?: boolean } = {}): Promise<number> {
+    const { gapMs = 5, tagged } = options;
+    const live = [...this.#pairs].filter((pair) => tagged === undefined || this.#tagged.has(pair) === tagged);
     for (const [i, [inbound, outbound]] of live.entries()) {
       if (i > 0) await new Promise((resolve) => setTimeout(resolve, gapMs));
       inbound.destroy();
@@ -155,6 +173,7 @@ export class TcpProxy {
     outbound.connect(this.targetPort, this.targetHost, () => {
       // Registered before the pipe, so it sees each chunk before the pipe forwards it.
       inbound.on("data", (chunk: Buffer) => {
+        if (this.#tags?.(chunk)) this.#tagged.add(pair);
         if (this.#dropOnSend?.(chunk)) this.drop();
       });
       inbound.pipe(outbound);
