@@ -86,3 +86,17 @@ export function formatAge(ms: number | null): string {
   if (seconds < 172_800) return `${(seconds / 3600).toFixed(1)}h`;
   return `${(seconds / 86_400).toFixed(1)}d`;
 }
+
+/** 512 B, 1.5 KiB, 16.0 MiB, 2.1 GiB. */
+export function formatBytes(bytes: number): string {
+  const units = ["KiB", "MiB", "GiB", "TiB"];
+  if (bytes < 1024) return `${Math.round(bytes)} B`;
+  let value = bytes;
+  let unit = "B";
+  for (const next of units) {
+    if (value < 1024) break;
+    value /= 1024;
+    unit = next;
+  }
+  return `${value.toFixed(1)} ${unit}`;
+}

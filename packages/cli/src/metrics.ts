@@ -12,6 +12,8 @@ export const metricNames = {
   deliveryLatency: "outbox_delivery_latency_seconds",
   backlog: "outbox_backlog_entries",
   lag: "outbox_lag_seconds",
+  captureLag: "outbox_capture_lag_bytes",
+  captureRetained: "outbox_capture_retained_bytes",
   storeUp: "outbox_store_up",
   leader: "outbox_leader",
   fenceToken: "outbox_fence_token",
@@ -118,6 +120,30 @@ export class RelayMetrics {
         const { stats } = options.backlog();
         if (!stats) return;
         this.set(stats.oldestPendingAt ? Math.max(0, (now() - stats.oldestPendingAt.getTime()) / 1000) : 0);
+      },
+    });
+    // Log-capture stores only; labelled by source so a polling store leaves the series absent.
+    new Gauge({
+      name: metricNames.captureLag,
+      help: "Log-capture stores: log bytes written since the position the store last confirmed (its slot's lag), by source.",
+      labelNames: ["source", "state"],
+      registers,
+      collect() {
+        this.reset();
+        const capture = options.backlog().stats?.capture;
+        if (capture?.lagBytes != null) this.set({ source: capture.source, state: capture.state }, capture.lagBytes);
+      },
+    });
+    new Gauge({
+      name: metricNames.captureRetained,
+      help: "Log-capture stores: log bytes the database keeps on disk for the store's slot, by source.",
+      labelNames: ["source", "state"],
+      registers,
+      collect() {
+        this.reset();
+        const capture = options.backlog().stats?.capture;
+        if (capture?.retainedBytes != null)
+          this.set({ source: capture.source, state: capture.state }, capture.retainedBytes);
       },
     });
     new Gauge({

@@ -107,8 +107,22 @@ describe("dashboard handler", () => {
     }
     expect((await fetch(`${base}/assets/../package.json`)).status).toBe(404);
     const state = (await (await fetch(`${base}/api/state`)).json()) as Record<string, unknown>;
-    expect(state).toMatchObject({ readOnly: false, canDrop: true, stats: { pending: 7, inFlight: 2, dead: 2 } });
+    expect(state).toMatchObject({
+      readOnly: false,
+      canDrop: true,
+      stats: { pending: 7, inFlight: 2, dead: 2, capture: null },
+    });
     expect((state.history as unknown[]).length).toBe(1);
+  });
+
+  it("a log-capture store's slot goes into the state as the store reports it", async () => {
+    const capture = { source: "slot_a", active: false, state: "lost", lagBytes: 10, retainedBytes: 20 };
+    const store = new FakeStore();
+    const plainStats = store.stats.bind(store);
+    store.stats = async () => ({ ...(await plainStats()), capture });
+    const { base } = await serve({}, store);
+    const state = (await (await fetch(`${base}/api/state`)).json()) as { stats: Record<string, unknown> };
+    expect(state.stats.capture).toEqual(capture);
   });
 
   it("retry-waiting and hot keys from the store's pendingSummary (bounded by pendingScanLimit), null without it", async () => {

@@ -3,6 +3,7 @@ import {
   type OutboxStore,
   permanentFailure,
   published,
+  type StoreStats,
   systemClock,
   transientFailure,
 } from "@outbox/core";
@@ -13,6 +14,7 @@ import { validateConfig } from "../src/config.js";
 import { parseDuration, parseMoment } from "../src/duration.js";
 import { CliErrorCode, ExitCode } from "../src/errors.js";
 import { createLogger } from "../src/log.js";
+import { RelayMetrics } from "../src/metrics.js";
 import { NotReadyReason, notReadyReasons, PublishHealth } from "../src/readiness.js";
 import { redact, redactText, redactUrl } from "../src/redact.js";
 import { configFromEnv } from "../src/stack.js";
@@ -209,6 +211,53 @@ describe("operator commands (in-process, in-memory store)", () => {
     const report = JSON.parse(stdout.text);
     expect(report).toMatchObject({ pending: 1, inFlight: 0, dead: 3, relays: [], leader: null });
     expect(typeof report.lagSeconds).toBe("number");
+  });
+
+  it("status shows a log-capture store's slot: JSON as the store reports it, text in bytes", async () => {
+    const capture = {
+      source: "shop_outbox_outbox",
+      active: true,
+      state: "reserved",
+      lagBytes: 3 * 1024 * 1024,
+      retainedBytes: 1536,
+    };
+    setTestConfig({
+      store: asConfigured(store, { stats: async () => ({ ...(await store.stats()), capture }) }),
+      publisher: new MemoryPublisher(),
+    });
+    expect(JSON.parse((await cli("status", "--json")).stdout.text).capture).toEqual(capture);
+    const text = await cli("status");
+    expect(text.stdout.lines()).toContain(
+      "capture      slot shop_outbox_outbox (reserved, active): 3.0 MiB behind, 1.5 KiB of WAL retained",
+    );
+    const missing = { ...capture, active: false, state: "missing", lagBytes: null, retainedBytes: null };
+    setTestConfig({
+      store: asConfigured(store, { stats: async () => ({ ...(await store.stats()), capture: missing }) }),
+      publisher: new MemoryPublisher(),
+    });
+    expect((await cli("status")).stdout.text).toMatch(
+      /^capture +slot shop_outbox_outbox \(missing, no consumer\): entries committed since are in the table only/m,
+    );
+    // A polling store has no capture line.
+    setTestConfig({ store: asConfigured(store), publisher: new MemoryPublisher() });
+    expect((await cli("status")).stdout.text).not.toMatch(/^capture/m);
+  });
+
+  it("metrics: a log-capture store's slot lag and retained WAL, absent for a polling store", async () => {
+    const stats = { pending: 0, inFlight: 0, dead: 0, oldestPendingAt: null };
+    const capture = { source: "s1", active: true, state: "extended", lagBytes: 2048, retainedBytes: 4096 };
+    let current: StoreStats = { ...stats, capture };
+    const metrics = new RelayMetrics({
+      backlog: () => ({ stats: current, ok: true }),
+      fence: () => null,
+      ready: () => true,
+      defaultMetrics: false,
+    });
+    const scraped = await metrics.registry.metrics();
+    expect(scraped).toMatch(/^outbox_capture_lag_bytes\{source="s1",state="extended"\} 2048$/m);
+    expect(scraped).toMatch(/^outbox_capture_retained_bytes\{source="s1",state="extended"\} 4096$/m);
+    current = stats;
+    expect(await metrics.registry.metrics()).not.toMatch(/^outbox_capture_\w+\{/m);
   });
 
   it("dead list filters client-side and prints JSON or a table", async () => {

@@ -45,6 +45,7 @@ export {
   type RelayPhase,
 } from "./relay.js";
 export type {
+  CaptureStats,
   ClaimRequest,
   DeadLetterItem,
   Fence,

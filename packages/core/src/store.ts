@@ -46,6 +46,25 @@ export interface StoreStats {
   readonly dead: number;
   /** createdAt of the oldest pending entry: the outbox's lag. */
   readonly oldestPendingAt: Date | null;
+  /** Log-capture stores only: where their position in the database's log stands. */
+  readonly capture?: CaptureStats;
+}
+
+/** Where a log-capture store's position in the log stands (a PostgreSQL replication slot, say). */
+export interface CaptureStats {
+  /** What is read: the replication slot's name, for PostgreSQL. */
+  readonly source: string;
+  /** Whether a consumer is attached to it now. */
+  readonly active: boolean;
+  /**
+   * The server's word for it (PostgreSQL: `reserved`, `extended`, `unreserved`, `lost`), or
+   * `missing` when it does not exist: entries committed since are in the table only.
+   */
+  readonly state: string;
+  /** Log bytes written since the position the store last confirmed (null when missing). */
+  readonly lagBytes: number | null;
+  /** Log bytes the server keeps on disk for it (null when missing). */
+  readonly retainedBytes: number | null;
 }
 
 export interface PendingSummaryOptions {

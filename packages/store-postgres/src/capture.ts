@@ -1,4 +1,5 @@
 import {
+  type CaptureStats,
   type ClaimRequest,
   type Clock,
   type DeadLetterItem,
@@ -608,13 +609,34 @@ export class PostgresCaptureStore implements OutboxStore<Queryable> {
     return this.#table.purge(request);
   }
 
-  /** From the table, except `inFlight`: leases live in this store's memory in log mode. */
+  /**
+   * From the table, except `inFlight` (leases live in this store's memory in log mode), plus where
+   * the slot stands: how far behind the log it is and how much WAL the server keeps for it.
+   */
   async stats(): Promise<StoreStats> {
-    const stats = await this.#table.stats();
+    const [stats, slot] = await Promise.all([this.#table.stats(), this.#slotStats()]);
     const now = this.#clock.now();
     let inFlight = 0;
     for (const item of this.#items.values()) if (item.state === "leased" && item.leaseUntil > now) inFlight += 1;
-    return { ...stats, inFlight };
+    return { ...stats, inFlight, capture: slot };
+  }
+
+  async #slotStats(): Promise<CaptureStats> {
+    const source = this.names.slot;
+    const { rows } = await this.#pool
+      .query(
+        `SELECT active, coalesce(wal_status, 'reserved') AS state,
+           pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::float8 AS lag,
+           pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::float8 AS retained
+         FROM pg_replication_slots WHERE slot_name = $1`,
+        [source],
+      )
+      .catch((error: unknown) => {
+        throw storeError("stats", error);
+      });
+    const [row] = rows as { active: boolean; state: string; lag: number | null; retained: number | null }[];
+    if (!row) return { source, active: false, state: "missing", lagBytes: null, retainedBytes: null };
+    return { source, active: row.active, state: row.state, lagBytes: row.lag, retainedBytes: row.retained };
   }
 
   subscribe(listener: () => void): Promise<Unsubscribe> {

@@ -244,6 +244,82 @@ describe("log capture (experimental)", () => {
     }
   });
 
+  it("stats() says where the slot stands: the WAL an unsettled entry holds back, released once it is acked; a dropped slot reads as missing", async () => {
+    const { schema, cleanup } = await captureSchema();
+    const s = store(schema, { catchUpClaims: true });
+    const { slot } = resolveCaptureNames({ schema });
+    const currentLsn = async () => (await pool.query("SELECT pg_current_wal_lsn()::text AS lsn")).rows[0].lsn as string;
+    const walSince = async (lsn: string) =>
+      Number(
+        (await pool.query("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::float8 AS bytes", [lsn])).rows[0]
+          .bytes,
+      );
+    const capture = async () => {
+      const stats = await s.stats();
+      if (!stats.capture) throw new Error("no capture stats");
+      return stats.capture;
+    };
+    try {
+      expect(await capture()).toMatchObject({ source: slot, active: false, state: "reserved" });
+      await inTransaction(pool, (tx) => s.enqueue(tx, [message(0, "held")]));
+      const [held] = await s.claim({ claimer: "a", limit: 1, leaseMs: 60_000 });
+      expect(held?.key).toBe("held");
+      const before = await currentLsn();
+      // 200 entries of other keys, published and acked while "held" stays unsettled.
+      for (let t = 0; t < 10; t++) {
+        await inTransaction(pool, (tx) =>
+          s.enqueue(
+            tx,
+            Array.from({ length: 20 }, (_, i) => message(1 + t * 20 + i, `other${i % 4}`)),
+          ),
+        );
+      }
+      let acked = 0;
+      while (acked < 200) {
+        const claimed = await s.claim({ claimer: "a", limit: 50, leaseMs: 60_000 });
+        await s.ack(
+          claimed.map((entry) => entry.id),
+          { claimer: "a" },
+        );
+        acked += claimed.length;
+      }
+      // The slot's confirmed position is still at or before "held": everything written since is lag.
+      const written = await walSince(before);
+      const holding = await capture();
+      expect(holding.active).toBe(true);
+      expect(holding.lagBytes).toBeGreaterThanOrEqual(written);
+      expect(holding.retainedBytes).toBeGreaterThanOrEqual(holding.lagBytes ?? Number.POSITIVE_INFINITY);
+
+      await s.ack([held?.id ?? ""], { claimer: "a" });
+      const settled = await currentLsn();
+      // Every claim (catchUpClaims) sends a marker through the slot, so the position can pass idle WAL.
+      await waitFor(
+        async () => {
+          await s.claim({ claimer: "a", limit: 10, leaseMs: 60_000 });
+          const { lagBytes } = await capture();
+          return lagBytes !== null && lagBytes <= (await walSince(settled));
+        },
+        10_000,
+        "the slot's position past everything settled",
+      );
+
+      await s.close();
+      await dropCapture(pool, { schema });
+      const after = store(schema);
+      expect((await after.stats()).capture).toEqual({
+        source: slot,
+        active: false,
+        state: "missing",
+        lagBytes: null,
+        retainedBytes: null,
+      });
+      await after.close();
+    } finally {
+      await s.close();
+      await cleanup();
+    }
+  });
+
   it("pg_terminate_backend of the walsender: the stream restarts and nothing is lost", async () => {
     const { schema, cleanup } = await captureSchema();
     const s = store(schema);

@@ -151,6 +151,7 @@
       const lag = $('[data-stat="lag"]');
       lag.textContent = state.stats.oldestPendingAt ? formatAge(state.stats.lagSeconds) : "– (nothing pending)";
       lag.dataset.seconds = String(state.stats.lagSeconds);
+      renderCapture(state.stats.capture);
       renderPending(state.pending);
       $("#updated").textContent = `updated ${new Date(state.at).toLocaleTimeString()}`;
       $("#state-error").hidden = true;
@@ -170,6 +171,28 @@
       box.textContent = `Cannot read the outbox: ${error.message}`;
       box.hidden = false;
     }
+  }
+
+  /** Log-capture stores only: the slot, how far behind the log, how much WAL it keeps. */
+  function renderCapture(capture) {
+    $("[data-capture]").hidden = !capture;
+    if (!capture) return;
+    const where = `${capture.source} (${capture.state}${capture.active ? "" : ", no consumer"})`;
+    $('[data-stat="capture"]').textContent =
+      capture.lagBytes === null
+        ? `${where}: missing, entries since are in the table only`
+        : `${where}: ${formatBytes(capture.lagBytes)} behind, ${formatBytes(capture.retainedBytes)} WAL retained`;
+  }
+
+  function formatBytes(bytes) {
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let value = bytes;
+    let unit = 0;
+    while (value >= 1024 && unit < units.length - 1) {
+      value /= 1024;
+      unit += 1;
+    }
+    return unit === 0 ? `${Math.round(value)} B` : `${value.toFixed(1)} ${units[unit]}`;
   }
 
   /** Retry-waiting count and hot keys: from the store's pendingSummary() (null: the store has none). */

@@ -1,5 +1,5 @@
-import type { OutboxStore, StoreStats } from "@outbox/core";
-import { type CliIO, formatAge, writeJson, writeTable } from "../io.js";
+import type { CaptureStats, OutboxStore, StoreStats } from "@outbox/core";
+import { type CliIO, formatAge, formatBytes, writeJson, writeTable } from "../io.js";
 
 export interface RelayProbe {
   readonly url: string;
@@ -38,6 +38,8 @@ export interface StatusReport {
   readonly dead: number;
   readonly oldestPendingAt: Date | null;
   readonly lagSeconds: number;
+  /** Log-capture stores only: where the slot stands. */
+  readonly capture?: CaptureStats;
   readonly relays: RelayProbe[];
   /** The relay that says it leads (with its fence), when relays were probed. */
   readonly leader: { relayId: string | undefined; url: string; fence: RelayProbe["fence"] } | null;
@@ -60,6 +62,7 @@ export async function status(
     dead: stats.dead,
     oldestPendingAt: stats.oldestPendingAt,
     lagSeconds: lagMs / 1000,
+    ...(stats.capture ? { capture: stats.capture } : {}),
     relays,
     leader: leading ? { relayId: leading.relayId, url: leading.url, fence: leading.fence ?? null } : null,
   };
@@ -74,6 +77,7 @@ export async function status(
   out.write(
     `oldest lag   ${stats.oldestPendingAt ? `${formatAge(lagMs)} (since ${stats.oldestPendingAt.toISOString()})` : "- (nothing pending)"}\n`,
   );
+  if (stats.capture) out.write(`capture      ${describeCapture(stats.capture)}\n`);
   if (relays.length > 0) {
     out.write(
       `leader       ${leading ? `${leading.relayId ?? "?"} at ${leading.url}, fence ${leading.fence ? `${leading.fence.lock}#${leading.fence.token}` : "-"}` : "none of the probed relays leads"}\n\n`,
@@ -97,4 +101,12 @@ export async function status(
     out.write("leader       (pass --relay <url> to ask running relays who leads)\n");
   }
   return report;
+}
+
+/** `slot outbox_slot (reserved, active): 1.2 MiB behind, 16.0 MiB of WAL retained`. */
+export function describeCapture(capture: CaptureStats): string {
+  const where = `slot ${capture.source} (${capture.state}, ${capture.active ? "active" : "no consumer"})`;
+  if (capture.lagBytes === null || capture.retainedBytes === null)
+    return `${where}: entries committed since are in the table only; see docs/capture-modes.md`;
+  return `${where}: ${formatBytes(capture.lagBytes)} behind, ${formatBytes(capture.retainedBytes)} of WAL retained`;
 }

@@ -312,6 +312,8 @@ export function createDashboardHandler(options: DashboardOptions): DashboardHand
           dead: stats.dead,
           oldestPendingAt: stats.oldestPendingAt?.toISOString() ?? null,
           lagSeconds: sample.lagSeconds,
+          // Log-capture stores only (the page shows the slot's line when present).
+          capture: stats.capture ?? null,
         },
         // Null when the store has no pendingSummary() (the page says so).
         pending:
