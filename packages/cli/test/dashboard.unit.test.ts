@@ -115,6 +115,66 @@ describe("dashboard handler", () => {
     expect((state.history as unknown[]).length).toBe(1);
   });
 
+  it("relays: what each --relay said on /readyz (errors redacted), an unreachable one marked so; their counters give throughput", async () => {
+    let published = 10;
+    const readyz = createServer((_request, response) => {
+      response.setHeader("content-type", "application/json");
+      response.end(
+        JSON.stringify({
+          ready: false,
+          reasons: [{ code: "publish-failing", message: "..." }],
+          relayId: "relay-a",
+          leader: true,
+          leaderElection: true,
+          fence: { lock: "outbox", token: "42" },
+          published,
+          lastPublishedAt: "2030-01-01T00:00:00.000Z",
+          lastPublishError: "connect to amqp://app:s3cret@broker:5672 failed",
+          lastPublishFailureAt: "2030-01-01T00:00:01.000Z",
+          consecutiveFailures: 0,
+        }),
+      );
+    });
+    servers.push(readyz);
+    await new Promise<void>((done) => readyz.listen(0, "127.0.0.1", done));
+    const relayUrl = `http://127.0.0.1:${(readyz.address() as AddressInfo).port}`;
+    // A port nothing listens on: the closed server's.
+    const gone = createServer();
+    await new Promise<void>((done) => gone.listen(0, "127.0.0.1", done));
+    const goneUrl = `http://127.0.0.1:${(gone.address() as AddressInfo).port}`;
+    await new Promise((done) => gone.close(done));
+    let now = Date.UTC(2030, 0, 1);
+    const { base } = await serve({ relays: [relayUrl, goneUrl], now: () => now });
+    const state = (await (await fetch(`${base}/api/state`)).json()) as {
+      relays: Record<string, unknown>[];
+      throughput: string | null;
+    };
+    expect(state.throughput).toBe("relays");
+    expect(state.relays[0]).toEqual({
+      url: relayUrl,
+      reachable: true,
+      ready: false,
+      reasons: ["publish-failing"],
+      relayId: "relay-a",
+      leader: true,
+      leaderElection: true,
+      fence: { lock: "outbox", token: "42" },
+      published: 10,
+      lastPublishedAt: "2030-01-01T00:00:00.000Z",
+      lastPublishError: "connect to amqp://app:***@broker:5672 failed",
+      lastPublishFailureAt: "2030-01-01T00:00:01.000Z",
+      consecutiveFailures: 0,
+    });
+    expect(state.relays[1]).toMatchObject({ url: goneUrl, reachable: false });
+    // The next sample, an interval (60 s) later, 900 more published: 15 per second.
+    published = 910;
+    now += 60_000;
+    const later = (await (await fetch(`${base}/api/state`)).json()) as {
+      history: { publishedPerSecond: number | null }[];
+    };
+    expect(later.history.at(-1)?.publishedPerSecond).toBe(15);
+  });
+
   it("a log-capture store's slot goes into the state as the store reports it", async () => {
     const capture = { source: "slot_a", active: false, state: "lost", lagBytes: 10, retainedBytes: 20 };
     const store = new FakeStore();

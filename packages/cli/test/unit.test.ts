@@ -1,3 +1,5 @@
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import {
   OutboxErrorCode,
   type OutboxStore,
@@ -11,6 +13,7 @@ import { MemoryPublisher, MemoryStore } from "@outbox/memory";
 import { waitFor } from "@outbox/test-support/wait";
 import { beforeEach, describe, expect, it } from "vitest";
 import { validateConfig } from "../src/config.js";
+import { createDashboardHandler } from "../src/dashboard/handler.js";
 import { parseDuration, parseMoment } from "../src/duration.js";
 import { CliErrorCode, ExitCode } from "../src/errors.js";
 import { createLogger } from "../src/log.js";
@@ -471,6 +474,32 @@ describe("outbox relay (in-process, in-memory adapters)", () => {
     expect(metrics).toMatch(/^outbox_publish_duration_seconds_count\{outcome="ok"\} \d+$/m);
     expect(metrics).toMatch(/^outbox_delivery_latency_seconds_count 50$/m);
     expect(metrics).toMatch(/^process_cpu_user_seconds_total /m);
+    // The dashboard's relays panel reads this very /readyz.
+    const dashboard = createDashboardHandler({ store, relays: [base], sampleIntervalMs: 60_000 });
+    const panel = createServer(dashboard);
+    await new Promise<void>((done) => panel.listen(0, "127.0.0.1", done));
+    try {
+      const state = (await (
+        await fetch(`http://127.0.0.1:${(panel.address() as AddressInfo).port}/api/state`)
+      ).json()) as { relays: unknown[] };
+      expect(state.relays).toEqual([
+        expect.objectContaining({
+          url: base,
+          reachable: true,
+          ready: true,
+          reasons: [],
+          relayId: (ready as unknown as { relayId: string }).relayId,
+          leader: true,
+          leaderElection: false,
+          fence: null,
+          published: 50,
+          lastPublishError: null,
+        }),
+      ]);
+    } finally {
+      dashboard.close();
+      await new Promise((done) => panel.close(done));
+    }
 
     relay.signal("SIGTERM");
     expect(await relay.code).toBe(ExitCode.Ok);

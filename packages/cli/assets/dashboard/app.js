@@ -153,6 +153,7 @@
       lag.dataset.seconds = String(state.stats.lagSeconds);
       renderCapture(state.stats.capture);
       renderPending(state.pending);
+      renderRelays(state.relays, state.throughput !== null);
       $("#updated").textContent = `updated ${new Date(state.at).toLocaleTimeString()}`;
       $("#state-error").hidden = true;
       if (!chartsMade) {
@@ -221,6 +222,38 @@
     if (pending.hotKeys.length === 0) {
       const row = el("tr");
       row.append(el("td", "No keyed entry pending.", { colspan: "2" }));
+      body.append(row);
+    }
+  }
+
+  /** What each relay given with --relay said on its /readyz at the last sample. */
+  function renderRelays(relays, asked) {
+    const body = $("#relays tbody");
+    body.replaceChildren();
+    $("#relays").hidden = !asked;
+    $("#relays-note").textContent = asked
+      ? "From each relay's /readyz, at the last sample."
+      : "Start the dashboard with --relay <url> (each relay's HTTP port) to see who leads, its fencing token and its last errors.";
+    const time = (iso) => (iso ? new Date(iso).toLocaleTimeString() : "–");
+    for (const relay of relays) {
+      const row = el("tr", null, { "data-relay": relay.url });
+      if (!relay.reachable) {
+        row.append(el("td", relay.url), el("td", "unreachable", { colspan: "6", class: "error" }));
+      } else {
+        const ready = relay.ready ? "yes" : `no (${relay.reasons.join(", ")})`;
+        const leader = relay.leaderElection ? (relay.leader ? "yes" : "standing by") : "n/a (no election)";
+        const fence = relay.fence ? `${relay.fence.lock} #${relay.fence.token}` : "–";
+        const error = relay.lastPublishError ? `${relay.lastPublishError} (${time(relay.lastPublishFailureAt)})` : "–";
+        row.append(
+          el("td", relay.relayId ? `${relay.relayId} (${relay.url})` : relay.url),
+          el("td", ready, { "data-ready": String(relay.ready) }),
+          el("td", leader, { "data-leader": String(relay.leader) }),
+          el("td", fence, { "data-fence": relay.fence ? relay.fence.token : "" }),
+          el("td", relay.published ?? "–", { "data-published": String(relay.published ?? "") }),
+          el("td", time(relay.lastPublishedAt)),
+          el("td", error, { class: relay.lastPublishError ? "error" : "" }),
+        );
+      }
       body.append(row);
     }
   }

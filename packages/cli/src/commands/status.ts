@@ -1,36 +1,6 @@
 import type { CaptureStats, OutboxStore, StoreStats } from "@outbox/core";
 import { type CliIO, formatAge, formatBytes, writeJson, writeTable } from "../io.js";
-
-export interface RelayProbe {
-  readonly url: string;
-  readonly reachable: boolean;
-  readonly ready?: boolean;
-  readonly relayId?: string;
-  readonly leader?: boolean;
-  readonly leaderElection?: boolean;
-  readonly fence?: { lock: string; token: string } | null;
-  readonly error?: string;
-}
-
-/** Asks a running relay's /readyz who it is and whether it leads. */
-export async function probeRelay(url: string, timeoutMs: number): Promise<RelayProbe> {
-  const base = url.replace(/\/+$/, "");
-  try {
-    const response = await fetch(`${base}/readyz`, { signal: AbortSignal.timeout(timeoutMs) });
-    const body = (await response.json()) as Record<string, unknown>;
-    return {
-      url,
-      reachable: true,
-      ready: body.ready === true,
-      relayId: typeof body.relayId === "string" ? body.relayId : undefined,
-      leader: body.leader === true,
-      leaderElection: body.leaderElection === true,
-      fence: (body.fence as RelayProbe["fence"]) ?? null,
-    };
-  } catch (error) {
-    return { url, reachable: false, error: error instanceof Error ? error.message : String(error) };
-  }
-}
+import { probeRelay, type RelayProbe } from "../relay-probe.js";
 
 export interface StatusReport {
   readonly pending: number;

@@ -328,6 +328,8 @@ export function createDashboardHandler(options: DashboardOptions): DashboardHand
               },
         history: sampler.history.toArray(),
         throughput: (options.relays ?? []).length > 0 ? "relays" : null,
+        // What each relay given with --relay said on /readyz at the last sample (empty without).
+        relays: sampler.relays,
       });
       return;
     }

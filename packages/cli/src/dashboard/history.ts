@@ -1,5 +1,6 @@
 import type { OutboxStore, StoreStats } from "@outbox/core";
 import { redactText } from "../redact.js";
+import { probeRelay, type RelayProbe } from "../relay-probe.js";
 
 /** One sample of the backlog, as the chart draws it. */
 export interface Sample {
@@ -45,24 +46,6 @@ export class RingBuffer<T> {
   }
 }
 
-/** The sum of the `published` counters of running relays (their /readyz), or null when none answered. */
-export async function relaysPublished(urls: readonly string[], timeoutMs: number): Promise<number | null> {
-  if (urls.length === 0) return null;
-  const counts = await Promise.all(
-    urls.map(async (url) => {
-      try {
-        const response = await fetch(`${url.replace(/\/+$/, "")}/readyz`, { signal: AbortSignal.timeout(timeoutMs) });
-        const body = (await response.json()) as { published?: unknown };
-        return typeof body.published === "number" ? body.published : null;
-      } catch {
-        return null;
-      }
-    }),
-  );
-  const answered = counts.filter((count): count is number => count !== null);
-  return answered.length === 0 ? null : answered.reduce((sum, count) => sum + count, 0);
-}
-
 export interface SamplerOptions {
   readonly store: () => Promise<OutboxStore<never>>;
   readonly intervalMs: number;
@@ -78,6 +61,8 @@ export interface SamplerOptions {
 export class Sampler {
   readonly history: RingBuffer<Sample>;
   lastError: string | null = null;
+  /** What the relays said at the last sample (their /readyz), in the order given. */
+  relays: RelayProbe[] = [];
   readonly #options: SamplerOptions;
   #timer: NodeJS.Timeout | undefined;
   #running: Promise<{ sample: Sample; stats: StoreStats }> | undefined;
@@ -118,7 +103,11 @@ export class Sampler {
     const { now, relays } = this.#options;
     try {
       const read = async () => (await this.#options.store()).stats();
-      const [stats, published] = await Promise.all([read(), relaysPublished(relays, 2_000)]);
+      const [stats, probes] = await Promise.all([read(), Promise.all(relays.map((url) => probeRelay(url, 2_000)))]);
+      this.relays = probes;
+      const counters = probes.flatMap((probe) => probe.published ?? []);
+      // The sum of the counters of the relays that answered (null when none did).
+      const published = counters.length === 0 ? null : counters.reduce((sum, n) => sum + n, 0);
       const at = now();
       let publishedPerSecond: number | null = null;
       if (published !== null) {
