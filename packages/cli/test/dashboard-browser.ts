@@ -125,6 +125,8 @@ export function dashboardBrowserSuite(backend: BrowserTestBackend): void {
       scanned: 9,
       retryWaiting: 1,
       hotKeys: [{ key: hotKey, pending: 3 }, ...["d", "e", "f", "g", "h", "r"].map((key) => ({ key, pending: 1 }))],
+      // Key "r" waits behind its failed entry.
+      blockedKeys: [{ key: "r", pending: 1, entryId: waiting, attempts: 1, lastError: "broker down" }],
     });
     browser = await chromium.launch({
       executablePath,
@@ -191,6 +193,23 @@ export function dashboardBrowserSuite(backend: BrowserTestBackend): void {
       await expect
         .poll(shownKeys)
         .toEqual(summary.hotKeys.map((hot) => ({ key: hot.key, text: `${hot.key}${hot.pending}` })));
+      const shownBlocked = () =>
+        page.locator("#blocked-keys tbody tr[data-key]").evaluateAll((rows) =>
+          rows.map((row) => ({
+            key: row.getAttribute("data-key"),
+            pending: row.children[1]?.textContent,
+            entryId: row.children[2]?.textContent,
+            lastError: row.children[5]?.textContent,
+          })),
+        );
+      await expect.poll(shownBlocked).toEqual(
+        summary.blockedKeys.map((blocked) => ({
+          key: blocked.key,
+          pending: String(blocked.pending),
+          entryId: blocked.entryId,
+          lastError: blocked.lastError,
+        })),
+      );
     }
     return stats;
   }

@@ -49,7 +49,21 @@ class FakeStore {
   }
   async pendingSummary(options: unknown) {
     this.summaries.push(options);
-    return { scanned: 7, retryWaiting: 3, hotKeys: [{ key: "<b>hot</b>", pending: 4 }] };
+    return {
+      scanned: 7,
+      retryWaiting: 3,
+      hotKeys: [{ key: "<b>hot</b>", pending: 4 }],
+      blockedKeys: [
+        {
+          key: "stuck",
+          pending: 2,
+          entryId: "5",
+          attempts: 3,
+          lastError: "connect to amqp://app:s3cret@broker failed",
+          availableAt: new Date(Date.UTC(2030, 0, 1)),
+        },
+      ],
+    };
   }
   async dropDead(ids: readonly string[]) {
     this.dropped.push([...ids]);
@@ -194,8 +208,19 @@ describe("dashboard handler", () => {
       complete: true,
       retryWaiting: 3,
       hotKeys: [{ key: "<b>hot</b>", pending: 4 }],
+      // The error redacted, as everywhere on the page.
+      blockedKeys: [
+        {
+          key: "stuck",
+          pending: 2,
+          entryId: "5",
+          attempts: 3,
+          lastError: "connect to amqp://app:***@broker failed",
+          availableAt: "2030-01-01T00:00:00.000Z",
+        },
+      ],
     });
-    expect(store.summaries).toEqual([{ scanLimit: 500, hotKeys: 3 }]);
+    expect(store.summaries).toEqual([{ scanLimit: 500, hotKeys: 3, blockedKeys: 3 }]);
     // A scan that filled its limit is not the whole backlog: the page says "among the oldest".
     const full = await serve({ pendingScanLimit: 7 });
     expect(((await (await fetch(`${full.base}/api/state`)).json()) as { pending: unknown }).pending).toMatchObject({

@@ -597,6 +597,7 @@ export const storeChecks = {
         scanned: 0,
         retryWaiting: 0,
         hotKeys: [],
+        blockedKeys: [],
       });
       const topic = uniqueName("summary");
       const [hot1, hot2, warm1, hot3, warm2, keyless, cold, gone, retry] = (await enqueue(h, [
@@ -628,6 +629,16 @@ export const storeChecks = {
           { key: "warm", pending: 2 },
           { key: "retry", pending: 1 },
         ],
+        blockedKeys: [
+          {
+            key: "retry",
+            pending: 1,
+            entryId: retry,
+            attempts: 1,
+            lastError: "later",
+            availableAt: later,
+          },
+        ],
       });
       expect(await summary({ hotKeys: 2 }), "hotKeys bounds the keys returned, the most pending first").toMatchObject({
         scanned: 7,
@@ -646,10 +657,73 @@ export const storeChecks = {
           { key: "hot", pending: 2 },
           { key: "warm", pending: 1 },
         ],
+        blockedKeys: [],
       });
       h.clock.advance(60_001);
       expect((await summary()).retryWaiting, "an entry past its availableAt no longer waits").toBe(0);
       await expectCode(summary({ scanLimit: 0 }), OutboxErrorCode.InvalidOptions, "a scanLimit of 0 is refused");
+    },
+  },
+  "pending-summary-blocked-keys": {
+    title: "pendingSummary names the keys blocked behind a failing entry: its first pending entry failed and waits",
+    requires: (h) => (h.store.pendingSummary ? null : "store has no optional pendingSummary()"),
+    async run(h) {
+      const summary = h.store.pendingSummary?.bind(h.store) as NonNullable<OutboxStore["pendingSummary"]>;
+      const topic = uniqueName("blocked");
+      // First the heads of four keys, each claimed once: three fail, one is published.
+      const [stuck1, far1, busy1, late1] = (await enqueue(h, [
+        message(topic, 1, "stuck"),
+        message(topic, 2, "far"),
+        message(topic, 3, "busy"),
+        message(topic, 4, "late"),
+      ])) as string[];
+      const first = await h.store.claim({ claimer: "a", limit: 100, leaseMs: 60_000 });
+      expect(idsOf(first).sort(), "the four heads are claimable").toEqual([stuck1, far1, busy1, late1].sort());
+      const later = new Date(h.clock.now() + 30_000);
+      await h.store.retry(
+        [
+          { id: stuck1 as string, error: "broker says no", availableAt: later },
+          { id: far1 as string, error: "far away", availableAt: later },
+          { id: busy1 as string, error: "first failure", availableAt: new Date(h.clock.now() + 1_000) },
+        ],
+        ctx("a"),
+      );
+      await h.store.ack([late1 as string], ctx("a"));
+      // Then the entries behind them, and a key whose head waits for a start time, never failed.
+      const [, , late2, , busy2] = (await enqueue(h, [
+        message(topic, 5, "stuck"),
+        message(topic, 6, "stuck"),
+        message(topic, 7, "late"),
+        { ...message(topic, 8, "delayed"), availableAt: new Date(h.clock.now() + 60_000) },
+        message(topic, 9, "busy"),
+        message(topic, 10, "far"),
+      ])) as string[];
+      // late's new head is the only claimable entry; it fails too.
+      const second = await h.store.claim({ claimer: "b", limit: 100, leaseMs: 60_000 });
+      expect(idsOf(second), "only late's second entry is claimable").toEqual([late2]);
+      await h.store.retry([{ id: late2 as string, error: "also no", availableAt: later }], ctx("b"));
+      // busy's failed head comes back and is leased again: not blocked while it is being tried.
+      h.clock.advance(1_000);
+      const third = await h.store.claim({ claimer: "c", limit: 100, leaseMs: 60_000 });
+      expect(idsOf(third)[0], "busy's failed head is claimable again").toBe(busy1);
+      expect(
+        idsOf(third).every((id) => id === busy1 || id === busy2),
+        "and nothing of the waiting keys",
+      ).toBe(true);
+      const { blockedKeys } = await summary();
+      expect(
+        blockedKeys,
+        "a key is blocked when its first pending entry failed and waits (not leased, not a plain delayed start), most pending first",
+      ).toEqual([
+        { key: "stuck", pending: 3, entryId: stuck1, attempts: 1, lastError: "broker says no", availableAt: later },
+        { key: "far", pending: 2, entryId: far1, attempts: 1, lastError: "far away", availableAt: later },
+        { key: "late", pending: 1, entryId: late2, attempts: 1, lastError: "also no", availableAt: later },
+      ]);
+      expect(
+        (await summary({ blockedKeys: 1 })).blockedKeys.map((blocked) => blocked.key),
+        "blockedKeys bounds the keys returned",
+      ).toEqual(["stuck"]);
+      await expectCode(summary({ blockedKeys: 0 }), OutboxErrorCode.InvalidOptions, "a blockedKeys of 0 is refused");
     },
   },
   "dead-letters": {

@@ -224,6 +224,21 @@ describe("the kit catches broken stores (contract v2 rules)", () => {
     expect(await storeFailure(leasedCount, "pending-summary")).toContain("pending entries only");
   });
 
+  it("a store whose blocked keys ignore their bound, or come in key order, fails pending-summary-blocked-keys", async () => {
+    const unbounded = brokenStore((inner) => ({
+      pendingSummary: (options) => inner.pendingSummary({ ...options, blockedKeys: 100 }),
+    }));
+    expect(await storeFailure(unbounded, "pending-summary-blocked-keys")).toContain("blockedKeys bounds the keys");
+    const byKey = brokenStore((inner) => ({
+      async pendingSummary(options) {
+        const summary = await inner.pendingSummary(options);
+        const blockedKeys = [...summary.blockedKeys].sort((a, b) => (a.key < b.key ? -1 : 1));
+        return { ...summary, blockedKeys };
+      },
+    }));
+    expect(await storeFailure(byKey, "pending-summary-blocked-keys")).toContain("most pending first");
+  });
+
   it("a store whose releaseClaimer skips the fence check fails release-claimer", async () => {
     const unfenced = brokenStore((inner) => ({
       releaseClaimer: (context) => inner.releaseClaimer({ claimer: context.claimer }),

@@ -21,6 +21,7 @@ export {
   type LockGrant,
   randomId,
 } from "./lock.js";
+export { mostPendingFirst } from "./pending-summary.js";
 export {
   headersWithMetadata,
   heldBack,
@@ -45,6 +46,7 @@ export {
   type RelayPhase,
 } from "./relay.js";
 export type {
+  BlockedKey,
   CaptureStats,
   ClaimRequest,
   DeadLetterItem,

@@ -72,6 +72,24 @@ export interface PendingSummaryOptions {
   readonly scanLimit?: number;
   /** Hot keys returned at most. Default 10. */
   readonly hotKeys?: number;
+  /** Blocked keys returned at most. Default 10. */
+  readonly blockedKeys?: number;
+}
+
+/**
+ * A key whose first pending entry has failed and waits for its retry: every later entry of the
+ * key waits behind it.
+ */
+export interface BlockedKey {
+  readonly key: string;
+  /** The key's pending entries among those scanned, the failing one included. */
+  readonly pending: number;
+  /** The failing entry. */
+  readonly entryId: string;
+  readonly attempts: number;
+  readonly lastError: string | null;
+  /** When it is tried again. */
+  readonly availableAt: Date;
 }
 
 /** What `pendingSummary` found among the oldest pending entries. */
@@ -85,6 +103,11 @@ export interface PendingSummary {
   readonly retryWaiting: number;
   /** Among them: the keys holding the most entries, most first (then by key); keyless entries are not counted. */
   readonly hotKeys: ReadonlyArray<{ readonly key: string; readonly pending: number }>;
+  /**
+   * Among them: keys blocked behind a failing entry (their first pending entry failed and waits
+   * for a retry, not under a lease), most pending first (then by key).
+   */
+  readonly blockedKeys: ReadonlyArray<BlockedKey>;
 }
 
 export interface PurgeRequest {

@@ -5,6 +5,7 @@ import {
   type EntryLimits,
   type Fence,
   type ListDeadOptions,
+  mostPendingFirst,
   type OutboxEntry,
   OutboxError,
   OutboxErrorCode,
@@ -294,23 +295,40 @@ export class MemoryStore implements OutboxStore<MemoryTransaction> {
     this.#assertOpen();
     const scanLimit = positiveInteger(options.scanLimit ?? 10_000, "scanLimit");
     const hotKeys = positiveInteger(options.hotKeys ?? 10, "hotKeys");
+    const blockedKeys = positiveInteger(options.blockedKeys ?? 10, "blockedKeys");
     const now = this.#clock.now();
     let scanned = 0;
     let retryWaiting = 0;
     const perKey = new Map<string, number>();
+    // The first pending entry of each key, when it failed and waits for its retry.
+    const failingHeads = new Map<string, Row>();
     for (const row of this.#ordered()) {
       if (scanned >= scanLimit) break;
       if (row.status !== "pending") continue;
       scanned += 1;
-      if (row.availableAt > now && row.leaseUntil <= now) retryWaiting += 1;
+      const waiting = row.availableAt > now && row.leaseUntil <= now;
+      if (waiting) retryWaiting += 1;
       const key = row.message.key;
-      if (key !== null) perKey.set(key, (perKey.get(key) ?? 0) + 1);
+      if (key === null) continue;
+      if (!perKey.has(key) && waiting && row.lastError !== null) failingHeads.set(key, row);
+      perKey.set(key, (perKey.get(key) ?? 0) + 1);
     }
     const hot = [...perKey]
       .map(([key, pending]) => ({ key, pending }))
-      .sort((a, b) => b.pending - a.pending || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0))
+      .sort(mostPendingFirst)
       .slice(0, hotKeys);
-    return { scanned, retryWaiting, hotKeys: hot };
+    const blocked = [...failingHeads]
+      .map(([key, row]) => ({
+        key,
+        pending: perKey.get(key) ?? 0,
+        entryId: String(row.seq),
+        attempts: row.attempts,
+        lastError: row.lastError,
+        availableAt: new Date(row.availableAt),
+      }))
+      .sort(mostPendingFirst)
+      .slice(0, blockedKeys);
+    return { scanned, retryWaiting, hotKeys: hot, blockedKeys: blocked };
   }
 
   async subscribe(listener: () => void): Promise<Unsubscribe> {

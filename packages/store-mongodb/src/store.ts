@@ -1,11 +1,13 @@
 import { randomUUID } from "node:crypto";
 import {
+  type BlockedKey,
   type ClaimRequest,
   type Clock,
   type DeadLetterItem,
   type EntryLimits,
   type Fence,
   type ListDeadOptions,
+  mostPendingFirst,
   type OutboxEntry,
   OutboxError,
   OutboxErrorCode,
@@ -28,6 +30,7 @@ import {
   Binary,
   type ClientSession,
   type Collection,
+  type Document,
   type Filter,
   Long,
   type MongoClient,
@@ -1280,9 +1283,15 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
     this.#assertOpen();
     const scanLimit = positiveInteger(options.scanLimit ?? 10_000, "scanLimit");
     const hotKeys = positiveInteger(options.hotKeys ?? 10, "hotKeys");
+    const blockedKeys = positiveInteger(options.blockedKeys ?? 10, "blockedKeys");
     await this.init();
     const now = new Date(this.#clock.now());
     const scan = [{ $match: { status: "pending" } }, { $sort: { _id: 1 } }, { $limit: scanLimit }];
+    // Waiting: available later and not leased (leaseUntil missing, null or past; no $cond: FerretDB 1.x has none).
+    const waiting: Filter<EntryDoc> = {
+      availableAt: { $gt: now },
+      $or: [{ leaseUntil: null }, { leaseUntil: { $lte: now } }],
+    };
     const count = (match: Filter<EntryDoc>[]) =>
       this.#entries
         .aggregate<{ n: number }>([
@@ -1295,8 +1304,7 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
     const [scanned, retryWaiting, hot] = await this.#run("pendingSummary", true, () =>
       Promise.all([
         count([]),
-        // Not leased: leaseUntil missing, null or past (no $cond: FerretDB 1.x has none).
-        count([{ availableAt: { $gt: now }, $or: [{ leaseUntil: null }, { leaseUntil: { $lte: now } }] }]),
+        count([waiting]),
         this.#entries
           .aggregate<{ _id: string; pending: number }>([
             ...scan,
@@ -1311,10 +1319,47 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
     return {
       scanned,
       retryWaiting,
-      hotKeys: hot
-        .map((row) => ({ key: row._id, pending: Number(row.pending) }))
-        .sort((a, b) => b.pending - a.pending || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0)),
+      hotKeys: hot.map((row) => ({ key: row._id, pending: Number(row.pending) })).sort(mostPendingFirst),
+      blockedKeys: await this.#run("pendingSummary", true, () => this.#blockedKeys(scan, waiting, blockedKeys)),
     };
+  }
+
+  /**
+   * Keys whose first pending entry in the scan failed and waits: the failing waiting entries
+   * first (few), then the scan's entries of their keys only (`_id` and key), to see which of them
+   * come first in their key and how many entries wait behind.
+   */
+  async #blockedKeys(scan: Document[], waiting: Filter<EntryDoc>, limit: number): Promise<BlockedKey[]> {
+    const failing = await this.#entries
+      .aggregate<EntryDoc>([...scan, { $match: { key: { $ne: null }, lastError: { $ne: null }, ...waiting } }])
+      .toArray();
+    if (failing.length === 0) return [];
+    const keys = [...new Set(failing.map((entry) => entry.key as string))];
+    const ofKeys = await this.#entries
+      .aggregate<{ _id: Long | number; key: string }>([
+        ...scan,
+        { $match: { key: { $in: keys } } },
+        { $project: { _id: 1, key: 1 } },
+      ])
+      .toArray();
+    const heads = new Map<string, string>();
+    const pending = new Map<string, number>();
+    for (const entry of ofKeys) {
+      if (!heads.has(entry.key)) heads.set(entry.key, String(entry._id));
+      pending.set(entry.key, (pending.get(entry.key) ?? 0) + 1);
+    }
+    return failing
+      .filter((entry) => heads.get(entry.key as string) === String(entry._id))
+      .map((entry) => ({
+        key: entry.key as string,
+        pending: pending.get(entry.key as string) ?? 0,
+        entryId: String(entry._id),
+        attempts: entry.attempts,
+        lastError: entry.lastError,
+        availableAt: entry.availableAt,
+      }))
+      .sort(mostPendingFirst)
+      .slice(0, limit);
   }
 
   async subscribe(listener: () => void): Promise<Unsubscribe> {

@@ -6,6 +6,7 @@ import {
   type EntryLimits,
   type Fence,
   type ListDeadOptions,
+  mostPendingFirst,
   type OutboxEntry,
   OutboxError,
   OutboxErrorCode,
@@ -805,18 +806,30 @@ export class MySqlStore implements OutboxStore<MySqlQueryable> {
     this.#assertOpen();
     const scanLimit = positiveInteger(options.scanLimit ?? 10_000, "scanLimit");
     const hotKeys = positiveInteger(options.hotKeys ?? 10, "hotKeys");
+    const blockedKeys = positiveInteger(options.blockedKeys ?? 10, "blockedKeys");
     const now = this.#clock.now();
+    const params = [now, now, scanLimit, scanLimit, hotKeys, scanLimit, now, now, blockedKeys];
     const { rows } = await this.#withRetries("pendingSummary", true, () =>
-      runStatement(this.#pool, this.#sql.pendingSummary, [now, now, scanLimit, scanLimit, hotKeys]),
+      runStatement(this.#pool, this.#sql.pendingSummary, params),
     );
     const summary = rows.find((row) => Number(row.kind) === 0);
+    const ofKind = (kind: number) => rows.filter((row) => Number(row.kind) === kind);
     return {
       scanned: Number(summary?.n ?? 0),
       retryWaiting: Number(summary?.waiting ?? 0),
-      hotKeys: rows
-        .filter((row) => Number(row.kind) === 1)
+      hotKeys: ofKind(1)
         .map((row) => ({ key: String(row.entry_key), pending: Number(row.n) }))
-        .sort((a, b) => b.pending - a.pending || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0)),
+        .sort(mostPendingFirst),
+      blockedKeys: ofKind(2)
+        .map((row) => ({
+          key: String(row.entry_key),
+          pending: Number(row.n),
+          entryId: String(row.head_id),
+          attempts: Number(row.attempts),
+          lastError: nullableText(row.last_error),
+          availableAt: new Date(Number(row.available_at)),
+        }))
+        .sort(mostPendingFirst),
     };
   }
 
@@ -1185,17 +1198,30 @@ function buildStatements(n: SchemaNames) {
       (SELECT COUNT(*) FROM ${t} FORCE INDEX (${indexNames.pending}) WHERE status = 2) AS dead
       FROM (SELECT COUNT(*) AS pending, COALESCE(SUM(o.lease_until > ?), 0) AS in_flight, MIN(o.created_at) AS oldest
         FROM ${t} o FORCE INDEX (${indexNames.pending}) WHERE o.status = 0) p`,
-    // Row kind 0: the scan's size and retry-waiting count; kind 1: one hot key each.
+    // Row kind 0: the scan's size and retry-waiting count; kind 1: one hot key each; kind 2: one
+    // blocked key each (its first pending entry, its lowest id in the scan, failed and waits).
     pendingSummary: `SELECT 0 AS kind, NULL AS entry_key, COUNT(*) AS n,
-        COALESCE(SUM(s.available_at > ? AND (s.lease_until IS NULL OR s.lease_until <= ?)), 0) AS waiting
+        COALESCE(SUM(s.available_at > ? AND (s.lease_until IS NULL OR s.lease_until <= ?)), 0) AS waiting,
+        NULL AS head_id, NULL AS attempts, NULL AS last_error, NULL AS available_at
       FROM (SELECT o.available_at, o.lease_until FROM ${t} o FORCE INDEX (${indexNames.pending})
         WHERE o.status = 0 ORDER BY o.id LIMIT ?) s
       UNION ALL
-      SELECT 1 AS kind, h.entry_key, h.n, NULL AS waiting
+      SELECT 1 AS kind, h.entry_key, h.n, NULL AS waiting, NULL, NULL, NULL, NULL
       FROM (SELECT s.entry_key, COUNT(*) AS n
         FROM (SELECT o.entry_key FROM ${t} o FORCE INDEX (${indexNames.pending})
           WHERE o.status = 0 ORDER BY o.id LIMIT ?) s
-        WHERE s.entry_key IS NOT NULL GROUP BY s.entry_key ORDER BY n DESC, s.entry_key LIMIT ?) h`,
+        WHERE s.entry_key IS NOT NULL GROUP BY s.entry_key ORDER BY n DESC, s.entry_key LIMIT ?) h
+      UNION ALL
+      SELECT 2 AS kind, b.entry_key, b.n, NULL AS waiting, CAST(b.id AS CHAR), b.attempts,
+        CAST(b.last_error AS BINARY), b.available_at
+      FROM (SELECT k.entry_key, k.n, o.id, o.attempts, o.last_error, o.available_at
+        FROM (SELECT s.entry_key, COUNT(*) AS n, MIN(s.id) AS head
+          FROM (SELECT o.id, o.entry_key FROM ${t} o FORCE INDEX (${indexNames.pending})
+            WHERE o.status = 0 ORDER BY o.id LIMIT ?) s
+          WHERE s.entry_key IS NOT NULL GROUP BY s.entry_key) k
+        JOIN ${t} o ON o.id = k.head
+        WHERE o.last_error IS NOT NULL AND o.available_at > ? AND (o.lease_until IS NULL OR o.lease_until <= ?)
+        ORDER BY k.n DESC, k.entry_key LIMIT ?) b`,
   };
 }
 

@@ -541,13 +541,30 @@ export class PostgresStore implements OutboxStore<Queryable> {
     this.#assertOpen();
     const scanLimit = positiveInteger(options.scanLimit ?? 10_000, "scanLimit");
     const hotKeys = positiveInteger(options.hotKeys ?? 10, "hotKeys");
-    const params = [iso(this.#clock.now()), scanLimit, hotKeys];
+    const blockedKeys = positiveInteger(options.blockedKeys ?? 10, "blockedKeys");
+    const params = [iso(this.#clock.now()), scanLimit, hotKeys, blockedKeys];
     const [row] = await this.#run("pendingSummary", this.#sql.pendingSummary, params, undefined, true);
     const hot = (row?.hot_keys ?? []) as Array<{ key: string; pending: number }>;
+    const blocked = (row?.blocked_keys ?? []) as Array<{
+      key: string;
+      pending: number;
+      id: string;
+      attempts: number;
+      last_error: string | null;
+      available_at: number;
+    }>;
     return {
       scanned: Number(row?.scanned ?? 0),
       retryWaiting: Number(row?.retry_waiting ?? 0),
       hotKeys: hot.map((entry) => ({ key: entry.key, pending: Number(entry.pending) })),
+      blockedKeys: blocked.map((entry) => ({
+        key: entry.key,
+        pending: Number(entry.pending),
+        entryId: String(entry.id),
+        attempts: Number(entry.attempts),
+        lastError: entry.last_error,
+        availableAt: new Date(Number(entry.available_at)),
+      })),
     };
   }
 
@@ -796,20 +813,34 @@ function buildStatements(n: SchemaNames) {
       FROM ${t} WHERE status = 'pending'
     ) p`,
     // The CTE is read once (it is referenced twice: PostgreSQL materialises it).
+    // A key is blocked when its first pending entry (its lowest id in the scan: no pending entry
+    // lies below the scan) failed and waits for its retry.
     pendingSummary: `WITH scan AS (
-      SELECT key, available_at, lease_until FROM ${t} WHERE status = 'pending' ORDER BY id LIMIT $2
+      SELECT id, key, last_error IS NOT NULL AS failed,
+        available_at > $1::timestamptz AND (lease_until IS NULL OR lease_until <= $1::timestamptz) AS waiting
+      FROM ${t} WHERE status = 'pending' ORDER BY id LIMIT $2
+    ),
+    keys AS (
+      SELECT key, count(*)::int AS pending, min(id) AS head FROM scan WHERE key IS NOT NULL GROUP BY key
     ),
     hot AS (
-      SELECT key, count(*)::int AS pending FROM scan WHERE key IS NOT NULL
-      GROUP BY key ORDER BY count(*) DESC, key COLLATE "C" LIMIT $3
+      SELECT key, pending FROM keys ORDER BY pending DESC, key COLLATE "C" LIMIT $3
+    ),
+    blocked AS (
+      SELECT k.key, k.pending, k.head FROM keys k JOIN scan s ON s.id = k.head
+      WHERE s.waiting AND s.failed
+      ORDER BY k.pending DESC, k.key COLLATE "C" LIMIT $4
     )
     SELECT
       (SELECT count(*) FROM scan)::int AS scanned,
-      (SELECT count(*) FROM scan
-        WHERE available_at > $1::timestamptz AND (lease_until IS NULL OR lease_until <= $1::timestamptz))::int
-        AS retry_waiting,
+      (SELECT count(*) FROM scan WHERE waiting)::int AS retry_waiting,
       (SELECT coalesce(json_agg(json_build_object('key', key, 'pending', pending) ORDER BY pending DESC, key COLLATE "C"), '[]')
-        FROM hot) AS hot_keys`,
+        FROM hot) AS hot_keys,
+      (SELECT coalesce(json_agg(json_build_object('key', b.key, 'pending', b.pending, 'id', o.id::text,
+          'attempts', o.attempts, 'last_error', o.last_error,
+          'available_at', (extract(epoch FROM o.available_at) * 1000)::float8)
+          ORDER BY b.pending DESC, b.key COLLATE "C"), '[]')
+        FROM blocked b JOIN ${t} o ON o.id = b.head) AS blocked_keys`,
   };
 }
 

@@ -205,6 +205,8 @@
       waiting.textContent = "n/a";
       $("#hot-note").textContent =
         "This store has no pendingSummary(): retry-waiting entries and hot keys are not available.";
+      $("#blocked-note").textContent = "This store has no pendingSummary(): blocked keys are not available.";
+      $("#blocked-keys tbody").replaceChildren();
       return;
     }
     const scope = pending.complete
@@ -222,6 +224,31 @@
     if (pending.hotKeys.length === 0) {
       const row = el("tr");
       row.append(el("td", "No keyed entry pending.", { colspan: "2" }));
+      body.append(row);
+    }
+    renderBlocked(pending.blockedKeys, scope);
+  }
+
+  /** Keys whose first pending entry failed and waits for its retry: everything behind it waits too. */
+  function renderBlocked(blockedKeys, scope) {
+    const body = $("#blocked-keys tbody");
+    body.replaceChildren();
+    $("#blocked-note").textContent = `Keys whose first pending entry failed and waits for its retry, among ${scope}.`;
+    for (const blocked of blockedKeys) {
+      const row = el("tr", null, { "data-key": blocked.key });
+      row.append(
+        el("td", blocked.key),
+        el("td", blocked.pending, { "data-pending": String(blocked.pending) }),
+        el("td", blocked.entryId),
+        el("td", blocked.attempts),
+        el("td", new Date(blocked.availableAt).toLocaleString()),
+        el("td", blocked.lastError ?? "–", { class: "error" }),
+      );
+      body.append(row);
+    }
+    if (blockedKeys.length === 0) {
+      const row = el("tr");
+      row.append(el("td", "No key is blocked behind a failing entry.", { colspan: "6" }));
       body.append(row);
     }
   }

@@ -38,7 +38,7 @@ export interface DashboardOptions {
    * retry-waiting count and the hot keys. Default 10,000: a bounded read, however deep the backlog.
    */
   readonly pendingScanLimit?: number;
-  /** Hot keys shown. Default 10. */
+  /** Hot keys shown, and blocked keys. Default 10 each. */
   readonly hotKeys?: number;
   /** Payload bytes in the detail's preview. Default 4 KiB (the download has all of it). */
   readonly previewBytes?: number;
@@ -300,7 +300,7 @@ export function createDashboardHandler(options: DashboardOptions): DashboardHand
       const s = await store();
       const [{ sample, stats }, summary] = await Promise.all([
         sampler.sample(),
-        s.pendingSummary ? s.pendingSummary({ scanLimit: pendingScanLimit, hotKeys }) : null,
+        s.pendingSummary ? s.pendingSummary({ scanLimit: pendingScanLimit, hotKeys, blockedKeys: hotKeys }) : null,
       ]);
       sendJson(response, 200, {
         at: new Date(sample.t * 1000).toISOString(),
@@ -325,6 +325,11 @@ export function createDashboardHandler(options: DashboardOptions): DashboardHand
                 complete: summary.scanned < pendingScanLimit,
                 retryWaiting: summary.retryWaiting,
                 hotKeys: summary.hotKeys,
+                blockedKeys: summary.blockedKeys.map((blocked) => ({
+                  ...blocked,
+                  lastError: blocked.lastError === null ? null : redactText(blocked.lastError),
+                  availableAt: blocked.availableAt.toISOString(),
+                })),
               },
         history: sampler.history.toArray(),
         throughput: (options.relays ?? []).length > 0 ? "relays" : null,
