@@ -1,4 +1,5 @@
 import { type Clock, describeError, OutboxError, OutboxErrorCode, systemClock } from "@outbox/core";
+import { KeyOrder } from "./key-order.js";
 import { dedupeKey, type InboxMessage, normalizedMessage, orderingKey } from "./message.js";
 import type { InboxDeadLetter, InboxStore, ListInboxDeadOptions } from "./store.js";
 import { positiveInteger } from "./stored.js";
@@ -57,7 +58,7 @@ class InboxImpl<Tx> implements Inbox<Tx> {
   readonly #clock: Clock;
   readonly #onError: (error: unknown) => void;
   /** The last queued call of each key: the next one of that key waits for it. */
-  readonly #tails = new Map<string, Promise<unknown>>();
+  readonly #keyOrder = new KeyOrder();
   readonly #inFlight = new Set<Promise<unknown>>();
 
   constructor(options: InboxOptions<Tx>) {
@@ -93,20 +94,7 @@ class InboxImpl<Tx> implements Inbox<Tx> {
     } catch (error) {
       return Promise.reject(error);
     }
-    const run = () => this.#handle(message, messageId, handler);
-    let call: Promise<HandleResult<T>>;
-    if (key === null) {
-      call = run();
-    } else {
-      // Per-key order: this call starts once the key's previous call settled, whatever its outcome.
-      const previous = this.#tails.get(key);
-      call = previous ? previous.then(run, run) : run();
-      const tail = call.catch(() => undefined);
-      this.#tails.set(key, tail);
-      void tail.then(() => {
-        if (this.#tails.get(key) === tail) this.#tails.delete(key);
-      });
-    }
+    const call = this.#keyOrder.run(key, () => this.#handle(message, messageId, handler));
     const tracked = call.catch(() => undefined);
     this.#inFlight.add(tracked);
     void tracked.then(() => this.#inFlight.delete(tracked));

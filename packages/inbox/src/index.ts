@@ -1,4 +1,5 @@
 export { createInbox, type HandleResult, type Inbox, type InboxOptions } from "./inbox.js";
+export { KeyOrder } from "./key-order.js";
 export { MemoryInboxStore, MemoryInboxTransaction } from "./memory.js";
 export {
   dedupeKey,

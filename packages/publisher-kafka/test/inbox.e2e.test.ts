@@ -12,6 +12,7 @@ import {
   migrateInbox,
   type Queryable,
 } from "@outbox/store-postgres";
+import { checkEffects, createEffects, distinctEffects, writeEffect } from "@outbox/test-support/inbox-effects";
 import { freshIdentifier, inTransaction, pgUrl } from "@outbox/test-support/postgres";
 import { waitFor } from "@outbox/test-support/wait";
 import type { Consumer } from "kafkajs";
@@ -39,9 +40,7 @@ describe("e2e: outbox -> Kafka -> inbox", () => {
     try {
       await migrate(pool, { schema });
       await migrateInbox(pool, { schema });
-      await pool.query(
-        `CREATE TABLE "${schema}".effects (n bigserial PRIMARY KEY, message_id text NOT NULL, key text NOT NULL, seq int NOT NULL)`,
-      );
+      await createEffects(pool, schema);
       const topic = await createTopic(admin, { partitions: 3 });
 
       // The producing service: per key, seq 0, 1, 2, ... in commit order.
@@ -68,11 +67,7 @@ describe("e2e: outbox -> Kafka -> inbox", () => {
           key: string;
           seq: number;
         };
-        await tx.query(`INSERT INTO "${schema}".effects (message_id, key, seq) VALUES ($1, $2, $3)`, [
-          message.idempotencyKey,
-          key,
-          seq,
-        ]);
+        await writeEffect(tx, schema, message.idempotencyKey, key, seq);
         if (message.idempotencyKey === "entry-100" && !failedOnce) {
           failedOnce = true;
           throw new Error("the handler fails once, after its insert");
@@ -117,30 +112,16 @@ describe("e2e: outbox -> Kafka -> inbox", () => {
       await waitFor(
         async () => {
           const stats = await store.stats();
-          const { rows } = await pool.query(`SELECT count(DISTINCT message_id)::int AS n FROM "${schema}".effects`);
-          return stats.pending === 0 && (rows[0] as { n: number }).n === ENTRIES && outcomes.duplicate >= lost;
+          const distinct = await distinctEffects(pool, schema);
+          return stats.pending === 0 && distinct === ENTRIES && outcomes.duplicate >= lost;
         },
         180_000,
         "every entry handled and the redelivered ones reported as duplicates",
       );
 
-      const { rows: counts } = await pool.query(
-        `SELECT message_id, count(*)::int AS n FROM "${schema}".effects GROUP BY message_id`,
-      );
-      const perId = new Map((counts as Array<{ message_id: string; n: number }>).map((r) => [r.message_id, r.n]));
-      const missing = Array.from({ length: ENTRIES }, (_, i) => `entry-${i}`).filter((id) => !perId.has(id));
-      const doubled = [...perId].filter(([, n]) => n !== 1);
+      const { missing, doubled, outOfOrder } = await checkEffects(pool, schema, ENTRIES);
       expect(missing, "every entry's effect row exists").toEqual([]);
       expect(doubled, "no entry's effect row exists twice").toEqual([]);
-      expect(perId.size).toBe(ENTRIES);
-
-      const { rows: ordered } = await pool.query(`SELECT key, seq FROM "${schema}".effects ORDER BY n`);
-      const last = new Map<string, number>();
-      const outOfOrder: string[] = [];
-      for (const { key, seq } of ordered as Array<{ key: string; seq: number }>) {
-        if ((last.get(key) ?? -1) >= seq) outOfOrder.push(`${key}: ${seq} after ${last.get(key)}`);
-        last.set(key, seq);
-      }
       expect(outOfOrder, "each key's effects applied in enqueue order").toEqual([]);
       expect(lost, "the fault lost some commits").toBeGreaterThan(0);
       expect(outcomes.duplicate, "the redelivered messages were reported as duplicates").toBeGreaterThanOrEqual(lost);

@@ -8,6 +8,7 @@ import {
   type Inbox,
   type InboxMessage,
   inboxMessageFrom,
+  KeyOrder,
   orderingKey,
 } from "@outbox/inbox";
 import { AmqpHeader } from "./message.js";
@@ -157,8 +158,8 @@ export function inboxOnMessage<Tx, M extends AmqpDeliveryLike>(
   };
   const requeueDelayMs = nonNegative(options.requeueDelayMs ?? 1_000, "requeueDelayMs");
   const holdBackMs = nonNegative(options.holdBackMs ?? 5_000, "holdBackMs");
-  /** Per key: the delivery chain (each key's deliveries run one at a time, in arrival order). */
-  const tails = new Map<string, Promise<void>>();
+  /** Each key's deliveries run one at a time, in arrival order. */
+  const keyOrder = new KeyOrder();
   // Per key: its backlog after a failure. Shared by every helper of one inbox (the consumers of a process on
   // several channels, or the one that replaces a closed channel's).
   const held = backlogs.get(inbox) ?? new Map<string, Backlog>();
@@ -231,18 +232,7 @@ export function inboxOnMessage<Tx, M extends AmqpDeliveryLike>(
       if (settle(delivery, "reject")) onError(error, delivery, "rejected");
       return;
     }
-    if (key === null) {
-      void run(delivery, message, messageId, null);
-      return;
-    }
     const orderedKey = key;
-    const previous = tails.get(orderedKey);
-    const tail = previous
-      ? previous.then(() => run(delivery, message, messageId, orderedKey))
-      : run(delivery, message, messageId, orderedKey);
-    tails.set(orderedKey, tail);
-    void tail.then(() => {
-      if (tails.get(orderedKey) === tail) tails.delete(orderedKey);
-    });
+    void keyOrder.run(orderedKey, () => run(delivery, message, messageId, orderedKey));
   };
 }

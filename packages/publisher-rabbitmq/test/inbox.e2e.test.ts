@@ -13,6 +13,7 @@ import {
   migrateInbox,
   type Queryable,
 } from "@outbox/store-postgres";
+import { checkEffects, createEffects, distinctEffects, writeEffect } from "@outbox/test-support/inbox-effects";
 import { freshIdentifier, inTransaction, pgUrl } from "@outbox/test-support/postgres";
 import { waitFor } from "@outbox/test-support/wait";
 import type amqplib from "amqplib";
@@ -41,9 +42,7 @@ describe.each(["quorum", "classic"] as const)("e2e: outbox -> RabbitMQ (%s queue
     try {
       await migrate(pool, { schema });
       await migrateInbox(pool, { schema });
-      await pool.query(
-        `CREATE TABLE "${schema}".effects (n bigserial PRIMARY KEY, message_id text NOT NULL, key text NOT NULL, seq int NOT NULL)`,
-      );
+      await createEffects(pool, schema);
 
       // The producing service: per key, seq 0, 1, 2, ... in commit order.
       for (let start = 0; start < ENTRIES; start += 50) {
@@ -72,11 +71,7 @@ describe.each(["quorum", "classic"] as const)("e2e: outbox -> RabbitMQ (%s queue
         };
         if (message.key !== key || message.topic !== topic)
           mismatches.push(`${message.id}: ${message.key} ${message.topic}`);
-        await tx.query(`INSERT INTO "${schema}".effects (message_id, key, seq) VALUES ($1, $2, $3)`, [
-          message.idempotencyKey,
-          key,
-          seq,
-        ]);
+        await writeEffect(tx, schema, message.idempotencyKey, key, seq);
         if (message.idempotencyKey === "entry-100" && !failedOnce) {
           failedOnce = true;
           throw new Error("the handler fails once, after its insert");
@@ -130,8 +125,8 @@ describe.each(["quorum", "classic"] as const)("e2e: outbox -> RabbitMQ (%s queue
       await waitFor(
         async () => {
           const stats = await store.stats();
-          const { rows } = await pool.query(`SELECT count(DISTINCT message_id)::int AS n FROM "${schema}".effects`);
-          return stats.pending === 0 && (rows[0] as { n: number }).n === ENTRIES && outcomes.duplicate >= lost;
+          const distinct = await distinctEffects(pool, schema);
+          return stats.pending === 0 && distinct === ENTRIES && outcomes.duplicate >= lost;
         },
         180_000,
         "every entry handled and the redelivered ones reported as duplicates",
@@ -140,23 +135,9 @@ describe.each(["quorum", "classic"] as const)("e2e: outbox -> RabbitMQ (%s queue
       await second.channel.cancel(second.consumerTag);
       await second.channel.close(); // flushes the last acks before the queue is checked
 
-      const { rows: counts } = await pool.query(
-        `SELECT message_id, count(*)::int AS n FROM "${schema}".effects GROUP BY message_id`,
-      );
-      const perId = new Map((counts as Array<{ message_id: string; n: number }>).map((r) => [r.message_id, r.n]));
-      const missing = Array.from({ length: ENTRIES }, (_, i) => `entry-${i}`).filter((id) => !perId.has(id));
-      const doubled = [...perId].filter(([, n]) => n !== 1);
+      const { missing, doubled, outOfOrder } = await checkEffects(pool, schema, ENTRIES);
       expect(missing, "every entry's effect row exists").toEqual([]);
       expect(doubled, "no entry's effect row exists twice").toEqual([]);
-      expect(perId.size).toBe(ENTRIES);
-
-      const { rows: ordered } = await pool.query(`SELECT key, seq FROM "${schema}".effects ORDER BY n`);
-      const last = new Map<string, number>();
-      const outOfOrder: string[] = [];
-      for (const { key, seq } of ordered as Array<{ key: string; seq: number }>) {
-        if ((last.get(key) ?? -1) >= seq) outOfOrder.push(`${key}: ${seq} after ${last.get(key)}`);
-        last.set(key, seq);
-      }
       expect(outOfOrder, "each key's effects applied in enqueue order").toEqual([]);
 
       expect(mismatches, "key and topic read from the publisher's headers").toEqual([]);
