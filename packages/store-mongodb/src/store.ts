@@ -944,25 +944,39 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
     now: number,
     session: ClientSession | undefined,
   ): Promise<Set<number>> {
-    const docs = picks.map((e) => ({
+    const ticket = (e: Candidate) => ({
       _id: `${e.seq}:${e.gen}`,
       seq: long(e.seq),
       claimId: lease.claimId,
       until: lease.leaseUntil,
-    }));
-    try {
-      // Ordered: it stops at the first ticket another claimer holds. FerretDB inserts a batch in one
-      // transaction and, when that fails, one document per transaction; unordered, one taken
-      // ticket would cost a commit per pick. The picks past it go to this claim's next round.
-      await this.#claims.insertMany(docs, { ordered: true, session });
-      return new Set(picks.map((e) => e.seq));
-    } catch (error) {
-      const failed = duplicateIndexes(error);
-      if (failed.size === 0) throw error;
-      const first = Math.min(...failed);
-      await this.#unstick([picks[first] as Candidate], now, lease.leaseUntil.getTime() - now, session);
-      return new Set(picks.slice(0, first).map((e) => e.seq));
+    });
+    const won = new Set<number>();
+    const lost: Candidate[] = [];
+    let rest = picks;
+    // Ordered: an insert stops at the first ticket another claimer holds. FerretDB inserts a batch
+    // in one transaction and, when that fails, one document per transaction; unordered, one taken
+    // ticket would cost a commit per pick. The picks past a taken ticket go in the next insert at
+    // once, not in a later claim: tickets left by claimers that died before leasing (a killed
+    // relay, a cut connection) then all show up in this claim, and #unstick frees them together,
+    // one lease time after they were first lost, instead of one after the other, a lease time each,
+    // while every claim stopped at the first of them (seen: 14 such tickets held the oldest
+    // entries, and every key behind them in the window, for minutes).
+    while (rest.length > 0) {
+      try {
+        await this.#claims.insertMany(rest.map(ticket), { ordered: true, session });
+        for (const e of rest) won.add(e.seq);
+        break;
+      } catch (error) {
+        const failed = duplicateIndexes(error);
+        if (failed.size === 0) throw error;
+        const first = Math.min(...failed);
+        for (const e of rest.slice(0, first)) won.add(e.seq);
+        lost.push(rest[first] as Candidate);
+        rest = rest.slice(first + 1);
+      }
     }
+    if (lost.length > 0) await this.#unstick(lost, now, lease.leaseUntil.getTime() - now, session);
+    return won;
   }
 
   /**

@@ -1,4 +1,4 @@
-import { OutboxError, OutboxErrorCode } from "@outbox/core";
+import { ManualClock, OutboxError, OutboxErrorCode } from "@outbox/core";
 import { Long } from "mongodb";
 import { afterAll, expect, it } from "vitest";
 import { createMongoStore } from "../src/index.js";
@@ -72,6 +72,59 @@ it("no sequence-gap loss: an entry inserted late with a lower id is still claime
       });
     const late = await store.claim({ claimer: "c", limit: 10, leaseMs: 60_000 });
     expect(late.map((e) => e.id)).toEqual(["0"]);
+  } finally {
+    await dropStore(client, store);
+  }
+});
+
+it("tickets a claimer left before it could lease (it died): every entry behind them is claimed at once, and the stuck ones together, one lease time later", async () => {
+  const clock = new ManualClock(Date.now());
+  const store = createMongoStore({
+    client,
+    db: testDb,
+    collection: freshCollection(),
+    transactions: false,
+    clock,
+  });
+  try {
+    await store.init();
+    const ids = (await store.enqueue(
+      null,
+      Array.from({ length: 6 }, (_, i) => ({ topic: "t", key: `k${i}`, payload: String(i) })),
+    )) as string[];
+    // A claim took the tickets of the 2nd to 4th entries' current state (gen 0) and died before
+    // its lease update: no lease on the entries, only the tickets, valid for its lease time.
+    await client
+      .db(testDb)
+      .collection(store.names.claims)
+      .insertMany(
+        ids.slice(1, 4).map((id) => ({
+          _id: `${id}:0`,
+          seq: Long.fromString(id),
+          claimId: "a-claim-that-died",
+          until: new Date(clock.now() + 10_000),
+        })) as never,
+      );
+    const claim = async () => {
+      const claimed = await store.claim({ claimer: "c", limit: 10, leaseMs: 10_000 });
+      await store.ack(
+        claimed.map((entry) => entry.id),
+        { claimer: "c" },
+      );
+      return claimed.map((entry) => entry.id);
+    };
+    expect(await claim(), "the entries of other keys behind the stuck ones do not wait for them").toEqual([
+      ids[0],
+      ids[4],
+      ids[5],
+    ]);
+    clock.advance(5_000);
+    expect(await claim(), "a stuck ticket holds its entry while its lease time may still run").toEqual([]);
+    clock.advance(5_000);
+    // The dead claim's lease time has passed, and this store lost the tickets a lease time ago:
+    // this claim loses them once more and frees them (a new state, a new ticket); the next takes them.
+    expect(await claim(), "the claim that frees them has already passed them over").toEqual([]);
+    expect(await claim(), "the stuck entries are freed together").toEqual(ids.slice(1, 4));
   } finally {
     await dropStore(client, store);
   }
