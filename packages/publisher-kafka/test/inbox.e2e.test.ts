@@ -12,7 +12,13 @@ import {
   migrateInbox,
   type Queryable,
 } from "@outbox/store-postgres";
-import { checkEffects, createEffects, distinctEffects, writeEffect } from "@outbox/test-support/inbox-effects";
+import {
+  checkEffects,
+  createEffects,
+  distinctEffects,
+  produceEntries,
+  writeEffect,
+} from "@outbox/test-support/inbox-effects";
 import { freshIdentifier, inTransaction, pgUrl } from "@outbox/test-support/postgres";
 import { waitFor } from "@outbox/test-support/wait";
 import type { Consumer } from "kafkajs";
@@ -44,19 +50,9 @@ describe("e2e: outbox -> Kafka -> inbox", () => {
       const topic = await createTopic(admin, { partitions: 3 });
 
       // The producing service: per key, seq 0, 1, 2, ... in commit order.
-      for (let start = 0; start < ENTRIES; start += 50) {
-        await inTransaction(pool, (tx) =>
-          store.enqueue(
-            tx,
-            Array.from({ length: 50 }, (_, offset) => {
-              const i = start + offset;
-              const key = `k${i % KEYS}`;
-              const seq = Math.floor(i / KEYS);
-              return { topic, key, payload: JSON.stringify({ key, seq }), idempotencyKey: `entry-${i}` };
-            }),
-          ),
-        );
-      }
+      await produceEntries({ topic, count: ENTRIES, keys: KEYS }, (entries) =>
+        inTransaction(pool, (tx) => store.enqueue(tx, entries)),
+      );
       relay.start();
 
       // The consuming service: each message's effect row and its inbox key in one transaction.

@@ -14,7 +14,13 @@ import {
   migrateInbox,
   type Queryable,
 } from "@outbox/store-postgres";
-import { checkEffects, createEffects, distinctEffects, writeEffect } from "@outbox/test-support/inbox-effects";
+import {
+  checkEffects,
+  createEffects,
+  distinctEffects,
+  produceEntries,
+  writeEffect,
+} from "@outbox/test-support/inbox-effects";
 import { freshIdentifier, inTransaction, pgUrl } from "@outbox/test-support/postgres";
 import { waitFor } from "@outbox/test-support/wait";
 import pg from "pg";
@@ -59,19 +65,9 @@ describe("e2e: outbox -> Pub/Sub -> inbox", () => {
       await pubsub.createSubscription(topic, subscriptionName, { enableMessageOrdering: true });
 
       // The producing service: per key, seq 0, 1, 2, ... in commit order.
-      for (let start = 0; start < ENTRIES; start += 50) {
-        await inTransaction(pool, (tx) =>
-          store.enqueue(
-            tx,
-            Array.from({ length: 50 }, (_, offset) => {
-              const i = start + offset;
-              const key = `k${i % KEYS}`;
-              const seq = Math.floor(i / KEYS);
-              return { topic, key, payload: JSON.stringify({ key, seq }), idempotencyKey: `entry-${i}` };
-            }),
-          ),
-        );
-      }
+      await produceEntries({ topic, count: ENTRIES, keys: KEYS }, (entries) =>
+        inTransaction(pool, (tx) => store.enqueue(tx, entries)),
+      );
       relay.start();
 
       // The faults, on disjoint sets of entries.

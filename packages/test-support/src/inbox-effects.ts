@@ -54,3 +54,32 @@ export async function checkEffects(
   }
   return { missing, doubled, outOfOrder };
 }
+
+/** An outbox entry of these tests: its payload says which key and which seq of that key it is. */
+export interface EffectEntry {
+  readonly topic: string;
+  readonly key: string;
+  readonly payload: string;
+  readonly idempotencyKey: string;
+}
+
+/**
+ * The producing service: entries `entry-0` .. `entry-<count - 1>` over `keys` keys (per key seq
+ * 0, 1, 2, ... in commit order), committed 50 per transaction by `commit`.
+ */
+export async function produceEntries(
+  options: { topic: string; count: number; keys: number },
+  commit: (entries: EffectEntry[]) => Promise<unknown>,
+): Promise<void> {
+  const { topic, count, keys } = options;
+  for (let start = 0; start < count; start += 50) {
+    await commit(
+      Array.from({ length: Math.min(50, count - start) }, (_, offset) => {
+        const i = start + offset;
+        const key = `k${i % keys}`;
+        const seq = Math.floor(i / keys);
+        return { topic, key, payload: JSON.stringify({ key, seq }), idempotencyKey: `entry-${i}` };
+      }),
+    );
+  }
+}
