@@ -57,7 +57,7 @@ class InboxImpl<Tx> implements Inbox<Tx> {
   readonly #retentionMs: number;
   readonly #clock: Clock;
   readonly #onError: (error: unknown) => void;
-  /** The last queued call of each key: the next one of that key waits for it. */
+  /** Calls of one key run one at a time, in call order. */
   readonly #keyOrder = new KeyOrder();
   readonly #inFlight = new Set<Promise<unknown>>();
 

@@ -1291,7 +1291,8 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
   /**
    * The oldest `scanLimit` pending entries (default 10,000), read in id order through the
    * { status, _id } index: bounded, however deep the backlog. Retry-waiting and hot keys are
-   * counted among them, on the server (three aggregations, each a bounded scan).
+   * counted among them, on the server (three aggregations, each a bounded scan, at once with the
+   * blocked keys' two).
    */
   async pendingSummary(options: PendingSummaryOptions = {}): Promise<PendingSummary> {
     this.#assertOpen();
@@ -1315,7 +1316,7 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
         ])
         .toArray()
         .then((rows) => Number(rows[0]?.n ?? 0));
-    const [scanned, retryWaiting, hot] = await this.#run("pendingSummary", true, () =>
+    const [scanned, retryWaiting, hot, blocked] = await this.#run("pendingSummary", true, () =>
       Promise.all([
         count([]),
         count([waiting]),
@@ -1328,13 +1329,14 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
             { $limit: hotKeys },
           ])
           .toArray(),
+        this.#blockedKeys(scan, waiting, blockedKeys),
       ]),
     );
     return {
       scanned,
       retryWaiting,
       hotKeys: hot.map((row) => ({ key: row._id, pending: Number(row.pending) })).sort(mostPendingFirst),
-      blockedKeys: await this.#run("pendingSummary", true, () => this.#blockedKeys(scan, waiting, blockedKeys)),
+      blockedKeys: blocked,
     };
   }
 

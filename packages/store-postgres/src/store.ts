@@ -812,7 +812,7 @@ function buildStatements(n: SchemaNames) {
         (extract(epoch FROM min(created_at)) * 1000)::float8 AS oldest
       FROM ${t} WHERE status = 'pending'
     ) p`,
-    // The CTE is read once (it is referenced twice: PostgreSQL materialises it).
+    // The scan is read once (it is referenced more than once: PostgreSQL materialises it).
     // A key is blocked when its first pending entry (its lowest id in the scan: no pending entry
     // lies below the scan) failed and waits for its retry.
     pendingSummary: `WITH scan AS (
