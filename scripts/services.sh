@@ -618,7 +618,7 @@ start_mongo-java() {
   mongo_java_build
   require_port_free mongo-java 27018
   : >"$STATE/mongo-java.log"
-  spawn mongo-java "$STATE/mongo-java.log" java -Xms64m -Xmx512m -XX:+UseSerialGC -Djava.awt.headless=true \
+  spawn mongo-java "$STATE/mongo-java.log" java -Xms64m -Xmx1536m -XX:+UseSerialGC -Djava.awt.headless=true \
     -Dorg.slf4j.simpleLogger.defaultLogLevel=warn -cp "$(mongo_java_cp)" MongoJavaServer -listen "${ADDR[mongo-java]}"
   wait_ready mongo-java "$TIMEOUT" "$(cat "$STATE/mongo-java.pid")"
 }

@@ -5,10 +5,21 @@
 //   java -cp '<libs>/*:<classes>' MongoJavaServer -listen 127.0.0.1:27018 -probe   # exit 0 when a ping is answered
 //
 // It stops on SIGTERM (the JVM's shutdown hook closes the server).
+//
+// The oplog (what change streams read) is a plain in-memory collection there, never trimmed, and
+// every getMore of a change stream scans and sorts all of it: under a steady producer (the chaos
+// run: 220 entries/s, three relays) the heap filled and getMores slowed without bound. So entries
+// older than -oplog-retain-seconds (default 15) are deleted every second, as a capped oplog would
+// drop them. A change stream that falls further behind than that misses events; the store treats
+// change-stream events as wake-ups only and polls anyway.
 
+import de.bwaldvogel.mongo.MongoCollection;
 import de.bwaldvogel.mongo.MongoServer;
 import de.bwaldvogel.mongo.MongoVersion;
 import de.bwaldvogel.mongo.backend.memory.MemoryBackend;
+import de.bwaldvogel.mongo.bson.BsonTimestamp;
+import de.bwaldvogel.mongo.bson.Document;
+import de.bwaldvogel.mongo.oplog.NoopOplog;
 import java.io.ByteArrayOutputStream;
 import java.io.DataInputStream;
 import java.io.IOException;
@@ -18,8 +29,12 @@ import java.net.Socket;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
+import java.time.Instant;
 import java.util.List;
 import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.Executors;
+import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.TimeUnit;
 
 public final class MongoJavaServer {
   private MongoJavaServer() {}
@@ -39,10 +54,12 @@ public final class MongoJavaServer {
   public static void main(String[] args) throws Exception {
     String listen = "127.0.0.1:27018";
     boolean probeOnly = false;
+    long oplogRetainSeconds = 15;
     for (int i = 0; i < args.length; i++) {
       switch (args[i]) {
         case "-listen" -> listen = args[++i];
         case "-probe" -> probeOnly = true;
+        case "-oplog-retain-seconds" -> oplogRetainSeconds = Long.parseLong(args[++i]);
         default -> {
           System.err.println("unknown argument " + args[i]);
           System.exit(2);
@@ -63,12 +80,31 @@ public final class MongoJavaServer {
     backend.enableOplog();
     MongoServer server = new MongoServer(backend);
     server.bind(host, port);
+    // enableOplog() created local.oplog.rs; its deleteDocuments holds the collection's lock, as the
+    // server's own writes do, and records nothing (the trimming itself is not an event).
+    MongoCollection<?> oplog = backend.resolveDatabase("local").resolveCollection("oplog.rs", true);
+    ScheduledExecutorService trimmer = Executors.newSingleThreadScheduledExecutor(runnable -> {
+      Thread thread = new Thread(runnable, "oplog-trimmer");
+      thread.setDaemon(true);
+      return thread;
+    });
+    long retainSeconds = oplogRetainSeconds;
+    trimmer.scheduleWithFixedDelay(() -> {
+      try {
+        BsonTimestamp oldest = new BsonTimestamp(Instant.now().minusSeconds(retainSeconds), 0);
+        oplog.deleteDocuments(new Document("ts", new Document("$lt", oldest)), 0, NoopOplog.get());
+      } catch (RuntimeException e) {
+        System.err.println("oplog trim failed: " + e);
+      }
+    }, 1, 1, TimeUnit.SECONDS);
     CountDownLatch stopped = new CountDownLatch(1);
     Runtime.getRuntime().addShutdownHook(new Thread(() -> {
+      trimmer.shutdownNow();
       server.shutdownNow();
       stopped.countDown();
     }));
-    System.err.println("mongo-java-server listening on " + server.getLocalAddress() + " (in memory, oplog enabled)");
+    System.err.println("mongo-java-server listening on " + server.getLocalAddress() + " (in memory, oplog enabled, kept "
+        + oplogRetainSeconds + " s)");
     stopped.await();
   }
 

@@ -76,6 +76,10 @@ for (const id of stacks) {
   log(`== ${stack.title} (${stack.id})`);
   for (const [what, setting] of Object.entries(stack.settings)) log(`  ${what}: ${setting}`);
   if (rateOf(stack, config) !== config.rate) log(`  rate: ${stack.rate?.perSecond}/s: ${stack.rate?.why}`);
+  if (stack.purge)
+    log(
+      `  purge: store.purge({ olderThan: now - ${stack.purge.olderThanMs / 1_000} s }) every ${stack.purge.everyMs / 1_000} s: ${stack.purge.why}`,
+    );
   const report = await runStack(stack, config, log);
   log(
     `  faults as injected (seed ${seed}), and how long until everything committed before each one's end was delivered:`,

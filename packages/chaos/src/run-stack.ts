@@ -72,6 +72,8 @@ export interface StackReport {
   };
   readonly recorderErrors: string[];
   readonly drainMs: number;
+  /** The scheduled purges of a stack that has them. */
+  readonly purged?: PurgeRecord;
   readonly store: StoreStats | null;
   readonly result: CheckResult | null;
   readonly failures: string[];
@@ -276,6 +278,8 @@ export async function runStack(stack: Stack, config: RunConfig, log: (line: stri
   let result: CheckResult | null = null;
   let producer: RelayChild | null = null;
   let progress: ReturnType<typeof setInterval> | undefined;
+  let purging: ScheduledPurge | undefined;
+  let purged: PurgeRecord | undefined;
   try {
     log(`[${stack.id}] setting up (table ${names.table}, topic ${names.topic}, lock ${names.lock})`);
     const planned = schedule.map(
@@ -329,6 +333,7 @@ export async function runStack(stack: Stack, config: RunConfig, log: (line: stri
       for (const delivery of recorder.deliveries) ids.add(delivery.id);
       return ids;
     };
+    if (stack.purge) purging = purgeOnSchedule(admin, stack.purge, log, since);
     progress = setInterval(() => {
       const ids = delivered();
       log(
@@ -389,6 +394,11 @@ export async function runStack(stack: Stack, config: RunConfig, log: (line: stri
       500,
     ).catch(() => log(`  drain incomplete after ${config.drainMs / 1_000} s`));
     drainMs = Date.now() - drainStart;
+    purged = await purging?.stop();
+    if (purged)
+      log(
+        `  scheduled purges: ${purged.runs} runs, ${purged.deleted} entries deleted, ${purged.failed} failed, longest ${purged.longestMs} ms`,
+      );
     stats = await admin.stats().catch(() => null);
 
     result = check({
@@ -405,6 +415,7 @@ export async function runStack(stack: Stack, config: RunConfig, log: (line: stri
     failures.push(`run aborted: ${(error as Error).stack ?? error}`);
   } finally {
     clearInterval(progress);
+    await purging?.stop();
     closing = true;
     producer?.process.kill("SIGKILL");
     await Promise.all(
@@ -457,10 +468,68 @@ export async function runStack(stack: Stack, config: RunConfig, log: (line: stri
     },
     recorderErrors: admin?.recorder.errors.slice(0, 20) ?? [],
     drainMs,
+    ...(purged ? { purged } : {}),
     store: stats,
     result,
     failures,
     pass,
     records: { committed, deliveries: admin?.recorder.deliveries ?? [], fencedOps, publishCalls },
+  };
+}
+
+export interface PurgeRecord {
+  readonly runs: number;
+  readonly deleted: number;
+  readonly failed: number;
+  readonly longestMs: number;
+}
+
+interface ScheduledPurge {
+  /** Waits for a purge in progress, stops the schedule and returns what it did. */
+  stop(): Promise<PurgeRecord>;
+}
+
+/** `admin.purge` every `everyMs`, one at a time (a slow purge delays the next instead of overlapping it). */
+function purgeOnSchedule(
+  admin: StackAdmin,
+  purge: NonNullable<Stack["purge"]>,
+  log: (line: string) => void,
+  since: () => string,
+): ScheduledPurge {
+  const record = { runs: 0, deleted: 0, failed: 0, longestMs: 0 };
+  let stopped = false;
+  let wake: (() => void) | undefined;
+  const loop = (async () => {
+    while (!stopped) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, purge.everyMs);
+        wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      if (stopped) break;
+      const start = Date.now();
+      try {
+        record.deleted += await admin.purge(new Date(start - purge.olderThanMs));
+      } catch (error) {
+        record.failed++;
+        if (record.failed <= 3) log(`  ${since()} scheduled purge failed: ${(error as Error).message}`);
+      }
+      record.runs++;
+      record.longestMs = Math.max(record.longestMs, Date.now() - start);
+    }
+  })();
+  let result: Promise<PurgeRecord> | undefined;
+  return {
+    stop() {
+      result ??= (async () => {
+        stopped = true;
+        wake?.();
+        await loop;
+        return { ...record };
+      })();
+      return result;
+    },
   };
 }

@@ -5,7 +5,7 @@ import type { LockBackend, OutboxMessage, OutboxPublisher, OutboxStore, StoreSta
 import type { TcpProxy } from "@outbox/test-support/tcp-proxy";
 import type { Delivery } from "./check.js";
 
-export const stackIds = ["pg-kafka", "mysql-rabbitmq", "mongo-pubsub"] as const;
+export const stackIds = ["pg-kafka", "mysql-rabbitmq", "mongo-pubsub", "ferretdb-pubsub"] as const;
 export type StackId = (typeof stackIds)[number];
 
 /** Per run: fresh table/collection, topic/queue and lock names. */
@@ -51,6 +51,8 @@ export interface StackAdmin {
   /** Deletes the lock's key (as an operator or a lock-store failover would): the leader is deposed. */
   depose(): Promise<void>;
   stats(): Promise<StoreStats>;
+  /** `store.purge({ olderThan })`: published and dead entries settled before it; returns how many. */
+  purge(olderThan: Date): Promise<number>;
   /** `drop`: remove the run's table, topic/queue (kept when the run failed, for a look). */
   close(drop: boolean): Promise<void>;
 }
@@ -65,6 +67,11 @@ export interface Stack {
   readonly resetGapMs: number;
   /** The producer's rate when the run's (220/s) is beyond what the server can take at all, and why. */
   readonly rate?: { readonly perSecond: number; readonly why: string };
+  /**
+   * An operator's scheduled `store.purge` (what the store's README asks for on its server), run by the
+   * orchestrator every `everyMs` from the start of production to the end of the drain, and why.
+   */
+  readonly purge?: { readonly everyMs: number; readonly olderThanMs: number; readonly why: string };
   /** What the stack sets beyond the packages' defaults, and what the defaults are: printed. */
   readonly settings: Readonly<Record<string, string>>;
   /** The database URL with `endpoint` (host:port: the server or a proxy) as its address. */
@@ -83,7 +90,8 @@ export async function loadStack(id: string): Promise<Stack> {
     case "mysql-rabbitmq":
       return (await import("./stacks/mysql-rabbitmq.js")).stack;
     case "mongo-pubsub":
-      return (await import("./stacks/mongo-pubsub.js")).stack;
+    case "ferretdb-pubsub":
+      return (await import("./stacks/mongo-pubsub.js")).mongoPubSubStack(id);
     default:
       throw new Error(`unknown stack ${id} (known: ${stackIds.join(", ")})`);
   }

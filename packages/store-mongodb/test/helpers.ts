@@ -1,12 +1,12 @@
 import type { StoreHarness } from "@outbox/conformance";
 import type { ManualClock } from "@outbox/core";
+import { mongoJavaUrl, mongoUrl } from "@outbox/test-support/services";
 import { MongoClient, type MongoClientOptions } from "mongodb";
 import { createMongoStore, type MongoStore, type MongoStoreOptions, type MongoTransaction } from "../src/index.js";
 
-/** scripts/services.sh's MongoDB-wire server `mongodb` (FerretDB 1.24 on SQLite). */
-export const mongoUrl = process.env.OUTBOX_MONGODB_URL ?? "mongodb://127.0.0.1:27017";
-/** scripts/services.sh's second one, `mongo-java` (mongo-java-server 1.47, in memory, oplog on). */
-export const mongoJavaUrl = process.env.OUTBOX_MONGO_JAVA_URL ?? "mongodb://127.0.0.1:27018";
+// scripts/services.sh's MongoDB-wire servers: `mongodb` (FerretDB 1.24 on PostgreSQL) and `mongo-java`
+// (mongo-java-server 1.47, in memory, oplog on).
+export { mongoJavaUrl, mongoUrl };
 export const testDb = "outbox_test";
 
 export function createClient(options: MongoClientOptions = {}, url = mongoUrl): MongoClient {

@@ -11,8 +11,10 @@ export const amqpUrl = process.env.OUTBOX_AMQP_URL ?? "amqp://guest:guest@127.0.
 export const etcdHosts = (process.env.OUTBOX_ETCD_HOSTS ?? "127.0.0.1:2379").split(",");
 /** `host:port` of Google's Pub/Sub fake. */
 export const pubsubHost = process.env.OUTBOX_PUBSUB_EMULATOR_HOST ?? "127.0.0.1:8085";
-/** FerretDB (MongoDB wire protocol). */
+/** FerretDB 1.24 on PostgreSQL (MongoDB wire protocol; scripts/services.sh). */
 export const mongoUrl = process.env.OUTBOX_MONGODB_URL ?? "mongodb://127.0.0.1:27017";
+/** mongo-java-server: a second MongoDB-wire server, in memory (scripts/services.sh). */
+export const mongoJavaUrl = process.env.OUTBOX_MONGO_JAVA_URL ?? "mongodb://127.0.0.1:27018";
 
 const servicesScript = fileURLToPath(new URL("../../../scripts/services.sh", import.meta.url));
 

@@ -142,6 +142,7 @@ export const stack: Stack = {
         await etcd.delete().key(lockKey);
       },
       stats: () => store.stats(),
+      purge: (olderThan) => store.purge({ olderThan }),
       async close(drop) {
         await recorder.close();
         if (drop) {

@@ -132,6 +132,7 @@ export const stack: Stack = {
         await redis.del(lockKey);
       },
       stats: () => store.stats(),
+      purge: (olderThan) => store.purge({ olderThan }),
       async close(drop) {
         await recorder.close().catch(() => undefined);
         if (drop) {
