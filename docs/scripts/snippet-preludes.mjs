@@ -13,6 +13,7 @@ export const preludes = {
     DATABASE_URL: "declare const DATABASE_URL: string;",
     KAFKA_BROKERS: "declare const KAFKA_BROKERS: string;",
     AMQP_URL: "declare const AMQP_URL: string;",
+    REDIS_URL: "declare const REDIS_URL: string;",
     // "your" business object, store and publisher
     order: "declare const order: { id: string; customerId: string; total: number };",
     payload: "declare const payload: string;",
@@ -44,6 +45,10 @@ export const preludes = {
     message: 'declare const message: import("@outbox/inbox").InboxMessage;',
     orderId: "declare const orderId: string;",
     outboxStore: 'declare const outboxStore: import("@outbox/store-postgres").PostgresStore;',
+  },
+  "packages/publisher-redis/README.md": {
+    redis: 'declare const redis: import("ioredis").Redis;',
+    inbox: 'declare const inbox: import("@outbox/inbox").Inbox<import("@outbox/store-postgres").Queryable>;',
   },
   "packages/publisher-rabbitmq/README.md": {
     channel: 'declare const channel: import("amqplib").Channel;',

@@ -2,6 +2,9 @@ import { readFileSync } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
 import { runDashboard } from "./commands/dashboard.js";
 import { type DeadFilter, deadDrop, deadList, deadRequeue, deadShow, defaultMaxPayloadBytes } from "./commands/dead.js";
+import { inboxDeadDrop, inboxDeadList, inboxDeadRequeue, inboxDeadShow } from "./commands/inbox-dead.js";
+import { inboxPurge } from "./commands/inbox-purge.js";
+import { inboxStatus } from "./commands/inbox-status.js";
 import { migrateCommand } from "./commands/migrate.js";
 import { purge } from "./commands/purge.js";
 import { runRelay } from "./commands/relay.js";
@@ -47,14 +50,28 @@ function filterOf(flags: FilterFlags, now: number): DeadFilter & { scan: number 
   };
 }
 
-function withFilters(command: Command): Command {
+/** The filters of `dead list|requeue|drop`; the inbox's dead letters are dated when they died, in message id order. */
+function withFilters(command: Command, inbox = false): Command {
+  const what = inbox ? "dead letters" : "entries";
+  const dated = inbox ? "parked" : "created";
   return command
-    .option("--topic <topic>", "only entries of this topic")
-    .option("--key <key>", "only entries of this key")
-    .option("--error <text>", "only entries whose last error contains this text (case-insensitive)")
-    .option("--since <when>", "only entries created at or after (ISO date, or a duration ago: 7d)")
-    .option("--until <when>", "only entries created before (ISO date, or a duration ago)")
-    .option("--scan <n>", "dead entries read from the store, oldest first; filters apply to these", "10000");
+    .option("--topic <topic>", `only ${what} of this topic`)
+    .option("--key <key>", `only ${what} of this key`)
+    .option("--error <text>", `only ${what} whose last error contains this text (case-insensitive)`)
+    .option("--since <when>", `only ${what} ${dated} at or after (ISO date, or a duration ago: 7d)`)
+    .option("--until <when>", `only ${what} ${dated} before (ISO date, or a duration ago)`)
+    .option(
+      "--scan <n>",
+      inbox
+        ? "dead letters read from the store, by message id; filters apply to these"
+        : "dead entries read from the store, oldest first; filters apply to these",
+      "10000",
+    );
+}
+
+/** `outbox inbox dead ...`: dead letters are kept per consumer, and ids are message ids of that consumer. */
+function withConsumer(command: Command): Command {
+  return command.requiredOption("--consumer <name>", "the inbox's consumer name (createInbox's `consumer`)");
 }
 
 function optionalDuration(text: string | undefined, option: string): number | undefined {
@@ -82,6 +99,8 @@ export async function main(argv: readonly string[], ioOverrides: Partial<CliIO> 
   let json = false;
   let runtime: Runtime | undefined;
   let commandName: string | undefined;
+  /** An `outbox inbox ...` command runs: configuration hints name the inbox store. */
+  let inboxCommand = false;
 
   const stderrLogger = (level: LogLevel = "warn"): Logger =>
     createLogger({ level, write: (line) => io.stderr.write(line), now: io.now });
@@ -93,6 +112,9 @@ export async function main(argv: readonly string[], ioOverrides: Partial<CliIO> 
     const globals = command.optsWithGlobals() as GlobalOptions;
     json = globals.json === true;
     commandName = command.name();
+    for (let parent = command.parent; parent; parent = parent.parent) {
+      if (parent.name() === "inbox" && parent.parent === program) inboxCommand = true;
+    }
     return globals;
   };
 
@@ -256,6 +278,107 @@ export async function main(argv: readonly string[], ioOverrides: Partial<CliIO> 
       );
     });
 
+  const inbox = program
+    .command("inbox")
+    .description("the consumer side (@outbox/inbox): status, dead letters and retention of an inbox store");
+  inbox
+    .command("status")
+    .description("per consumer: processed keys, dead letters, failing messages, oldest and newest key")
+    .option("--consumer <name>", "only this consumer (default: every consumer that recorded something)")
+    .action(async (flags, command: Command) => {
+      const globals = globalsOf(command);
+      const rt = await load(globals, stderrLogger());
+      await inboxStatus(await rt.inbox(), { consumer: flags.consumer as string | undefined, json }, io);
+    });
+
+  const inboxDead = inbox.command("dead").description("inspect and repair an inbox consumer's dead letters");
+  withFilters(withConsumer(inboxDead.command("list").description("list dead letters, by message id")), true)
+    .option("--limit <n>", "dead letters shown at most", "50")
+    .action(async (flags, command: Command) => {
+      const globals = globalsOf(command);
+      const filter = filterOf(flags as FilterFlags, io.now());
+      const limit = parsePositiveInt(flags.limit, "--limit");
+      const rt = await load(globals, stderrLogger());
+      await inboxDeadList(await rt.inbox(), { ...filter, consumer: String(flags.consumer), limit, json }, io);
+    });
+  withConsumer(
+    inboxDead
+      .command("show")
+      .description(
+        "one dead letter: message, headers, error, payload (text, or base64; the first 4 KiB unless --full)",
+      ),
+  )
+    .argument("<message-id>", "the dead letter's message id (its idempotency key, or its id)")
+    .option("--scan <n>", "dead letters searched, by message id", "10000")
+    .option(
+      "--max-payload <bytes>",
+      "payload bytes shown at most (the rest is cut, and said so)",
+      String(defaultMaxPayloadBytes),
+    )
+    .option("--full", "the whole payload, however large")
+    .action(async (messageId: string, flags, command: Command) => {
+      const globals = globalsOf(command);
+      const scan = parsePositiveInt(flags.scan, "--scan");
+      const maxPayloadBytes = flags.full === true ? undefined : parsePositiveInt(flags.maxPayload, "--max-payload");
+      const rt = await load(globals, stderrLogger());
+      await inboxDeadShow(
+        await rt.inbox(),
+        messageId,
+        { consumer: String(flags.consumer), scan, json, maxPayloadBytes },
+        io,
+      );
+    });
+  for (const [name, run, help] of [
+    [
+      "requeue",
+      inboxDeadRequeue,
+      "make dead letters handleable again (fresh attempt count): their next delivery runs the handler",
+    ],
+    ["drop", inboxDeadDrop, "discard dead letters: they count as handled, a redelivery is a duplicate"],
+  ] as const) {
+    withFilters(withConsumer(inboxDead.command(name).description(help)), true)
+      .argument("[message-ids...]", "message ids; or use --all (narrowed by the filters)")
+      .option("--all", "every dead letter of the consumer matching the filters")
+      .option("--dry-run", "show what would be selected, change nothing")
+      .action(async (ids: string[], flags, command: Command) => {
+        const globals = globalsOf(command);
+        const filter = filterOf(flags as FilterFlags, io.now());
+        const rt = await load(globals, stderrLogger());
+        await run(
+          await rt.inbox(),
+          ids,
+          {
+            ...filter,
+            consumer: String(flags.consumer),
+            all: flags.all === true,
+            dryRun: flags.dryRun === true,
+            json,
+          },
+          io,
+        );
+      });
+  }
+
+  inbox
+    .command("purge")
+    .description("delete processed keys recorded longer ago than --older-than, of every consumer (never dead letters)")
+    .requiredOption("--older-than <duration>", "retention, at least the consumers' duplicate window: 7d, 12h, 2w, ...")
+    .option("--batch-size <n>", "rows per DELETE statement", "1000")
+    .option("--steps <n>", "time slices of the purge (progress resolution)", "100")
+    .option("--no-progress", "no progress bar (it shows only on a terminal, and never with --json)")
+    .action(async (flags, command: Command) => {
+      const globals = globalsOf(command);
+      const olderThanMs = parseDuration(flags.olderThan, "--older-than");
+      const batchSize = parsePositiveInt(flags.batchSize, "--batch-size");
+      const steps = parsePositiveInt(flags.steps, "--steps");
+      const rt = await load(globals, stderrLogger());
+      await inboxPurge(
+        await rt.inbox(),
+        { olderThanMs, batchSize, steps, progress: flags.progress !== false, json },
+        io,
+      );
+    });
+
   program
     .command("dashboard")
     .description("serve the operator dashboard (backlog, lag, live chart, dead letters) until SIGTERM/SIGINT")
@@ -310,7 +433,7 @@ export async function main(argv: readonly string[], ioOverrides: Partial<CliIO> 
       // Help and version exit 0; every parse error (unknown command or flag, missing value) is usage.
       return error.exitCode === 0 ? ExitCode.Ok : ExitCode.Usage;
     }
-    const classified = classifyError(error, runtime?.origin(), commandName);
+    const classified = classifyError(error, runtime?.origin(inboxCommand), commandName);
     exitCode = exitCodeOf(classified);
     reportError(classified, json, io);
   } finally {

@@ -9,6 +9,7 @@ import {
   type OutboxRelayOptions,
   type OutboxStore,
 } from "@outbox/core";
+import type { InboxStore } from "@outbox/inbox";
 import { configError } from "./errors.js";
 
 /** A value, or a function (sync or async) that makes it when a command first needs it. */
@@ -33,10 +34,14 @@ export interface PurgeEstimate {
 
 /**
  * The configuration file's default export (`outbox.config.ts`): your adapters, wired with your
- * own clients. Only `store` is required; `outbox relay` also needs `publisher`.
+ * own clients. `store` or `inbox` is required (the commands of the other one then refuse to run);
+ * `outbox relay` also needs `publisher`.
  */
 export interface OutboxCliConfig {
-  store: Factory<OutboxStore<never>>;
+  /** The outbox store: what every command but `outbox inbox ...` uses. */
+  store?: Factory<OutboxStore<never>>;
+  /** An inbox store (@outbox/inbox): what `outbox inbox status|dead|purge` use. */
+  inbox?: Factory<InboxStore<unknown>>;
   publisher?: Factory<OutboxPublisher>;
   /** A lock backend turns on leader election: one relay of many drains, fenced. */
   lock?: Factory<LockBackend>;
@@ -59,7 +64,7 @@ export function defineConfig(config: unknown): unknown {
 /** File names looked for in the working directory when neither --config nor OUTBOX_CONFIG is given. */
 export const configFileNames = ["outbox.config.ts", "outbox.config.mts", "outbox.config.js", "outbox.config.mjs"];
 
-const topLevelKeys = new Set(["store", "publisher", "lock", "relay", "migrate", "purgeEstimate", "close"]);
+const topLevelKeys = new Set(["store", "inbox", "publisher", "lock", "relay", "migrate", "purgeEstimate", "close"]);
 const relayKeys = new Set([
   "pollMs",
   "batchSize",
@@ -121,7 +126,9 @@ export function validateConfig(config: unknown): OutboxCliConfig {
     );
   }
   checkKeys(config, topLevelKeys, "");
-  checkAdapterSlot(config.store, "store", true);
+  // A consumer's service may have an inbox and no outbox of its own.
+  checkAdapterSlot(config.store, "store", config.inbox === undefined || config.inbox === null);
+  checkAdapterSlot(config.inbox, "inbox", false);
   checkAdapterSlot(config.publisher, "publisher", false);
   checkAdapterSlot(config.lock, "lock", false);
   for (const hook of ["migrate", "purgeEstimate", "close"] as const) {
@@ -160,12 +167,20 @@ export function validateConfig(config: unknown): OutboxCliConfig {
   return config as unknown as OutboxCliConfig;
 }
 
-const storeMethods = ["claim", "ack", "retry", "deadLetter", "release", "listDead", "requeueDead", "purge", "stats"];
+/** The methods each adapter slot must have (what the commands call). */
+const adapterMethods = {
+  store: ["claim", "ack", "retry", "deadLetter", "release", "listDead", "requeueDead", "purge", "stats"],
+  inbox: ["listDead", "requeueDead", "dropDead", "purge", "stats"],
+  publisher: ["publish"],
+  lock: ["tryAcquire", "renew", "release"],
+} as const;
+
+const adapterNames = { store: "store", inbox: "inbox store", publisher: "publisher", lock: "lock backend" };
 
 /** Resolves a factory slot and checks that the result has the contract's methods. */
 export async function resolveAdapter<T>(
   slot: Factory<T> | undefined,
-  field: "store" | "publisher" | "lock",
+  field: keyof typeof adapterMethods,
 ): Promise<T | undefined> {
   if (slot === undefined || slot === null) return undefined;
   let value: unknown;
@@ -179,11 +194,10 @@ export async function resolveAdapter<T>(
     // A factory that throws is the configuration's fault (bad option), or the environment's.
     throw configError(field, "its factory threw", error);
   }
-  const methods =
-    field === "store" ? storeMethods : field === "publisher" ? ["publish"] : ["tryAcquire", "renew", "release"];
+  const methods: readonly string[] = adapterMethods[field];
   const missing = methods.filter((name) => typeof (value as Record<string, unknown> | null)?.[name] !== "function");
   if (missing.length > 0) {
-    throw configError(field, `is not a ${field === "lock" ? "lock backend" : field}: missing ${missing.join(", ")}()`);
+    throw configError(field, `is not a ${adapterNames[field]}: missing ${missing.join(", ")}()`);
   }
   return value as T;
 }

@@ -88,6 +88,9 @@ export interface ConfigOrigin {
   /** The variables or fields naming the outbox table. */
   readonly table: string;
   readonly tableText: string;
+  /** The tables, as a sentence starts ("the outbox table is", "the inbox tables are"), and what creates them. */
+  readonly tables: string;
+  readonly createTables: string;
 }
 
 function* causes(error: unknown): Generator<Record<string, unknown>> {
@@ -117,6 +120,9 @@ const missingSchema = new Set<string | number>([
   1146,
   "ER_BAD_FIELD_ERROR",
   1054,
+  // An index a statement forces (FORCE INDEX) that an older schema did not create. (The name is MySQL's own.)
+  "ER_KEY_DOES_NOT_EXITS",
+  1176,
 ]);
 const unknownDatabase = new Set<string | number>(["3D000", "ER_BAD_DB_ERROR", 1049]);
 const refusedCredentials = new Set<string | number>(["28P01", "28000", "ER_ACCESS_DENIED_ERROR", 1045]);
@@ -166,8 +172,8 @@ export function classifyError(error: unknown, origin: ConfigOrigin | undefined, 
   if (has(missingSchema) && command !== "migrate") {
     return configProblem(
       origin.table,
-      "the outbox table is missing or has an older schema",
-      `run \`outbox migrate\` with the same configuration, or check ${origin.tableText}`,
+      `${origin.tables} missing or older than the store expects`,
+      `${origin.createTables}, or check ${origin.tableText}`,
       error,
     );
   }

@@ -1,4 +1,5 @@
 import type { LockBackend, OutboxPublisher, OutboxStore } from "@outbox/core";
+import type { InboxStore } from "@outbox/inbox";
 import { findConfigFile, loadConfigFile, type OutboxCliConfig, resolveAdapter } from "./config.js";
 import { type ConfigOrigin, configError } from "./errors.js";
 import type { Logger } from "./log.js";
@@ -19,6 +20,7 @@ export class Runtime {
   readonly source: RuntimeSource;
   readonly #logger: Logger;
   #store: Promise<OutboxStore<never>> | undefined;
+  #inbox: Promise<InboxStore<unknown>> | undefined;
   #publisher: Promise<OutboxPublisher | undefined> | undefined;
   #lock: Promise<LockBackend | undefined> | undefined;
   #closed = false;
@@ -29,22 +31,35 @@ export class Runtime {
     this.#logger = logger;
   }
 
-  /** Where the store's connection and table are configured, for the hints of configuration errors. */
-  origin(): ConfigOrigin {
+  /**
+   * Where the store's connection and table are configured, for the hints of configuration errors: the outbox
+   * store's, or with `inbox` the inbox store's.
+   */
+  origin(inbox = false): ConfigOrigin {
+    const tables = inbox ? "the inbox tables are" : "the outbox table is";
     if (this.source.kind === "env") {
       return {
         connection: stackEnv.databaseUrl,
         connectionText: stackEnv.databaseUrl,
-        table: stackEnv.table,
-        tableText: `${stackEnv.schema} and ${stackEnv.table}`,
+        table: inbox ? stackEnv.inboxTable : stackEnv.table,
+        tableText: `${stackEnv.schema} and ${inbox ? stackEnv.inboxTable : stackEnv.table}`,
+        tables,
+        createTables: inbox
+          ? "create them with migrateInbox() of @outbox/store-postgres (the consumer service's migration)"
+          : "run `outbox migrate` with the same configuration",
       };
     }
     const file = this.source.path ?? "the config file";
+    const field = inbox ? "inbox" : "store";
     return {
-      connection: "store",
-      connectionText: `the store's database client in ${file}`,
-      table: "store",
-      tableText: `the store's schema and table in ${file}`,
+      connection: field,
+      connectionText: `the ${field}'s database client in ${file}`,
+      table: field,
+      tableText: `the ${field}'s schema and table in ${file}`,
+      tables,
+      createTables: inbox
+        ? "create them with migrateInbox() of your store package (the consumer service's migration)"
+        : "run `outbox migrate` with the same configuration",
     };
   }
 
@@ -68,6 +83,16 @@ export class Runtime {
       return store;
     });
     return this.#store;
+  }
+
+  inbox(): Promise<InboxStore<unknown>> {
+    this.#inbox ??= resolveAdapter(this.config.inbox, "inbox").then((inbox) => {
+      if (!inbox) {
+        throw configError("inbox", "is required by `outbox inbox` commands: add an inbox store to the config");
+      }
+      return inbox;
+    });
+    return this.#inbox;
   }
 
   async publisher(): Promise<OutboxPublisher> {
@@ -97,6 +122,7 @@ export class Runtime {
     };
     await settle("publisher", this.#publisher);
     await settle("store", this.#store);
+    await settle("inbox store", this.#inbox);
     await settle("lock backend", this.#lock);
     try {
       await this.config.close?.();

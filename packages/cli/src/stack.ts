@@ -1,4 +1,5 @@
 import type { LockBackend, OutboxPublisher, OutboxStore } from "@outbox/core";
+import type { InboxStore } from "@outbox/inbox";
 import type { OutboxCliConfig, PurgeEstimate } from "./config.js";
 import { configError } from "./errors.js";
 import type { Logger } from "./log.js";
@@ -8,6 +9,7 @@ export const stackEnv = {
   databaseUrl: "OUTBOX_DATABASE_URL",
   schema: "OUTBOX_SCHEMA",
   table: "OUTBOX_TABLE",
+  inboxTable: "OUTBOX_INBOX_TABLE",
   kafkaBrokers: "OUTBOX_KAFKA_BROKERS",
   kafkaClientId: "OUTBOX_KAFKA_CLIENT_ID",
   kafkaSsl: "OUTBOX_KAFKA_SSL",
@@ -31,6 +33,7 @@ async function importPeer<T>(name: string, why: string): Promise<T> {
  */
 interface StorePostgresModule {
   createPostgresStore(options: Record<string, unknown>): OutboxStore<never>;
+  createPostgresInboxStore(options: { pool: unknown; schema?: string; table?: string }): InboxStore<unknown>;
   migrate(db: unknown, options: { schema?: string; table?: string }): Promise<void>;
 }
 interface PublisherKafkaModule {
@@ -118,8 +121,9 @@ function kafkaLogCreator(logger: Logger) {
 
 /**
  * Builds the PostgreSQL + Kafka stack from environment variables (see README): a pg Pool on
- * OUTBOX_DATABASE_URL, @outbox/store-postgres on it, a Kafka publisher on OUTBOX_KAFKA_BROKERS
- * (only when a command needs it), and with OUTBOX_LEADER=postgres an advisory-lock leader.
+ * OUTBOX_DATABASE_URL, @outbox/store-postgres on it (its outbox store, and its inbox store for
+ * `outbox inbox ...`), a Kafka publisher on OUTBOX_KAFKA_BROKERS (only when a command needs it),
+ * and with OUTBOX_LEADER=postgres an advisory-lock leader.
  */
 export function configFromEnv(env: Record<string, string | undefined>, logger: Logger): OutboxCliConfig | undefined {
   const url = env[stackEnv.databaseUrl];
@@ -127,6 +131,7 @@ export function configFromEnv(env: Record<string, string | undefined>, logger: L
   checkDatabaseUrl(url);
   const schema = env[stackEnv.schema] || undefined;
   const table = env[stackEnv.table] || undefined;
+  const inboxTable = env[stackEnv.inboxTable] || undefined;
   const leaderMode = (env[stackEnv.leader] ?? "none").toLowerCase();
   if (!["none", "postgres", "false", "true", ""].includes(leaderMode)) {
     throw configError(stackEnv.leader, `expected "postgres" or "none", got ${JSON.stringify(env[stackEnv.leader])}`);
@@ -157,6 +162,15 @@ export function configFromEnv(env: Record<string, string | undefined>, logger: L
         table,
         onError: (error: unknown) => logger.warn("store background error", { error }),
       });
+    },
+    inbox: async () => {
+      const { createPostgresInboxStore } = await importPeer<StorePostgresModule>(
+        "@outbox/store-postgres",
+        stackEnv.databaseUrl,
+      );
+      // The inbox store reads and writes dead letters through @outbox/inbox: missing, say so now, not mid-command.
+      await importPeer<unknown>("@outbox/inbox", stackEnv.databaseUrl);
+      return createPostgresInboxStore({ pool: await getPool(), schema, table: inboxTable });
     },
     publisher: async (): Promise<OutboxPublisher> => {
       const brokers = (env[stackEnv.kafkaBrokers] ?? "")

@@ -1,5 +1,5 @@
 import type { ManualClock } from "@outbox/core";
-import type { HandleResult, InboxMessage, InboxOptions, InboxStore } from "@outbox/inbox";
+import type { HandleResult, InboxConsumerStats, InboxMessage, InboxOptions, InboxStore } from "@outbox/inbox";
 import { expect } from "vitest";
 import { type Check, registerSuite, type SkipReasons } from "./suite.js";
 import { bytesEqual, uniqueName } from "./util.js";
@@ -54,6 +54,17 @@ async function rejection(promise: Promise<unknown>): Promise<unknown> {
     (error: unknown) => error,
   );
 }
+
+/** What `stats(consumer)` answers for a consumer that recorded nothing. */
+const noStats = (consumer: string): InboxConsumerStats => ({
+  consumer,
+  processed: 0,
+  dead: 0,
+  failing: 0,
+  oldestProcessedAt: null,
+  newestProcessedAt: null,
+  oldestDeadAt: null,
+});
 
 export const inboxStoreChecks = {
   "handle-once": {
@@ -266,6 +277,72 @@ export const inboxStoreChecks = {
       expect(first).toHaveLength(2);
     },
   },
+  stats: {
+    title: "stats counts each consumer's processed keys, dead letters and failing messages, with their times",
+    async run(h) {
+      const consumer = uniqueName("stats");
+      const other = `${consumer}-other`;
+      expect(await h.store.stats(consumer), "a consumer that recorded nothing has zeros and no times").toEqual([
+        noStats(consumer),
+      ]);
+      const inbox = await inboxOf(h, { consumer, maxAttempts: 2 });
+      const failing = () => Promise.reject(new Error("stats: handler failure"));
+      const start = h.clock.now();
+      for (const n of [1, 2, 3]) {
+        const id = `${consumer}-ok-${n}`;
+        expect((await inbox.handle(message(id), (tx) => h.effect(tx, id))).status).toBe("handled");
+        h.clock.advance(1_000);
+      }
+      const failingId = `${consumer}-failing`;
+      expect(await rejection(inbox.handle(message(failingId), failing)), "one failure of two").toBeInstanceOf(Error);
+      const deadId = `${consumer}-dead`;
+      await rejection(inbox.handle(message(deadId), failing));
+      h.clock.advance(500);
+      expect((await inbox.handle(message(deadId), failing)).status).toBe("dead");
+      const others = await inboxOf(h, { consumer: other });
+      expect((await others.handle(message(`${consumer}-ok-1`), async () => undefined)).status).toBe("handled");
+
+      const mine: InboxConsumerStats = {
+        consumer,
+        processed: 3,
+        dead: 1,
+        failing: 1,
+        oldestProcessedAt: new Date(start),
+        newestProcessedAt: new Date(start + 2_000),
+        oldestDeadAt: new Date(start + 3_500),
+      };
+      expect(
+        await h.store.stats(consumer),
+        "stats(consumer) must count that consumer's processed keys, dead letters and failing messages only",
+      ).toEqual([mine]);
+      const theirs = { ...noStats(other), processed: 1, oldestProcessedAt: new Date(start + 3_500) };
+      const all = await h.store.stats();
+      expect(
+        all.filter((stats) => stats.consumer === consumer || stats.consumer === other),
+        "stats() must give every consumer's numbers, the same as stats(consumer)",
+      ).toEqual([mine, { ...theirs, newestProcessedAt: theirs.oldestProcessedAt }]);
+      const names = all.map((stats) => stats.consumer);
+      expect(names, "stats() must order consumers by name").toEqual([...names].sort());
+
+      expect((await inbox.handle(message(failingId), (tx) => h.effect(tx, failingId))).status).toBe("handled");
+      expect(await inbox.dropDead([deadId])).toBe(1);
+      const [settled] = await h.store.stats(consumer);
+      expect(
+        settled,
+        "a failing message handled at last, and a dropped dead letter, count as processed (and not failing or dead)",
+      ).toMatchObject({ processed: 5, dead: 0, failing: 0, oldestDeadAt: null, oldestProcessedAt: new Date(start) });
+
+      await h.store.purge({ olderThan: new Date(start + 1) });
+      expect(
+        (await h.store.stats(consumer))[0],
+        "a purged key must leave the count, and the oldest time move to the oldest key left",
+      ).toMatchObject({ processed: 4, oldestProcessedAt: new Date(start + 1_000) });
+      expect(
+        await rejection(h.store.stats("")),
+        "stats with an empty consumer name must fail with OUTBOX_INVALID_OPTIONS",
+      ).toMatchObject({ code: "OUTBOX_INVALID_OPTIONS" });
+    },
+  },
   "key-order": {
     title: "messages of one key are handled one at a time, in call order",
     async run(h) {
@@ -327,6 +404,7 @@ export function wrapInboxStore<Tx>(inner: InboxStore<Tx>, overrides: Partial<Inb
     requeueDead: (consumer, ids) => inner.requeueDead(consumer, ids),
     dropDead: (consumer, ids) => inner.dropDead(consumer, ids),
     purge: (request) => inner.purge(request),
+    stats: (consumer) => inner.stats(consumer),
     close: () => inner.close(),
     ...overrides,
   };

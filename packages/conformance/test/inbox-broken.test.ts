@@ -85,12 +85,13 @@ describe("inbox conformance: broken stores fail", () => {
         purge: (request) => inner.purge({ ...request, olderThan: new Date(8.64e15) }),
       })),
     );
-    expect(failed).toEqual(["retention"]);
+    // The stats check purges too (the oldest key time must move), so it catches a broken purge as well.
+    expect(failed).toEqual(["retention", "stats"]);
   });
 
   it("purge never drops anything", async () => {
     const failed = await failingChecks(brokenInboxStore(() => ({ purge: async () => 0 })));
-    expect(failed).toEqual(["retention"]);
+    expect(failed).toEqual(["retention", "stats"]);
   });
 
   it("dead letters are not kept", async () => {
@@ -106,6 +107,42 @@ describe("inbox conformance: broken stores fail", () => {
   it("requeue reports a move but changes nothing", async () => {
     const failed = await failingChecks(brokenInboxStore(() => ({ requeueDead: async (_consumer, ids) => ids.length })));
     expect(failed).toContain("dead-letters");
+  });
+
+  it("stats counts dead letters as processed keys (one count over every row of the consumer)", async () => {
+    const failed = await failingChecks(
+      brokenInboxStore((inner) => ({
+        stats: async (consumer) =>
+          (await inner.stats(consumer)).map((stats) => ({ ...stats, processed: stats.processed + stats.dead })),
+      })),
+    );
+    expect(failed).toEqual(["stats"]);
+  });
+
+  it("stats counts leftover attempt counters of handled messages as failing", async () => {
+    const failed = await failingChecks(
+      brokenInboxStore((inner) => {
+        const counted = new Map<string, Set<string>>();
+        return {
+          recordFailure: async (failure) => {
+            const ids = counted.get(failure.consumer) ?? new Set<string>();
+            counted.set(failure.consumer, ids.add(failure.messageId));
+            return inner.recordFailure(failure);
+          },
+          stats: async (consumer) =>
+            (await inner.stats(consumer)).map((stats) => ({
+              ...stats,
+              failing: counted.get(stats.consumer)?.size ?? 0,
+            })),
+        };
+      }),
+    );
+    expect(failed).toEqual(["stats"]);
+  });
+
+  it("stats ignores the consumer it is given", async () => {
+    const failed = await failingChecks(brokenInboxStore((inner) => ({ stats: () => inner.stats() })));
+    expect(failed).toEqual(["stats"]);
   });
 
   it("listDead ignores its paging options", async () => {

@@ -12,6 +12,7 @@ export {
   type ReceivedMessage,
 } from "./message.js";
 export type {
+  InboxConsumerStats,
   InboxDeadItem,
   InboxDeadLetter,
   InboxFailure,
@@ -24,9 +25,13 @@ export type {
   RecordOutcome,
 } from "./store.js";
 export {
+  consumerStats,
   decodeStoredMessage,
   encodeStoredMessage,
+  type InboxFailingGroup,
+  type InboxKeyGroup,
   listDeadOptions,
   type PurgeBatches,
   purgeInBatches,
+  statsConsumer,
 } from "./stored.js";

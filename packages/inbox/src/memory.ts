@@ -1,6 +1,7 @@
 import { OutboxError, OutboxErrorCode } from "@outbox/core";
 import type { InboxMessage } from "./message.js";
 import type {
+  InboxConsumerStats,
   InboxDeadItem,
   InboxDeadLetter,
   InboxFailure,
@@ -11,6 +12,7 @@ import type {
   ListInboxDeadOptions,
   RecordOutcome,
 } from "./store.js";
+import { consumerStats, type InboxFailingGroup, type InboxKeyGroup, statsConsumer } from "./stored.js";
 
 interface KeyRow {
   status: "processed" | "dead";
@@ -188,6 +190,25 @@ export class MemoryInboxStore implements InboxStore<MemoryInboxTransaction> {
     }
     for (const [key, attempt] of [...this.#attempts]) if (attempt.at < cutoff) this.#attempts.delete(key);
     return purged;
+  }
+
+  async stats(consumer?: string): Promise<InboxConsumerStats[]> {
+    this.#assertOpen();
+    const only = statsConsumer(consumer);
+    const keys: InboxKeyGroup[] = [];
+    for (const [key, row] of this.#rows) {
+      const [rowConsumer] = JSON.parse(key) as [string, string];
+      if (only !== undefined && rowConsumer !== only) continue;
+      const at = new Date(row.status === "dead" && row.dead ? row.dead.deadAt : row.recordedAt);
+      keys.push({ consumer: rowConsumer, status: row.status, count: 1, oldest: at, newest: at });
+    }
+    const failing: InboxFailingGroup[] = [];
+    for (const key of this.#attempts.keys()) {
+      if (this.#rows.has(key)) continue;
+      const [rowConsumer] = JSON.parse(key) as [string, string];
+      failing.push({ consumer: rowConsumer, count: 1 });
+    }
+    return consumerStats(only, keys, failing);
   }
 
   async close(): Promise<void> {

@@ -76,6 +76,26 @@ export interface InboxPurgeRequest {
   readonly batchSize?: number;
 }
 
+/** One consumer's numbers, as `InboxStore.stats` reads them. */
+export interface InboxConsumerStats {
+  readonly consumer: string;
+  /** Processed keys kept: handled messages and dropped dead letters (the duplicate window `purge` trims). */
+  readonly processed: number;
+  /** Dead letters waiting for a requeue or a drop. */
+  readonly dead: number;
+  /**
+   * Messages whose handler failed and that are neither processed nor dead: the broker is redelivering them. A
+   * message given up on (never delivered again) counts until `purge` drops its stale attempt counter.
+   */
+  readonly failing: number;
+  /** When the oldest processed key was recorded: how far back the duplicate window reaches. Null: none. */
+  readonly oldestProcessedAt: Date | null;
+  /** When the newest one was: the consumer's last handled (or dropped) message. Null: none. */
+  readonly newestProcessedAt: Date | null;
+  /** When the oldest dead letter was parked. Null: none. */
+  readonly oldestDeadAt: Date | null;
+}
+
 /**
  * Durable inbox storage: the processed keys of each consumer, failed-attempt counters and dead letters.
  *
@@ -91,6 +111,8 @@ export interface InboxPurgeRequest {
  *   `dropDead` discards it (it then counts as processed).
  * - **Retention.** `purge` deletes processed keys recorded before `olderThan`, never a younger one and never
  *   a dead letter.
+ * - **Stats.** `stats` counts exactly what the calls above left: processed keys, dead letters and failing messages
+ *   per consumer, with the oldest and newest key times.
  */
 export interface InboxStore<Tx = unknown> {
   readonly capabilities: InboxStoreCapabilities;
@@ -119,6 +141,13 @@ export interface InboxStore<Tx = unknown> {
   dropDead(consumer: string, messageIds: readonly string[]): Promise<number>;
   /** Deletes processed keys (of every consumer) recorded before `olderThan`, in bounded batches. Returns how many. */
   purge(request: InboxPurgeRequest): Promise<number>;
+  /**
+   * What an operator looks at (`outbox inbox status`). With `consumer`: that consumer's numbers, one element (zeros
+   * and nulls when it has recorded nothing). Without: one element per consumer that has a processed key, a dead
+   * letter or a failing message, ordered by name. The counts read every key of the consumer once (an index range
+   * where the store has one): an operator's query, not one to run per message.
+   */
+  stats(consumer?: string): Promise<InboxConsumerStats[]>;
   close(): Promise<void>;
 }
 

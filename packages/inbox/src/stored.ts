@@ -1,6 +1,6 @@
 import { OutboxError, OutboxErrorCode } from "@outbox/core";
 import { type InboxMessage, normalizedMessage } from "./message.js";
-import type { InboxPurgeRequest, ListInboxDeadOptions } from "./store.js";
+import type { InboxConsumerStats, InboxPurgeRequest, ListInboxDeadOptions } from "./store.js";
 
 // Helpers for inbox store implementations (ours and yours): how a dead letter's message is kept as text, and
 // the validation every store applies to its arguments.
@@ -102,4 +102,88 @@ export async function purgeInBatches(request: InboxPurgeRequest, batches: PurgeB
   }
   while ((await batches.attempts(olderThan, batchSize)) >= batchSize);
   return total;
+}
+
+/** A consumer's keys of one status, as a store's grouped read gives them. */
+export interface InboxKeyGroup {
+  readonly consumer: string;
+  readonly status: "processed" | "dead";
+  readonly count: number;
+  readonly oldest: Date | null;
+  readonly newest: Date | null;
+}
+
+/** A consumer's failing messages (attempt counters without a key), as a store's grouped read gives them. */
+export interface InboxFailingGroup {
+  readonly consumer: string;
+  readonly count: number;
+}
+
+/** `stats`' argument validated: undefined (every consumer) or a non-empty string; OUTBOX_INVALID_OPTIONS otherwise. */
+export function statsConsumer(consumer: unknown): string | undefined {
+  if (consumer === undefined) return undefined;
+  if (typeof consumer !== "string" || consumer.length === 0) {
+    throw new OutboxError(
+      OutboxErrorCode.InvalidOptions,
+      "stats takes a consumer name (a non-empty string) or nothing",
+      {
+        details: { option: "consumer" },
+      },
+    );
+  }
+  return consumer;
+}
+
+/**
+ * `InboxStore.stats`' answer from a store's grouped reads. With `consumer`: exactly its element, zeros when nothing
+ * was read; without: one per consumer read, ordered by name.
+ */
+export function consumerStats(
+  consumer: string | undefined,
+  keys: readonly InboxKeyGroup[],
+  failing: readonly InboxFailingGroup[],
+): InboxConsumerStats[] {
+  const byConsumer = new Map<string, { -readonly [K in keyof InboxConsumerStats]: InboxConsumerStats[K] }>();
+  const entry = (name: string) => {
+    let stats = byConsumer.get(name);
+    if (!stats) {
+      stats = {
+        consumer: name,
+        processed: 0,
+        dead: 0,
+        failing: 0,
+        oldestProcessedAt: null,
+        newestProcessedAt: null,
+        oldestDeadAt: null,
+      };
+      byConsumer.set(name, stats);
+    }
+    return stats;
+  };
+  if (consumer !== undefined) entry(consumer);
+  for (const group of keys) {
+    if (group.count === 0 || (consumer !== undefined && group.consumer !== consumer)) continue;
+    const stats = entry(group.consumer);
+    if (group.status === "processed") {
+      stats.processed += group.count;
+      stats.oldestProcessedAt = earliest(stats.oldestProcessedAt, group.oldest);
+      stats.newestProcessedAt = latest(stats.newestProcessedAt, group.newest);
+    } else {
+      stats.dead += group.count;
+      stats.oldestDeadAt = earliest(stats.oldestDeadAt, group.oldest);
+    }
+  }
+  for (const group of failing) {
+    if (group.count === 0 || (consumer !== undefined && group.consumer !== consumer)) continue;
+    entry(group.consumer).failing += group.count;
+  }
+  return [...byConsumer.values()].sort((a, b) => (a.consumer < b.consumer ? -1 : a.consumer > b.consumer ? 1 : 0));
+}
+
+function earliest(a: Date | null, b: Date | null): Date | null {
+  return a === null ? b : b === null || a <= b ? a : b;
+}
+
+function latest(a: Date | null, b: Date | null): Date | null {
+  return a === null ? b : b === null || a >= b ? a : b;
 }

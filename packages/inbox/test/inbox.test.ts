@@ -155,6 +155,7 @@ function bind(inner: MemoryInboxStore): InboxStore<MemoryInboxTransaction> {
     requeueDead: (consumer, ids) => inner.requeueDead(consumer, ids),
     dropDead: (consumer, ids) => inner.dropDead(consumer, ids),
     purge: (request) => inner.purge(request),
+    stats: (consumer) => inner.stats(consumer),
     close: () => inner.close(),
   };
 }

@@ -2,9 +2,11 @@ import { AsyncLocalStorage } from "node:async_hooks";
 import { randomUUID } from "node:crypto";
 import { type Clock, OutboxError, OutboxErrorCode, systemClock } from "@outbox/core";
 import type {
+  InboxConsumerStats,
   InboxDeadItem,
   InboxDeadLetter,
   InboxFailure,
+  InboxKeyGroup,
   InboxPurgeRequest,
   InboxRecord,
   InboxStore,
@@ -81,6 +83,14 @@ const keyId = (consumer: string, messageId: string) => JSON.stringify([consumer,
 const keyIds = (consumer: string, messageIds: readonly string[]) => [
   ...new Set(messageIds.filter((id) => typeof id === "string").map((id) => keyId(consumer, id))),
 ];
+/**
+ * The `_id`s of a consumer's attempt counters: every one starts with `["<consumer>","`, and no other consumer's does
+ * (JSON escapes its quotes). Ending that prefix in `#` (the character after `"`) bounds it above.
+ */
+function attemptRange(consumer: string): { $gte: string; $lt: string } {
+  const prefix = keyId(consumer, "").slice(0, -2);
+  return { $gte: prefix, $lt: `${prefix.slice(0, -1)}#` };
+}
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /**
@@ -136,6 +146,8 @@ export class MongoInboxStore implements InboxStore<MongoTransaction> {
         { key: { status: 1, recordedAt: 1 }, name: "inbox_status_recorded" },
         // listDead: a consumer's dead letters by message id.
         { key: { consumer: 1, status: 1, messageId: 1 }, name: "inbox_consumer_status_message" },
+        // stats: a consumer's keys counted by status (index keys only), its oldest and newest times.
+        { key: { consumer: 1, status: 1, recordedAt: 1 }, name: "inbox_consumer_status_recorded" },
       ]);
       await ensureIndexes(this.#attempts as unknown as Collection, [{ key: { updatedAt: 1 }, name: "inbox_updated" }]);
     })().catch((error: unknown) => {
@@ -443,6 +455,74 @@ export class MongoInboxStore implements InboxStore<MongoTransaction> {
             .deletedCount;
         }),
     });
+  }
+
+  /**
+   * Per consumer: counts by status and the oldest and newest key (the consumer index), and its attempt counters
+   * (an `_id` range: their `_id` starts with the consumer's JSON) whose key is not there. Without a consumer, the
+   * consumers are the distinct ones of the keys, and every counter is read.
+   */
+  async stats(consumer?: string): Promise<InboxConsumerStats[]> {
+    await this.init();
+    const { consumerStats, statsConsumer } = await inboxHelpers();
+    const only = statsConsumer(consumer);
+    return this.#run("inbox stats", async () => {
+      const consumers = only === undefined ? await this.#keys.distinct("consumer") : [only];
+      // One consumer at a time (its five reads side by side): however many consumers, a handful of connections.
+      const keys: InboxKeyGroup[] = [];
+      for (const name of consumers) keys.push(...(await this.#keyGroups(name)));
+      const failing = await this.#failing(only === undefined ? {} : { _id: attemptRange(only) });
+      return consumerStats(
+        only,
+        keys,
+        [...failing].map(([name, count]) => ({ consumer: name, count })),
+      );
+    });
+  }
+
+  async #keyGroups(consumer: string): Promise<InboxKeyGroup[]> {
+    const timeOf = async (status: KeyDoc["status"], direction: 1 | -1) =>
+      (
+        await this.#keys.findOne(
+          { consumer, status },
+          { sort: { recordedAt: direction }, projection: { _id: 0, recordedAt: 1 } },
+        )
+      )?.recordedAt ?? null;
+    const [processed, dead, oldest, newest, oldestDead] = await Promise.all([
+      this.#keys.countDocuments({ consumer, status: "processed" }),
+      this.#keys.countDocuments({ consumer, status: "dead" }),
+      timeOf("processed", 1),
+      timeOf("processed", -1),
+      timeOf("dead", 1),
+    ]);
+    return [
+      { consumer, status: "processed", count: processed, oldest, newest },
+      { consumer, status: "dead", count: dead, oldest: oldestDead, newest: null },
+    ];
+  }
+
+  /** Attempt counters matching `filter` whose key is not there (a handled message's counter stays until purge). */
+  async #failing(filter: Record<string, unknown>): Promise<Map<string, number>> {
+    const counts = new Map<string, number>();
+    const count = async (ids: string[]) => {
+      const found = await this.#keys.find({ _id: { $in: ids } }, { projection: { _id: 1 } }).toArray();
+      const there = new Set(found.map((doc) => doc._id));
+      for (const id of ids) {
+        if (there.has(id)) continue;
+        const [name] = JSON.parse(id) as [string, string];
+        counts.set(name, (counts.get(name) ?? 0) + 1);
+      }
+    };
+    let batch: string[] = [];
+    for await (const doc of this.#attempts.find(filter, { projection: { _id: 1 } })) {
+      batch.push(doc._id);
+      if (batch.length === 1_000) {
+        await count(batch);
+        batch = [];
+      }
+    }
+    if (batch.length > 0) await count(batch);
+    return counts;
   }
 
   /** Every later call fails with OUTBOX_CLOSED. Does not close the client: it is yours. */

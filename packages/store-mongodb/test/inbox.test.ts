@@ -196,3 +196,78 @@ describe("store-mongodb inbox without transactions", () => {
     await expect(store.listDead("c")).rejects.toThrow(expect.objectContaining({ code: "OUTBOX_CLOSED" }));
   });
 });
+
+describe("store-mongodb inbox: stats", () => {
+  for (const server of servers) {
+    it(`counts by consumer, reading counters by _id range and past a batch of 1,000, on ${server.name}`, async () => {
+      const collection = freshCollection("inbox");
+      const store = createMongoInboxStore({ client: server.client, db: testDb, collection, transactions: false });
+      await store.init();
+      const db = server.client.db(testDb);
+      const base = Date.UTC(2030, 0, 1);
+      const id = (consumer: string, messageId: string) => JSON.stringify([consumer, messageId]);
+      try {
+        // Consumer "a": 1,200 processed keys (recorded i seconds after base) and 5 dead letters; 2,000 attempt
+        // counters, 1,200 of them left over by the keys handled since. Consumers whose names extend "a" (`a"`
+        // escapes its quote in the _id's JSON; "ab") have counters of their own, next to a's in _id order.
+        await db.collection<{ _id: string }>(collection).insertMany([
+          ...Array.from({ length: 1_200 }, (_, i) => ({
+            _id: id("a", `m${i}`),
+            consumer: "a",
+            messageId: `m${i}`,
+            status: "processed",
+            recordedAt: new Date(base + i * 1_000),
+          })),
+          ...Array.from({ length: 5 }, (_, i) => ({
+            _id: id("a", `d${i}`),
+            consumer: "a",
+            messageId: `d${i}`,
+            status: "dead",
+            recordedAt: new Date(base - i * 1_000),
+            attempts: 5,
+            lastError: "boom",
+            message: "{}",
+          })),
+        ]);
+        const counter = (consumer: string, messageId: string) => ({
+          _id: id(consumer, messageId),
+          attempts: 1,
+          lastError: "boom",
+          updatedAt: new Date(base),
+        });
+        await db
+          .collection<{ _id: string }>(`${collection}_attempts`)
+          .insertMany([
+            ...Array.from({ length: 2_000 }, (_, i) => counter("a", i < 1_200 ? `m${i}` : `f${i}`)),
+            ...Array.from({ length: 7 }, (_, i) => counter('a"', `f${i}`)),
+            ...Array.from({ length: 3 }, (_, i) => counter("ab", `f${i}`)),
+          ]);
+
+        const a = {
+          consumer: "a",
+          processed: 1_200,
+          dead: 5,
+          failing: 800,
+          oldestProcessedAt: new Date(base),
+          newestProcessedAt: new Date(base + 1_199_000),
+          oldestDeadAt: new Date(base - 4_000),
+        };
+        expect(await store.stats("a")).toEqual([a]);
+        const only = (consumer: string, failing: number) => ({
+          consumer,
+          processed: 0,
+          dead: 0,
+          failing,
+          oldestProcessedAt: null,
+          newestProcessedAt: null,
+          oldestDeadAt: null,
+        });
+        expect(await store.stats('a"')).toEqual([only('a"', 7)]);
+        expect(await store.stats()).toEqual([a, only('a"', 7), only("ab", 3)]);
+      } finally {
+        await store.close();
+        await dropInbox(server.client, collection);
+      }
+    });
+  }
+});

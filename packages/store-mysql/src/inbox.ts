@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import { type Clock, OutboxError, OutboxErrorCode, systemClock } from "@outbox/core";
 import type {
+  InboxConsumerStats,
   InboxDeadItem,
   InboxDeadLetter,
   InboxFailure,
@@ -13,7 +14,7 @@ import type {
 } from "@outbox/inbox";
 import { closedError, isLockConflict, mysqlErrno, storeError } from "./errors.js";
 import { type MySqlQueryable, runStatement, type StatementResult } from "./queryable.js";
-import { type ConnectionSource, checkIdentifier, quoteIdent, runMigration } from "./schema.js";
+import { type ConnectionSource, checkIdentifier, type MigrationStatement, quoteIdent, runMigration } from "./schema.js";
 import { bytes, checkPool, cleanError, type MySqlPoolConnectionLike, poolTransaction, TXT, text } from "./store.js";
 
 /** `@outbox/inbox`, an optional peer: loaded by the inbox store only, so the outbox store never needs it. */
@@ -36,7 +37,13 @@ export interface InboxSchemaNames {
 }
 
 /** Index names (per table in MySQL, so fixed). */
-const inboxIndexes = { processed: "inbox_processed_idx", dead: "inbox_dead_idx", attempts: "inbox_attempts_at_idx" };
+const inboxIndexes = {
+  processed: "inbox_processed_idx",
+  dead: "inbox_dead_idx",
+  consumer: "inbox_consumer_idx",
+  attempts: "inbox_attempts_at_idx",
+  attemptsConsumer: "inbox_attempts_consumer_idx",
+};
 
 export function resolveInboxNames(options: InboxSchemaOptions = {}): InboxSchemaNames {
   const database = options.database === undefined ? null : checkIdentifier(options.database, "database", 64);
@@ -80,7 +87,9 @@ export function inboxSchemaStatements(options: InboxSchemaOptions = {}): string[
   -- Retention: processed keys by the time they were recorded.
   KEY ${inboxIndexes.processed} (status, recorded_at),
   -- Dead letters of a consumer by message id.
-  KEY ${inboxIndexes.dead} (consumer, status, message_id(400))
+  KEY ${inboxIndexes.dead} (consumer, status, message_id(400)),
+  -- stats(): a consumer's keys by status with their oldest and newest times, from the index alone.
+  KEY ${inboxIndexes.consumer} (consumer, status, recorded_at)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin ROW_FORMAT=DYNAMIC`,
     `CREATE TABLE IF NOT EXISTS ${n.qualifiedAttempts} (
   -- Failed attempts of messages not handled yet (written outside the handler's rolled-back transaction).
@@ -88,19 +97,46 @@ export function inboxSchemaStatements(options: InboxSchemaOptions = {}): string[
   attempts   INT        NOT NULL,
   last_error TEXT       NULL,
   updated_at BIGINT     NOT NULL,
+  -- The message's consumer, for stats() (NULL on counters written before v2: they are left out).
+  consumer   VARCHAR(255) NULL,
   PRIMARY KEY (key_hash),
-  KEY ${inboxIndexes.attempts} (updated_at)
+  KEY ${inboxIndexes.attempts} (updated_at),
+  KEY ${inboxIndexes.attemptsConsumer} (consumer)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin`,
+  ];
+}
+
+/** ER_DUP_FIELDNAME and ER_DUP_KEYNAME: the column or index an upgrade step adds is there already. */
+const ER_DUP_FIELDNAME = 1060;
+const ER_DUP_KEYNAME = 1061;
+
+/** v2's upgrade of tables v1 created: the consumer index, and the consumer of attempt counters. */
+function inboxUpgradeStatements(n: InboxSchemaNames): Array<{ sql: string; doneErrno: number }> {
+  return [
+    {
+      sql: `ALTER TABLE ${n.qualifiedTable} ADD KEY ${inboxIndexes.consumer} (consumer, status, recorded_at)`,
+      doneErrno: ER_DUP_KEYNAME,
+    },
+    { sql: `ALTER TABLE ${n.qualifiedAttempts} ADD COLUMN consumer VARCHAR(255) NULL`, doneErrno: ER_DUP_FIELDNAME },
+    {
+      sql: `ALTER TABLE ${n.qualifiedAttempts} ADD KEY ${inboxIndexes.attemptsConsumer} (consumer)`,
+      doneErrno: ER_DUP_KEYNAME,
+    },
   ];
 }
 
 /** The DDL as one script. */
 export function inboxSchemaSql(options: InboxSchemaOptions = {}): string {
   const n = resolveInboxNames(options);
-  return `-- @outbox/store-mysql inbox schema v1 for ${n.qualifiedTable}. Idempotent: safe to run again.
+  return `-- @outbox/store-mysql inbox schema v2 for ${n.qualifiedTable}. Idempotent: safe to run again.
 -- MySQL 8.0+ / MariaDB 10.6+, InnoDB, utf8mb4.
 
 ${inboxSchemaStatements(options).join(";\n\n")};
+
+-- Tables created by v1 are upgraded with these (migrateInbox() runs them and skips what is there already):
+${inboxUpgradeStatements(n)
+  .map((step) => `-- ${step.sql};`)
+  .join("\n")}
 `;
 }
 
@@ -113,7 +149,8 @@ export async function migrateInbox(
   options: InboxSchemaOptions = {},
 ): Promise<void> {
   const n = resolveInboxNames(options);
-  await runMigration(db, `inbox:${n.database ?? ""}.${n.table}`, n.qualifiedTable, inboxSchemaStatements(options));
+  const statements: MigrationStatement[] = [...inboxSchemaStatements(options), ...inboxUpgradeStatements(n)];
+  await runMigration(db, `inbox:${n.database ?? ""}.${n.table}`, n.qualifiedTable, statements);
 }
 
 export interface MySqlInboxStoreOptions<C extends MySqlPoolConnectionLike = MySqlPoolConnectionLike>
@@ -224,9 +261,10 @@ export class MySqlInboxStore<C extends MySqlPoolConnectionLike = MySqlPoolConnec
   async recordFailure(failure: InboxFailure): Promise<number> {
     const hash = inboxKeyHash(failure.consumer, failure.messageId);
     const error = bytes(cleanError(failure.error));
+    const consumer = bytes(failure.consumer);
     const at = failure.at.getTime();
     return this.#unit("inbox recordFailure", async (conn) => {
-      await runStatement(conn, this.#sql.recordFailure, [hash, error, at, error, at]);
+      await runStatement(conn, this.#sql.recordFailure, [hash, error, at, consumer, error, at, consumer]);
       const [row] = (await runStatement(conn, this.#sql.attempts, [hash])).rows;
       return Number(row?.attempts ?? 0);
     });
@@ -310,6 +348,30 @@ export class MySqlInboxStore<C extends MySqlPoolConnectionLike = MySqlPoolConnec
     });
   }
 
+  async stats(consumer?: string): Promise<InboxConsumerStats[]> {
+    const { consumerStats, statsConsumer } = await inboxHelpers();
+    const only = statsConsumer(consumer);
+    const { rows } =
+      only === undefined
+        ? await this.#run("inbox stats", this.#sql.stats, [])
+        : await this.#run("inbox stats", this.#sql.consumerStats, [bytes(only), bytes(only)]);
+    const time = (value: unknown) => (value === null || value === undefined ? null : new Date(Number(value)));
+    const failing = rows.filter((row) => Number(row.status) === FAILING);
+    return consumerStats(
+      only,
+      rows
+        .filter((row) => Number(row.status) !== FAILING)
+        .map((row) => ({
+          consumer: text(row.consumer),
+          status: Number(row.status) === DEAD ? "dead" : "processed",
+          count: Number(row.n),
+          oldest: time(row.oldest),
+          newest: time(row.newest),
+        })),
+      failing.map((row) => ({ consumer: text(row.consumer), count: Number(row.n) })),
+    );
+  }
+
   /** Marks the store closed. Does not end the pool: it is yours. */
   async close(): Promise<void> {
     this.#closed = true;
@@ -342,18 +404,44 @@ export class MySqlInboxStore<C extends MySqlPoolConnectionLike = MySqlPoolConnec
   }
 }
 
+/** The status `stats()` gives the rows counting failing messages (keys are 1 or 2). */
+const FAILING = 0;
+
+/**
+ * `stats()`: keys by consumer and status from the consumer index alone, then failing messages (attempt counters
+ * whose key is not there, a primary-key lookup each: a handled message's counter stays until `purge`). With `one`,
+ * both parts take the consumer as a parameter.
+ */
+export function inboxStatsSql(n: InboxSchemaNames, one: boolean): string {
+  const t = n.qualifiedTable;
+  const a = n.qualifiedAttempts;
+  return `SELECT CAST(consumer AS BINARY) AS consumer, status, COUNT(*) AS n, MIN(recorded_at) AS oldest,
+      MAX(recorded_at) AS newest
+    FROM ${t} FORCE INDEX (${inboxIndexes.consumer}) ${one ? `WHERE consumer = ${TXT}` : ""}
+    GROUP BY consumer, status
+    UNION ALL
+    SELECT CAST(a.consumer AS BINARY), ${FAILING}, COUNT(*), NULL, NULL
+    FROM ${a} a FORCE INDEX (${inboxIndexes.attemptsConsumer})
+    WHERE ${one ? `a.consumer = ${TXT}` : "a.consumer IS NOT NULL"}
+      AND NOT EXISTS (SELECT 1 FROM ${t} k WHERE k.key_hash = a.key_hash)
+    GROUP BY a.consumer`;
+}
+
 /** Every statement the store runs, built once per table (identifiers are validated and quoted). */
 function buildInboxStatements(n: InboxSchemaNames) {
   const t = n.qualifiedTable;
   const a = n.qualifiedAttempts;
   const dead = (value: string, column: string) => `${column} = IF(status = ${DEAD}, ${value}, ${column})`;
   return {
+    stats: inboxStatsSql(n, false),
+    consumerStats: inboxStatsSql(n, true),
     record: `INSERT INTO ${t} (key_hash, consumer, message_id, status, recorded_at)
       VALUES (?, ${TXT}, ${TXT}, ${PROCESSED}, ?)`,
     // A locking read: the newest committed row, whatever the transaction's snapshot.
     status: `SELECT status FROM ${t} WHERE key_hash = ? LOCK IN SHARE MODE`,
-    recordFailure: `INSERT INTO ${a} (key_hash, attempts, last_error, updated_at) VALUES (?, 1, ${TXT}, ?)
-      ON DUPLICATE KEY UPDATE attempts = attempts + 1, last_error = ${TXT}, updated_at = ?`,
+    recordFailure: `INSERT INTO ${a} (key_hash, attempts, last_error, updated_at, consumer)
+      VALUES (?, 1, ${TXT}, ?, ${TXT})
+      ON DUPLICATE KEY UPDATE attempts = attempts + 1, last_error = ${TXT}, updated_at = ?, consumer = ${TXT}`,
     attempts: `SELECT attempts FROM ${a} WHERE key_hash = ?`,
     // A processed key stays as it is (a concurrent delivery handled it); a dead one is updated.
     deadLetter: `INSERT INTO ${t} (key_hash, consumer, message_id, status, recorded_at, attempts, last_error, message)

@@ -1,4 +1,5 @@
 import { OutboxError, OutboxErrorCode } from "@outbox/core";
+import { mysqlErrno } from "./errors.js";
 import { type MySqlQueryable, runStatement } from "./queryable.js";
 
 /** Where the outbox lives. Both names are validated and always quoted. */
@@ -145,6 +146,12 @@ export async function migrate(db: ConnectionSource | MySqlQueryable, options: Sc
 }
 
 /**
+ * A DDL statement of a migration. An upgrade step of a table an older version created (`ALTER TABLE ... ADD`) says
+ * which error number means it was done already (MySQL 8.0 has no `ADD COLUMN IF NOT EXISTS`): it is then skipped.
+ */
+export type MigrationStatement = string | { readonly sql: string; readonly doneErrno: number };
+
+/**
  * Runs DDL `statements` under a `GET_LOCK` named after `lockKey` (so concurrent migrations of one table wait
  * for each other), on a connection borrowed from `db` when it is a pool. Failures become
  * OUTBOX_STORE_UNAVAILABLE naming `qualifiedTable`.
@@ -153,7 +160,7 @@ export async function runMigration(
   db: ConnectionSource | MySqlQueryable,
   lockKey: string,
   qualifiedTable: string,
-  statements: readonly string[],
+  statements: readonly MigrationStatement[],
 ): Promise<void> {
   const lockName = `outbox-migrate-${fnv1a(lockKey).toString(36)}`;
   const pooled = typeof (db as Partial<ConnectionSource>).getConnection === "function";
@@ -162,7 +169,17 @@ export async function runMigration(
     conn = pooled ? await (db as ConnectionSource).getConnection() : (db as MySqlQueryable);
     await runStatement(conn, "SELECT GET_LOCK(?, 60) AS locked", [lockName]);
     try {
-      for (const statement of statements) await runStatement(conn, statement);
+      for (const statement of statements) {
+        if (typeof statement === "string") {
+          await runStatement(conn, statement);
+          continue;
+        }
+        try {
+          await runStatement(conn, statement.sql);
+        } catch (error) {
+          if (mysqlErrno(error) !== statement.doneErrno) throw error;
+        }
+      }
     } finally {
       await runStatement(conn, "SELECT RELEASE_LOCK(?) AS released", [lockName]).catch(() => undefined);
     }

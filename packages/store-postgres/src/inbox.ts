@@ -1,5 +1,6 @@
 import { type Clock, OutboxError, OutboxErrorCode, systemClock } from "@outbox/core";
 import type {
+  InboxConsumerStats,
   InboxDeadItem,
   InboxDeadLetter,
   InboxFailure,
@@ -30,6 +31,7 @@ export interface InboxSchemaNames {
   readonly qualifiedAttempts: string;
   readonly quotedSchema: string;
   readonly processedIndex: string;
+  readonly consumerIndex: string;
   readonly attemptsIndex: string;
 }
 
@@ -45,6 +47,7 @@ export function resolveInboxNames(options: InboxSchemaOptions = {}): InboxSchema
     qualifiedTable: `${quotedSchema}.${quoteIdent(table)}`,
     qualifiedAttempts: `${quotedSchema}.${quoteIdent(`${table}_attempts`)}`,
     processedIndex: quoteIdent(`${table}_processed_idx`),
+    consumerIndex: quoteIdent(`${table}_consumer_idx`),
     attemptsIndex: quoteIdent(`${table}_attempts_at_idx`),
   };
 }
@@ -52,7 +55,7 @@ export function resolveInboxNames(options: InboxSchemaOptions = {}): InboxSchema
 /** The DDL of the inbox, idempotent (`IF NOT EXISTS` everywhere). */
 export function inboxSchemaSql(options: InboxSchemaOptions = {}): string {
   const n = resolveInboxNames(options);
-  return `-- @outbox/store-postgres inbox schema v1 for ${n.qualifiedTable}. Idempotent: safe to run again.
+  return `-- @outbox/store-postgres inbox schema v2 for ${n.qualifiedTable}. Idempotent: safe to run again.
 CREATE SCHEMA IF NOT EXISTS ${n.quotedSchema};
 
 -- One row per handled message and consumer: the primary key is the dedupe. Dead letters keep the message.
@@ -69,6 +72,9 @@ CREATE TABLE IF NOT EXISTS ${n.qualifiedTable} (
 );
 -- Retention: processed keys by the time they were recorded.
 CREATE INDEX IF NOT EXISTS ${n.processedIndex} ON ${n.qualifiedTable} (recorded_at) WHERE status = 'processed';
+-- v2: stats() counts a consumer's keys by status, and reads their oldest and newest times, from this index alone.
+-- On a large table, create it first by hand with CREATE INDEX CONCURRENTLY (this statement then skips it).
+CREATE INDEX IF NOT EXISTS ${n.consumerIndex} ON ${n.qualifiedTable} (consumer, status, recorded_at);
 
 -- Failed attempts of messages not handled yet (written outside the handler's rolled-back transaction).
 CREATE TABLE IF NOT EXISTS ${n.qualifiedAttempts} (
@@ -271,6 +277,31 @@ export class PostgresInboxStore implements InboxStore<Queryable> {
     });
   }
 
+  async stats(consumer?: string): Promise<InboxConsumerStats[]> {
+    const { consumerStats, statsConsumer } = await inboxHelpers();
+    const only = statsConsumer(consumer);
+    const rows =
+      only === undefined
+        ? await this.#run("inbox stats", this.#sql.stats, [])
+        : await this.#run("inbox stats", this.#sql.consumerStats, [only]);
+    const time = (value: unknown) => (value === null || value === undefined ? null : new Date(Number(value)));
+    return consumerStats(
+      only,
+      rows
+        .filter((row) => row.status !== "failing")
+        .map((row) => ({
+          consumer: String(row.consumer),
+          status: row.status === "dead" ? "dead" : "processed",
+          count: Number(row.n),
+          oldest: time(row.oldest),
+          newest: time(row.newest),
+        })),
+      rows
+        .filter((row) => row.status === "failing")
+        .map((row) => ({ consumer: String(row.consumer), count: Number(row.n) })),
+    );
+  }
+
   /** Marks the store closed. Does not end the pool or db: they are yours. */
   async close(): Promise<void> {
     this.#closed = true;
@@ -323,10 +354,32 @@ async function beginCommit<T>(
   return result;
 }
 
+/**
+ * `stats()`: keys by consumer and status (from the consumer index alone), then failing messages (attempt counters
+ * whose key is not there: a primary-key lookup each), in one snapshot. `$1` is the consumer, when `one`.
+ */
+export function inboxStatsSql(n: InboxSchemaNames, one: boolean): string {
+  const t = n.qualifiedTable;
+  const a = n.qualifiedAttempts;
+  const ms = (value: string) => `round(extract(epoch FROM ${value}) * 1000)::float8`;
+  return `SELECT consumer, status, count(*)::float8 AS n, ${ms("min(recorded_at)")} AS oldest,
+      ${ms("max(recorded_at)")} AS newest
+    FROM ${t} ${one ? "WHERE consumer = $1" : ""}
+    GROUP BY consumer, status
+    UNION ALL
+    SELECT a.consumer, 'failing', count(*)::float8, NULL, NULL
+    FROM ${a} a
+    WHERE ${one ? "a.consumer = $1 AND" : ""}
+      NOT EXISTS (SELECT 1 FROM ${t} k WHERE k.consumer = a.consumer AND k.message_id = a.message_id)
+    GROUP BY a.consumer`;
+}
+
 function buildInboxStatements(n: InboxSchemaNames) {
   const t = n.qualifiedTable;
   const a = n.qualifiedAttempts;
   return {
+    stats: inboxStatsSql(n, false),
+    consumerStats: inboxStatsSql(n, true),
     // The dedupe: a primary-key insert in the handler's transaction. A concurrent delivery's insert of the
     // same key waits for this transaction and then does nothing (or inserts, when this one rolled back).
     record: `WITH ins AS (

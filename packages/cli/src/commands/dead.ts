@@ -1,60 +1,35 @@
 import { type OutboxEntry, OutboxError, OutboxErrorCode, type OutboxStore } from "@outbox/core";
-import { CliError, CliErrorCode, usageError } from "../errors.js";
+import { CliError, CliErrorCode } from "../errors.js";
 import { type CliIO, writeJson, writeTable } from "../io.js";
+import {
+  act,
+  type DeadFilter,
+  type DeadScan,
+  defaultMaxPayloadBytes,
+  hasFilter,
+  matchesFields,
+  payloadJson,
+  readPages,
+  select,
+  writeShown,
+} from "./dead-letters.js";
+
+export { type DeadFilter, defaultMaxPayloadBytes, hasFilter };
 
 type AnyStore = OutboxStore<never>;
 
-export interface DeadFilter {
-  topic?: string;
-  key?: string;
-  /** Substring of the last error, case-insensitive. */
-  error?: string;
-  /** Created at or after. */
-  since?: Date;
-  /** Created before. */
-  until?: Date;
-}
-
-export interface DeadScan {
-  /** Dead entries read from the store (oldest first); filters apply client-side. */
-  readonly scan: number;
-}
-
 export function matches(entry: OutboxEntry, filter: DeadFilter): boolean {
-  if (filter.topic !== undefined && entry.topic !== filter.topic) return false;
-  if (filter.key !== undefined && entry.key !== filter.key) return false;
-  if (filter.error !== undefined && !(entry.lastError ?? "").toLowerCase().includes(filter.error.toLowerCase())) {
-    return false;
-  }
-  if (filter.since !== undefined && entry.createdAt < filter.since) return false;
-  if (filter.until !== undefined && entry.createdAt >= filter.until) return false;
-  return true;
+  return matchesFields({ topic: entry.topic, key: entry.key, error: entry.lastError, at: entry.createdAt }, filter);
 }
 
-export function hasFilter(filter: DeadFilter): boolean {
-  const { topic, key, error, since, until } = filter;
-  return [topic, key, error, since, until].some((value) => value !== undefined);
-}
-
-/** Dead entries read per listDead call while scanning. */
-const pageSize = 1_000;
-
-/**
- * The oldest dead entries, at most `scan`, read a page at a time (listDead's `after` cursor);
- * stops early at the first entry `until` accepts.
- */
-async function readDead(store: AnyStore, scan: number, until?: (entry: OutboxEntry) => boolean) {
-  const entries: OutboxEntry[] = [];
-  let after: string | undefined;
-  while (entries.length < scan) {
-    const limit = Math.min(pageSize, scan - entries.length);
-    const page = await store.listDead(after === undefined ? { limit } : { limit, after });
-    entries.push(...page);
-    if (page.length < limit) return { entries, complete: true };
-    if (until && page.some(until)) return { entries, complete: false };
-    after = page.at(-1)?.id;
-  }
-  return { entries, complete: false };
+/** The oldest dead entries, at most `scan` (listDead's `after` cursor); stops early at the first entry `until` accepts. */
+function readDead(store: AnyStore, scan: number, until?: (entry: OutboxEntry) => boolean) {
+  return readPages(
+    (options) => store.listDead(options),
+    (entry) => entry.id,
+    scan,
+    until,
+  );
 }
 
 async function scanDead(store: AnyStore, filter: DeadFilter, scan: number) {
@@ -63,37 +38,8 @@ async function scanDead(store: AnyStore, filter: DeadFilter, scan: number) {
   return { matched, scanned: entries.length, complete };
 }
 
-const utf8 = new TextDecoder("utf-8", { fatal: true });
-
-function payloadText(payload: Uint8Array): string | null {
-  try {
-    return utf8.decode(payload);
-  } catch {
-    return null;
-  }
-}
-
-/** Bytes of a payload `dead show` prints unless told `--full` (or another `--max-payload`). */
-export const defaultMaxPayloadBytes = 4_096;
-
-/**
- * The first `max` bytes of a payload (all of it when `max` is undefined), cut back to a whole
- * UTF-8 character when the payload is text, so the shown part still decodes.
- */
-export function payloadPart(payload: Uint8Array, max: number | undefined): { bytes: Uint8Array; truncated: boolean } {
-  if (max === undefined || payload.byteLength <= max) return { bytes: payload, truncated: false };
-  let end = max;
-  if (payloadText(payload) !== null) {
-    // Continuation bytes are 10xxxxxx: back off to the start of the character the cut splits.
-    while (end > 0 && ((payload[end] as number) & 0xc0) === 0x80) end--;
-  }
-  return { bytes: payload.subarray(0, end), truncated: true };
-}
-
 /** An entry as JSON: dates ISO, payload as base64 plus text when it is valid UTF-8. */
 export function entryJson(entry: OutboxEntry, withPayload: boolean, maxPayloadBytes?: number): Record<string, unknown> {
-  const isText = withPayload && payloadText(entry.payload) !== null;
-  const { bytes, truncated } = payloadPart(entry.payload, withPayload ? maxPayloadBytes : undefined);
   return {
     id: entry.id,
     topic: entry.topic,
@@ -104,14 +50,7 @@ export function entryJson(entry: OutboxEntry, withPayload: boolean, maxPayloadBy
     idempotencyKey: entry.idempotencyKey,
     lastError: entry.lastError,
     headers: entry.headers,
-    payloadBytes: entry.payload.byteLength,
-    ...(withPayload
-      ? {
-          payloadText: isText ? payloadText(bytes) : null,
-          payloadBase64: Buffer.from(bytes).toString("base64"),
-          payloadTruncated: truncated,
-        }
-      : {}),
+    ...payloadJson(entry.payload, withPayload, maxPayloadBytes),
   };
 }
 
@@ -174,64 +113,7 @@ export async function deadShow(
     writeJson(io.stdout, json);
     return;
   }
-  for (const [name, value] of Object.entries(json)) {
-    if (name === "payloadText" || name === "payloadBase64" || name === "payloadTruncated") continue;
-    io.stdout.write(`${`${name}`.padEnd(16)}${typeof value === "object" ? JSON.stringify(value) : String(value)}\n`);
-  }
-  const text = json.payloadText;
-  io.stdout.write(text === null ? `payload (base64)\n${String(json.payloadBase64)}\n` : `payload\n${String(text)}\n`);
-  if (json.payloadTruncated === true) {
-    const shown =
-      text === null ? Buffer.from(String(json.payloadBase64), "base64").byteLength : Buffer.byteLength(String(text));
-    io.stdout.write(`… truncated: ${shown} of ${entry.payload.byteLength} bytes shown (--full for all of it)\n`);
-  }
-}
-
-interface Selection {
-  readonly ids: string[];
-  readonly explicit: boolean;
-}
-
-async function select(
-  store: AnyStore,
-  ids: readonly string[],
-  options: DeadFilter & DeadScan & { all: boolean },
-  command: string,
-): Promise<Selection> {
-  if (ids.length > 0) {
-    if (options.all || hasFilter(options)) throw usageError(`${command}: give ids, or --all with filters, not both`);
-    return { ids: [...new Set(ids)], explicit: true };
-  }
-  if (!options.all) {
-    throw usageError(`${command}: give entry ids, or --all (narrowed by --topic/--key/--error/--since/--until)`);
-  }
-  const { matched } = await scanDead(store, options, options.scan);
-  return { ids: matched.map((entry) => entry.id), explicit: false };
-}
-
-async function act(
-  verb: "requeued" | "dropped",
-  selection: Selection,
-  options: { dryRun: boolean; json: boolean },
-  run: (ids: string[]) => Promise<number>,
-  io: CliIO,
-) {
-  const count = options.dryRun || selection.ids.length === 0 ? 0 : await run(selection.ids);
-  const report = { [verb]: count, selected: selection.ids.length, ids: selection.ids, dryRun: options.dryRun };
-  if (options.json) writeJson(io.stdout, report);
-  else if (options.dryRun)
-    io.stdout.write(`would be ${verb}: ${selection.ids.length} (${selection.ids.join(", ") || "none"})\n`);
-  else io.stdout.write(`${verb}: ${count} of ${selection.ids.length} selected\n`);
-  if (!options.dryRun && selection.explicit && count < selection.ids.length) {
-    throw new CliError(
-      CliErrorCode.NotFound,
-      `${selection.ids.length - count} of the given ids were not dead entries`,
-      {
-        [verb]: count,
-        selected: selection.ids.length,
-      },
-    );
-  }
+  writeShown(json, io);
 }
 
 export async function deadRequeue(
@@ -240,7 +122,9 @@ export async function deadRequeue(
   options: DeadFilter & DeadScan & { all: boolean; dryRun: boolean; json: boolean },
   io: CliIO,
 ) {
-  const selection = await select(store, ids, options, "dead requeue");
+  const selection = await select(ids, options, "dead requeue", async () =>
+    (await scanDead(store, options, options.scan)).matched.map((entry) => entry.id),
+  );
   await act("requeued", selection, options, (chosen) => store.requeueDead(chosen), io);
 }
 
@@ -258,6 +142,8 @@ export async function deadDrop(
       { details: { capability: "dropDead" } },
     );
   }
-  const selection = await select(store, ids, options, "dead drop");
+  const selection = await select(ids, options, "dead drop", async () =>
+    (await scanDead(store, options, options.scan)).matched.map((entry) => entry.id),
+  );
   await act("dropped", selection, options, (chosen) => dropDead(chosen), io);
 }

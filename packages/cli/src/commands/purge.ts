@@ -57,40 +57,12 @@ export async function purge(store: OutboxStore<never>, options: PurgeOptions, io
   }
   const span = cutoff.getTime() - from;
   const steps = span <= 0 || estimate?.rows === 0 ? 1 : options.steps;
-  const rowsMode = estimate !== null;
-
-  const bar =
-    options.progress && !options.json && io.stderr.isTTY
-      ? new cliProgress.SingleBar(
-          {
-            stream: io.stderr as NodeJS.WritableStream,
-            format: rowsMode
-              ? "purge |{bar}| {percentage}% | {value}/{total} rows | ETA {eta_formatted} | settled before {slice}"
-              : "purge |{bar}| {percentage}% of the time range | {deleted} rows | settled before {slice}",
-            hideCursor: true,
-            clearOnComplete: false,
-            etaBuffer: 20,
-          },
-          cliProgress.Presets.shades_classic,
-        )
-      : null;
-  const total = rowsMode ? Math.max(estimate?.rows ?? 0, 1) : steps;
-  bar?.start(total, 0, { deleted: 0, slice: new Date(from).toISOString() });
-
-  let deleted = 0;
-  let barTotal = total;
-  for (let step = 1; step <= steps; step++) {
-    const sliceEnd = step === steps ? cutoff : new Date(from + Math.round((span * step) / steps));
-    deleted += await store.purge({ olderThan: sliceEnd, batchSize: options.batchSize });
-    if (bar) {
-      if (rowsMode && deleted > barTotal) {
-        barTotal = deleted;
-        bar.setTotal(barTotal);
-      }
-      bar.update(rowsMode ? (step === steps ? barTotal : deleted) : step, { deleted, slice: sliceEnd.toISOString() });
-    }
-  }
-  bar?.stop();
+  const deleted = await purgeInSlices(
+    { label: "purge", before: "settled before", from, cutoff, steps, rows: estimate === null ? null : estimate.rows },
+    (olderThan) => store.purge({ olderThan, batchSize: options.batchSize }),
+    options,
+    io,
+  );
 
   const report: PurgeReport = {
     deleted,
@@ -103,4 +75,65 @@ export async function purge(store: OutboxStore<never>, options: PurgeOptions, io
   if (options.json) writeJson(io.stdout, report);
   else io.stdout.write(`purged ${deleted} entries settled before ${cutoff.toISOString()} in ${report.durationMs} ms\n`);
   return report;
+}
+
+/** A purge walked in time slices: from `from` to `cutoff` (ms and a Date), `steps` of them. */
+export interface PurgeSlices {
+  /** The bar's name: "purge", "inbox purge". */
+  readonly label: string;
+  /** What the slice's time bounds: "settled before", "recorded before". */
+  readonly before: string;
+  readonly from: number;
+  readonly cutoff: Date;
+  readonly steps: number;
+  /** Rows expected in all: the bar counts rows. Null: it counts time slices. */
+  readonly rows: number | null;
+}
+
+/**
+ * Runs `purgeBefore` once per slice end (the last one the cutoff), drawing a progress bar on a terminal (stderr;
+ * never with --json or --no-progress). Returns the rows deleted.
+ */
+export async function purgeInSlices(
+  slices: PurgeSlices,
+  purgeBefore: (olderThan: Date) => Promise<number>,
+  options: { progress: boolean; json: boolean },
+  io: CliIO,
+): Promise<number> {
+  const { label, before, from, cutoff, steps } = slices;
+  const span = cutoff.getTime() - from;
+  const rowsMode = slices.rows !== null;
+  const bar =
+    options.progress && !options.json && io.stderr.isTTY
+      ? new cliProgress.SingleBar(
+          {
+            stream: io.stderr as NodeJS.WritableStream,
+            format: rowsMode
+              ? `${label} |{bar}| {percentage}% | {value}/{total} rows | ETA {eta_formatted} | ${before} {slice}`
+              : `${label} |{bar}| {percentage}% of the time range | {deleted} rows | ${before} {slice}`,
+            hideCursor: true,
+            clearOnComplete: false,
+            etaBuffer: 20,
+          },
+          cliProgress.Presets.shades_classic,
+        )
+      : null;
+  const total = rowsMode ? Math.max(slices.rows ?? 0, 1) : steps;
+  bar?.start(total, 0, { deleted: 0, slice: new Date(from).toISOString() });
+
+  let deleted = 0;
+  let barTotal = total;
+  for (let step = 1; step <= steps; step++) {
+    const sliceEnd = step === steps ? cutoff : new Date(from + Math.round((span * step) / steps));
+    deleted += await purgeBefore(sliceEnd);
+    if (bar) {
+      if (rowsMode && deleted > barTotal) {
+        barTotal = deleted;
+        bar.setTotal(barTotal);
+      }
+      bar.update(rowsMode ? (step === steps ? barTotal : deleted) : step, { deleted, slice: sliceEnd.toISOString() });
+    }
+  }
+  bar?.stop();
+  return deleted;
 }
