@@ -21,7 +21,7 @@ export type RelaySettings = Pick<
   "pollMs" | "batchSize" | "maxInFlightBatches" | "leaseMs" | "retry" | "drainTimeoutMs" | "id"
 > & {
   /** Leader election (only with `lock`): lock name (also the store's fence name), TTL, margin. */
-  leader?: { name?: string; ttlMs?: number; safetyMarginMs?: number };
+  leader?: { name?: string; ttlMs?: number; safetyMarginMs?: number; stepDownAfterMs?: number };
 };
 
 /** What `outbox purge` may know ahead of deleting, to draw an accurate progress bar. */
@@ -75,7 +75,7 @@ const relayKeys = new Set([
   "id",
   "leader",
 ]);
-const leaderKeys = new Set(["name", "ttlMs", "safetyMarginMs"]);
+const leaderKeys = new Set(["name", "ttlMs", "safetyMarginMs", "stepDownAfterMs"]);
 
 const isObject = (value: unknown): value is Record<string, unknown> =>
   typeof value === "object" && value !== null && !Array.isArray(value);
@@ -161,6 +161,7 @@ export function validateConfig(config: unknown): OutboxCliConfig {
       }
       checkPositive(leader.ttlMs, "relay.leader.ttlMs");
       checkPositive(leader.safetyMarginMs, "relay.leader.safetyMarginMs");
+      checkPositive(leader.stepDownAfterMs, "relay.leader.stepDownAfterMs");
       if (config.lock === undefined) throw configError("relay.leader", "needs `lock` (a lock backend)");
     }
   }

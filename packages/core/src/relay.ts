@@ -42,6 +42,13 @@ export interface LeaderOptions {
   /** Default 10 s. */
   ttlMs?: number;
   safetyMarginMs?: number;
+  /**
+   * A leader whose claims have failed this long in a row (the first failure at least this long
+   * ago, none succeeded since) gives the lock up and leaves it to the other replicas for one TTL:
+   * a replica that cannot reach the store while the others can (a wedged database client, a
+   * partition of its own) must not hold the outbox. Default 3 x ttlMs.
+   */
+  stepDownAfterMs?: number;
 }
 
 export interface OutboxRelayOptions {
@@ -131,6 +138,11 @@ export class OutboxRelay {
   #wokenEarly = false;
   #unsubscribe: Unsubscribe | null = null;
   #leader = false;
+  readonly #stepDownAfterMs: number;
+  /** When the current run of failed claims began; null while claims succeed. */
+  #failingSince: number | null = null;
+  /** After stepping down, the lock is left to the other replicas until then. */
+  #acquireNotBefore = 0;
   /**
    * The last delivery settled keyed entries, so their successors may be claimable right now: a
    * hot key then drains run after run instead of one run per poll interval.
@@ -186,6 +198,10 @@ export class OutboxRelay {
           onError: (error) => this.#report(error, "lock"),
         })
       : null;
+    this.#stepDownAfterMs = positive(
+      options.leader?.stepDownAfterMs ?? 3 * (this.#lock?.ttlMs ?? 10_000),
+      "leader.stepDownAfterMs",
+    );
   }
 
   on<K extends keyof RelayEvents>(event: K, listener: (payload: RelayEvents[K]) => void): () => void {
@@ -387,7 +403,8 @@ export class OutboxRelay {
 
   async #currentFence(): Promise<Fence | undefined | null> {
     if (!this.#lock) return undefined;
-    const grant = this.#lock.grant ?? (await this.#lock.tryAcquire());
+    const grant =
+      this.#lock.grant ?? (this.#clock.now() < this.#acquireNotBefore ? null : await this.#lock.tryAcquire());
     if (!grant) {
       this.#leader = false;
       return null;
@@ -407,10 +424,37 @@ export class OutboxRelay {
   async #claimBatch(): Promise<ClaimedBatch | null> {
     this.#claiming += 1;
     try {
-      return await this.#claimOnce();
+      const batch = await this.#claimOnce();
+      this.#failingSince = null;
+      return batch;
+    } catch (error) {
+      await this.#stepDownIfFailing(error);
+      throw error;
     } finally {
       this.#claiming -= 1;
     }
+  }
+
+  /** See `LeaderOptions.stepDownAfterMs`. A fenced claim has stepped down already (#settle). */
+  async #stepDownIfFailing(error: unknown): Promise<void> {
+    if (!this.#lock || OutboxError.is(error, OutboxErrorCode.Fenced)) return;
+    const now = this.#clock.now();
+    this.#failingSince ??= now;
+    const failingMs = now - this.#failingSince;
+    const grant = this.#lock.grant;
+    if (failingMs < this.#stepDownAfterMs || grant === null) return;
+    this.#failingSince = null;
+    this.#acquireNotBefore = now + this.#lock.ttlMs;
+    await this.#lock.release();
+    if (this.#leader) {
+      const reason = new OutboxError(
+        OutboxErrorCode.StoreUnavailable,
+        `claims failed for ${failingMs} ms: stepping down, the lock is left to the other replicas for ${this.#lock.ttlMs} ms`,
+        { cause: error },
+      );
+      this.#events.emit("leadershipLost", { grant, reason });
+    }
+    this.#leader = false;
   }
 
   async #claimOnce(): Promise<ClaimedBatch | null> {

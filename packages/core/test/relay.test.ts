@@ -562,6 +562,92 @@ describe("OutboxRelay leadership", () => {
   });
 });
 
+describe("OutboxRelay leader whose store keeps failing", () => {
+  function leaders() {
+    const clock = new ManualClock();
+    const inner = new MemoryStore({ clock });
+    const backend = new MemoryLockBackend({ clock });
+    const leader = { backend, name: "relay", ttlMs: 3_000 };
+    const flaky = flakyStore(inner);
+    const a = new OutboxRelay({ store: flaky.store, publisher: new MemoryPublisher(), clock, leader, id: "a" });
+    const lost: unknown[] = [];
+    a.on("leadershipLost", ({ reason }) => lost.push(reason));
+    a.on("error", () => {});
+    return { clock, inner, leader, flaky, a, lost };
+  }
+  const storeDown = expect.objectContaining({ code: OutboxErrorCode.StoreUnavailable }) as unknown as Error;
+  /** Moves time in steps the lock's renewals (every TTL/3) keep up with, so that only the store fails. */
+  async function pass(clock: ManualClock, ms: number): Promise<void> {
+    for (let left = ms; left > 0; left -= 500) {
+      clock.advance(Math.min(500, left));
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  }
+
+  it("steps down once its claims have failed for 3 TTLs in a row, and a standby with a working store takes over", async () => {
+    const { clock, inner, leader, a, lost } = leaders();
+    const publisher = new MemoryPublisher();
+    const b = new OutboxRelay({ store: inner, publisher, clock, leader, id: "b" });
+    await inner.transaction((tx) => inner.enqueue(tx, msgs(2)));
+    await expect(a.runOnce()).rejects.toThrowError(storeDown);
+    expect(a.metrics().leader).toBe(true);
+    expect(await b.runOnce()).toBe(0);
+    await pass(clock, 8_999);
+    await expect(a.runOnce()).rejects.toThrowError(storeDown);
+    expect(a.metrics().leader).toBe(true);
+    expect(await b.runOnce()).toBe(0);
+    await pass(clock, 1);
+    await expect(a.runOnce()).rejects.toThrowError(storeDown);
+    expect(a.metrics().leader).toBe(false);
+    expect(lost).toHaveLength(1);
+    expect(OutboxError.is(lost[0], OutboxErrorCode.StoreUnavailable)).toBe(true);
+    expect(await b.runOnce()).toBe(2);
+    expect(publisher.messages).toHaveLength(2);
+  });
+
+  it("leaves the lock alone for one TTL after stepping down, then leads again; a claim that succeeds ends the run of failures", async () => {
+    const { clock, inner, flaky, a, lost } = leaders();
+    await inner.transaction((tx) => inner.enqueue(tx, msgs(1)));
+    await expect(a.runOnce()).rejects.toThrowError(storeDown);
+    await pass(clock, 5_000);
+    // A success in between: the next failure starts a new run, so 9 s after the first is not enough.
+    flaky.state.failing = false;
+    expect(await a.runOnce()).toBe(1);
+    flaky.state.failing = true;
+    await pass(clock, 4_000);
+    await expect(a.runOnce()).rejects.toThrowError(storeDown);
+    await pass(clock, 8_999);
+    await expect(a.runOnce()).rejects.toThrowError(storeDown);
+    expect(lost).toHaveLength(0);
+    await pass(clock, 1);
+    await expect(a.runOnce()).rejects.toThrowError(storeDown);
+    expect(lost).toHaveLength(1);
+    const claims = flaky.state.claims;
+    await pass(clock, 2_999);
+    expect(await a.runOnce()).toBe(0);
+    expect(flaky.state.claims).toBe(claims);
+    await pass(clock, 1);
+    flaky.state.failing = false;
+    await inner.transaction((tx) => inner.enqueue(tx, msgs(1)));
+    expect(await a.runOnce()).toBe(1);
+    expect(a.metrics().leader).toBe(true);
+  });
+
+  it("rejects a stepDownAfterMs that is not a positive number", () => {
+    const clock = new ManualClock();
+    const backend = new MemoryLockBackend({ clock });
+    expect(
+      () =>
+        new OutboxRelay({
+          store: new MemoryStore({ clock }),
+          publisher: new MemoryPublisher(),
+          clock,
+          leader: { backend, stepDownAfterMs: 0 },
+        }),
+    ).toThrowError(expect.objectContaining({ code: OutboxErrorCode.InvalidOptions }) as unknown as Error);
+  });
+});
+
 describe("OutboxRelay fenced by the store", () => {
   it("steps down and reports the loss when the store rejects its token", async () => {
     const clock = new ManualClock();
