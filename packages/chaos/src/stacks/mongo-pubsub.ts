@@ -1,7 +1,7 @@
 // MongoDB store -> Google Cloud Pub/Sub (Google's fake server), leader election on an etcd lock, on
 // either MongoDB-wire server scripts/services.sh starts (no mongod is installable here):
 // - `mongo-pubsub`: mongo-java-server, whose single-document updates are a compare-and-set as on
-//   MongoDB, so the store takes its MongoDB claim path (conditional updates, change-stream wake-ups);
+//   MongoDB, so the store takes its MongoDB claim path (conditional updates; polling, see `store` below);
 // - `ferretdb-pubsub`: FerretDB 1.x, whose updates are not atomic (the store's ticket path) and
 //   whose every query scans and decodes the pending entries: the producer writes at 15/s there.
 // Neither server has multi-document transactions: the store runs with `transactions: false`, so the
@@ -89,12 +89,14 @@ const servers = {
   "mongo-pubsub": {
     title: "MongoDB (mongo-java-server) -> Pub/Sub, etcd lock",
     url: mongoJavaUrl,
+    wakeUps: false,
     store:
-      "createMongoStore({ client, db, collection, transactions: false }): mongo-java-server has no multi-document transactions, so the producer's enqueue is not in one; otherwise defaults (conditional updates, change-stream wake-ups)",
+      "createMongoStore({ client, db, collection, transactions: false, wakeUps: false }): mongo-java-server has no multi-document transactions, so the producer's enqueue is not in one; it answers a change stream's getMore at once instead of awaiting data (measured: ~300 getMores/s per stream, each a scan and sort of its whole oplog), which with three relays kept its busy core saturated, so the relays poll (every 500 ms, the relay's default); otherwise defaults (conditional updates)",
   },
   "ferretdb-pubsub": {
     title: "MongoDB (FerretDB) -> Pub/Sub, etcd lock",
     url: mongoUrl,
+    wakeUps: "auto",
     store:
       "createMongoStore({ client, db, collection, transactions: false }): FerretDB 1.x has no transactions, so the producer's enqueue is not in a multi-document transaction; otherwise defaults (claim tickets, polling: no change streams)",
   },
@@ -141,6 +143,7 @@ export function mongoPubSubStack(id: "mongo-pubsub" | "ferretdb-pubsub"): Stack 
         db: database,
         collection: names.table,
         transactions: false,
+        wakeUps: server.wakeUps,
         ...(hooks.onError ? { onError: hooks.onError } : {}),
       });
       await store.init();
