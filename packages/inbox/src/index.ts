@@ -1,3 +1,12 @@
+export {
+  type GuardedCallbacks,
+  guardedCallbacks,
+  type HelperCallbackOptions,
+  invalidOption,
+  nonEmptyOption,
+  nonNegativeOption,
+  positiveIntegerOption,
+} from "./consumer-helper.js";
 export { createInbox, type HandleResult, type Inbox, type InboxOptions } from "./inbox.js";
 export { KeyOrder } from "./key-order.js";
 export { MemoryInboxStore, MemoryInboxTransaction } from "./memory.js";

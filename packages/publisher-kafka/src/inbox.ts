@@ -1,7 +1,7 @@
 // The consumer half: kafkajs's eachMessage and eachBatch through an @outbox/inbox. A subpath export
 // (@outbox/publisher-kafka/inbox) so a publisher-only application never loads @outbox/inbox.
-import { describeError, OutboxError, OutboxErrorCode } from "@outbox/core";
-import { type HandleResult, type Inbox, type InboxMessage, inboxMessageFrom } from "@outbox/inbox";
+import { describeError } from "@outbox/core";
+import { type HandleResult, type Inbox, type InboxMessage, inboxMessageFrom, invalidOption } from "@outbox/inbox";
 
 /** The parts of a kafkajs `KafkaMessage` the helpers read (structural: no dependency on kafkajs). */
 export interface KafkaMessageLike {
@@ -134,27 +134,23 @@ function retriedByKafkajs(error: unknown): unknown {
   return error;
 }
 
-function invalidOptions(message: string, option: string): OutboxError {
-  return new OutboxError(OutboxErrorCode.InvalidOptions, message, { details: { option } });
-}
-
 /** The options both helpers share: an inbox, a handler function, an optional onResult function. */
 function checkCommonOptions(
   options: { inbox?: unknown; handler?: unknown; onResult?: unknown } | undefined,
   helper: string,
 ): void {
   if (typeof options !== "object" || options === null) {
-    throw invalidOptions(`${helper} needs an options object`, "options");
+    throw invalidOption("options", `${helper} needs an options object`);
   }
   const inbox = options.inbox as { handle?: unknown } | null | undefined;
   if (typeof inbox !== "object" || inbox === null || typeof inbox.handle !== "function") {
-    throw invalidOptions(`${helper} needs an inbox from createInbox() as \`inbox\``, "inbox");
+    throw invalidOption("inbox", `${helper} needs an inbox from createInbox() as \`inbox\``);
   }
   if (typeof options.handler !== "function") {
-    throw invalidOptions(`${helper} needs a handler function`, "handler");
+    throw invalidOption("handler", `${helper} needs a handler function`);
   }
   if (options.onResult !== undefined && typeof options.onResult !== "function") {
-    throw invalidOptions(`${helper}'s onResult must be a function`, "onResult");
+    throw invalidOption("onResult", `${helper}'s onResult must be a function`);
   }
 }
 
@@ -171,10 +167,7 @@ export function inboxEachMessage<Tx, P extends KafkaEachMessagePayloadLike>(
   checkCommonOptions(options, "inboxEachMessage");
   const consumer = options.consumer as Partial<KafkaOffsetCommitter> | null | undefined;
   if (typeof consumer !== "object" || consumer === null || typeof consumer.commitOffsets !== "function") {
-    throw invalidOptions(
-      "inboxEachMessage needs the kafkajs consumer (to commit offsets on) as `consumer`",
-      "consumer",
-    );
+    throw invalidOption("consumer", "inboxEachMessage needs the kafkajs consumer (to commit offsets on) as `consumer`");
   }
   const { inbox, handler, onResult } = options;
   return async (payload) => {
@@ -230,9 +223,9 @@ export function inboxEachBatch<Tx, P extends KafkaEachBatchPayloadLike>(
       payload.batch === null ||
       !Array.isArray(payload.batch.messages)
     ) {
-      throw invalidOptions(
-        "inboxEachBatch returns an eachBatch callback: pass it to consumer.run({ eachBatch, eachBatchAutoResolve: false })",
+      throw invalidOption(
         "eachBatch",
+        "inboxEachBatch returns an eachBatch callback: pass it to consumer.run({ eachBatch, eachBatchAutoResolve: false })",
       );
     }
     const { topic, partition, messages } = payload.batch;

@@ -1,7 +1,12 @@
-// The consumer half: @google-cloud/pubsub's subscription "message" events through an @outbox/inbox. A subpath export
-// (@outbox/publisher-pubsub/inbox) so a publisher-only application never loads @outbox/inbox.
-import { OutboxError, OutboxErrorCode } from "@outbox/core";
-import { type HandleResult, type Inbox, type InboxMessage, inboxMessageFrom, KeyOrder } from "@outbox/inbox";
+import {
+  guardedCallbacks,
+  type HandleResult,
+  type Inbox,
+  type InboxMessage,
+  inboxMessageFrom,
+  KeyOrder,
+  nonNegativeOption,
+} from "@outbox/inbox";
 
 /** The parts of @google-cloud/pubsub's `Message` the helper reads (structural: no dependency on its types). */
 export interface PubSubMessageLike {
@@ -86,35 +91,13 @@ export function inboxMessageHandler<Tx, M extends PubSubMessageLike = PubSubMess
   options: InboxMessageHandlerOptions<Tx, M>,
 ): (message: M) => Promise<void> {
   const { inbox, handler } = options;
-  const holdBackMs = options.holdBackMs ?? 5_000;
-  if (!Number.isFinite(holdBackMs) || holdBackMs < 0) {
-    throw new OutboxError(
-      OutboxErrorCode.InvalidOptions,
-      `holdBackMs must be a finite number >= 0, got ${String(holdBackMs)}`,
-      { details: { option: "holdBackMs" } },
-    );
-  }
-  const warn = (what: string, error: unknown) =>
-    console.warn(`[@outbox/publisher-pubsub/inbox ${inbox.consumer}] ${what}:`, error);
+  const holdBackMs = nonNegativeOption(options.holdBackMs ?? 5_000, "holdBackMs");
   // The callbacks run on a key's chain: one that throws must neither reject the listener nor stop the key.
-  const onResult = (result: HandleResult<unknown>, message: M) => {
-    try {
-      options.onResult?.(result, message);
-    } catch (error) {
-      warn("onResult threw", error);
-    }
-  };
-  const onError = (error: unknown, message: M, reason: PubSubInboxNackReason) => {
-    if (options.onError === undefined) {
-      if (reason !== "held-back") warn(reason, error);
-      return;
-    }
-    try {
-      options.onError(error, message, reason);
-    } catch (thrown) {
-      warn("onError threw", thrown);
-    }
-  };
+  const { warn, onResult, onError } = guardedCallbacks<M, PubSubInboxNackReason>(
+    `@outbox/publisher-pubsub/inbox ${inbox.consumer}`,
+    options,
+    ["held-back"],
+  );
   /** Each key's messages run one at a time, in arrival order. */
   const keyOrder = new KeyOrder();
   /** Per key: the failed message it waits for. */

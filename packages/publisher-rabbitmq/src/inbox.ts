@@ -1,14 +1,13 @@
-// The consumer half: amqplib's channel.consume through an @outbox/inbox. A subpath export
-// (@outbox/publisher-rabbitmq/inbox) so a publisher-only application never loads @outbox/inbox.
-import { OutboxError, OutboxErrorCode } from "@outbox/core";
 import {
   dedupeKey,
+  guardedCallbacks,
   type HandleResult,
   type HeaderValue,
   type Inbox,
   type InboxMessage,
   inboxMessageFrom,
   KeyOrder,
+  nonNegativeOption,
   orderingKey,
 } from "@outbox/inbox";
 import { AmqpHeader } from "./message.js";
@@ -108,19 +107,6 @@ const backlogs = new WeakMap<object, Map<string, Backlog>>();
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
-function nonNegative(value: number, option: string): number {
-  if (!Number.isFinite(value) || value < 0) {
-    throw new OutboxError(
-      OutboxErrorCode.InvalidOptions,
-      `${option} must be a finite number >= 0, got ${String(value)}`,
-      {
-        details: { option },
-      },
-    );
-  }
-  return value;
-}
-
 /**
  * An `onMessage` for amqplib's `channel.consume(queue, onMessage)`: each delivery goes through `inbox.handle`
  * (deduped on the `outbox-idempotency-key` / `outbox-id` headers our publisher writes, else on the `messageId`
@@ -135,29 +121,14 @@ export function inboxOnMessage<Tx, M extends AmqpDeliveryLike>(
   options: InboxOnMessageOptions<Tx, M>,
 ): (delivery: M | null) => void {
   const { inbox, channel, handler } = options;
-  const warn = (what: string, error: unknown) =>
-    console.warn(`[@outbox/publisher-rabbitmq/inbox ${inbox.consumer}] ${what}:`, error);
   // The callbacks run on the delivery chain of a key: one that throws must not stop the key's later deliveries.
-  const onResult = (result: HandleResult<unknown>, delivery: M) => {
-    try {
-      options.onResult?.(result, delivery);
-    } catch (error) {
-      warn("onResult threw", error);
-    }
-  };
-  const onError = (error: unknown, delivery: M, reason: AmqpInboxNackReason) => {
-    if (options.onError === undefined) {
-      if (reason !== "held-back") warn(reason, error);
-      return;
-    }
-    try {
-      options.onError(error, delivery, reason);
-    } catch (thrown) {
-      warn("onError threw", thrown);
-    }
-  };
-  const requeueDelayMs = nonNegative(options.requeueDelayMs ?? 1_000, "requeueDelayMs");
-  const holdBackMs = nonNegative(options.holdBackMs ?? 5_000, "holdBackMs");
+  const { onResult, onError } = guardedCallbacks<M, AmqpInboxNackReason>(
+    `@outbox/publisher-rabbitmq/inbox ${inbox.consumer}`,
+    options,
+    ["held-back"],
+  );
+  const requeueDelayMs = nonNegativeOption(options.requeueDelayMs ?? 1_000, "requeueDelayMs");
+  const holdBackMs = nonNegativeOption(options.holdBackMs ?? 5_000, "holdBackMs");
   /** Each key's deliveries run one at a time, in arrival order. */
   const keyOrder = new KeyOrder();
   // Per key: its backlog after a failure. Shared by every helper of one inbox (the consumers of a process on

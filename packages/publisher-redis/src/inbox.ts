@@ -3,13 +3,17 @@
 import { OutboxError, OutboxErrorCode } from "@outbox/core";
 import {
   dedupeKey,
+  guardedCallbacks,
   type HandleResult,
   type HeaderValue,
   type Inbox,
   type InboxMessage,
   inboxMessageFrom,
+  invalidOption,
   KeyOrder,
+  nonEmptyOption,
   orderingKey,
+  positiveIntegerOption,
 } from "@outbox/inbox";
 import { StreamField } from "./fields.js";
 
@@ -170,24 +174,6 @@ export function inboxMessageFromStreamEntry(entry: {
   });
 }
 
-function invalidOption(option: string, message: string): OutboxError {
-  return new OutboxError(OutboxErrorCode.InvalidOptions, message, { details: { option } });
-}
-
-function positiveInteger(value: number, option: string): number {
-  if (!Number.isSafeInteger(value) || value <= 0) {
-    throw invalidOption(option, `${option} must be a positive integer, got ${String(value)}`);
-  }
-  return value;
-}
-
-function nonEmpty(value: unknown, option: string): string {
-  if (typeof value !== "string" || value.length === 0) {
-    throw invalidOption(option, `${option} must be a non-empty string`);
-  }
-  return value;
-}
-
 /** Orders stream ids (`<ms>-<seq>`, both up to 64 bits). */
 function compareIds(a: string, b: string): number {
   const [aMs = "0", aSeq = "0"] = a.split("-");
@@ -248,37 +234,22 @@ export function startInboxConsumer<Tx>(options: InboxConsumerOptions<Tx>): Inbox
   }
   if (typeof inbox?.handle !== "function") throw invalidOption("inbox", "inbox must be an Inbox (createInbox)");
   if (typeof handler !== "function") throw invalidOption("handler", "handler must be a function");
-  const stream = nonEmpty(options.stream, "stream");
-  const group = nonEmpty(options.group, "group");
-  const consumer = nonEmpty(options.consumer, "consumer");
-  const startId = nonEmpty(options.startId ?? "0", "startId");
-  const count = positiveInteger(options.count ?? 50, "count");
-  const blockMs = positiveInteger(options.blockMs ?? 2_000, "blockMs");
-  const claimIdleMs = positiveInteger(options.claimIdleMs ?? 30_000, "claimIdleMs");
+  const stream = nonEmptyOption(options.stream, "stream");
+  const group = nonEmptyOption(options.group, "group");
+  const consumer = nonEmptyOption(options.consumer, "consumer");
+  const startId = nonEmptyOption(options.startId ?? "0", "startId");
+  const count = positiveIntegerOption(options.count ?? 50, "count");
+  const blockMs = positiveIntegerOption(options.blockMs ?? 2_000, "blockMs");
+  const claimIdleMs = positiveIntegerOption(options.claimIdleMs ?? 30_000, "claimIdleMs");
   /** How long a failed entry normally takes to come back: idle long enough, then the next claim pass. */
   const returnMs = claimIdleMs + blockMs;
 
-  const warn = (what: string, error: unknown) =>
-    console.warn(`[@outbox/publisher-redis/inbox ${inbox.consumer} ${consumer}] ${what}:`, error);
   // The callbacks run on a key's chain: one that throws must not stop the key's later entries.
-  const onResult = (result: HandleResult<unknown>, entry: RedisStreamEntry) => {
-    try {
-      options.onResult?.(result, entry);
-    } catch (error) {
-      warn("onResult threw", error);
-    }
-  };
-  const onError = (error: unknown, entry: RedisStreamEntry | null, reason: RedisInboxErrorReason) => {
-    if (options.onError === undefined) {
-      if (reason !== "held-back") warn(reason, error);
-      return;
-    }
-    try {
-      options.onError(error, entry, reason);
-    } catch (thrown) {
-      warn("onError threw", thrown);
-    }
-  };
+  const { warn, onResult, onError } = guardedCallbacks<
+    RedisStreamEntry,
+    RedisInboxErrorReason,
+    RedisStreamEntry | null
+  >(`@outbox/publisher-redis/inbox ${inbox.consumer} ${consumer}`, options, ["held-back"]);
 
   // Also bounds the read: a connection that stopped answering fails the command instead of hanging the loop.
   const connection = client.duplicate({ lazyConnect: true, commandTimeout: blockMs + 5_000 });
