@@ -22,6 +22,8 @@ export interface Delivery {
   readonly key: string;
   readonly seq: number;
   readonly at: number;
+  /** The store's id of the entry (the `outbox-id` header), where the recorder reads it: shown with an inversion. */
+  readonly outboxId?: string;
 }
 
 /** A fenced store call that succeeded (the store accepted its token). Times in ms, epoch. */
@@ -151,6 +153,7 @@ export function check(input: CheckInput): CheckResult {
   // Deliveries: first delivery per id, duplicates, per-key order of first deliveries.
   const first = new Map<string, number>();
   const lastSeq = new Map<string, number>();
+  const lastOutboxId = new Map<string, string | undefined>();
   const inversionSample: string[] = [];
   let inversions = 0;
   let mismatched = 0;
@@ -164,9 +167,16 @@ export function check(input: CheckInput): CheckResult {
     const previous = lastSeq.get(delivery.key);
     if (previous !== undefined && delivery.seq < previous) {
       inversions++;
-      sample(inversionSample, `${delivery.key}: seq ${delivery.seq} first delivered after seq ${previous}`);
+      const ids =
+        delivery.outboxId === undefined
+          ? ""
+          : ` (store ids ${delivery.outboxId} after ${lastOutboxId.get(delivery.key)})`;
+      sample(inversionSample, `${delivery.key}: seq ${delivery.seq} first delivered after seq ${previous}${ids}`);
     }
-    if (previous === undefined || delivery.seq > previous) lastSeq.set(delivery.key, delivery.seq);
+    if (previous === undefined || delivery.seq > previous) {
+      lastSeq.set(delivery.key, delivery.seq);
+      lastOutboxId.set(delivery.key, delivery.outboxId);
+    }
   }
 
   // Lost entries and commit -> first delivery latency.

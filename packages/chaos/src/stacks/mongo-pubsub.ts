@@ -63,6 +63,7 @@ async function pubsubRecorder(pubsub: PubSub, subscriptionName: string): Promise
             key: message.orderingKey ?? "",
             seq: Number(attributes[SeqHeader]),
             at,
+            outboxId: attributes[OutboxHeader.Id] ?? "",
           });
         }
         const ackIds = received.map((pulled) => pulled.ackId).filter((id): id is string => Boolean(id));
@@ -124,8 +125,8 @@ export function mongoPubSubStack(id: "mongo-pubsub" | "ferretdb-pubsub"): Stack 
     // memory backend has unique indexes only), so every query costs a pass over the whole collection,
     // published entries included: the store's README asks for a scheduled purge there.
     purge: {
-      everyMs: 10_000,
-      olderThanMs: 30_000,
+      everyMs: 5_000,
+      olderThanMs: 10_000,
       why: "neither server answers the store's queries from an index: each scans the whole collection, so published entries are purged on a schedule, as the store's README asks",
     },
     settings: {
