@@ -33,6 +33,7 @@ interface GlobalOptions {
 interface FilterFlags {
   topic?: string;
   key?: string;
+  keyless?: boolean;
   error?: string;
   since?: string;
   until?: string;
@@ -40,9 +41,10 @@ interface FilterFlags {
 }
 
 function filterOf(flags: FilterFlags, now: number): DeadFilter & { scan: number } {
+  if (flags.keyless === true && flags.key !== undefined) throw usageError("--key and --keyless: give one of them");
   return {
     topic: flags.topic,
-    key: flags.key,
+    key: flags.keyless === true ? null : flags.key,
     error: flags.error,
     since: flags.since === undefined ? undefined : parseMoment(flags.since, now, "--since"),
     until: flags.until === undefined ? undefined : parseMoment(flags.until, now, "--until"),
@@ -56,7 +58,8 @@ function withFilters(command: Command, inbox = false): Command {
   const dated = inbox ? "parked" : "created";
   return command
     .option("--topic <topic>", `only ${what} of this topic`)
-    .option("--key <key>", `only ${what} of this key`)
+    .option("--key <key>", `only ${what} of this key (exactly)`)
+    .option("--keyless", `only ${what} without a key`)
     .option("--error <text>", `only ${what} whose last error contains this text (case-insensitive)`)
     .option("--since <when>", `only ${what} ${dated} at or after (ISO date, or a duration ago: 7d)`)
     .option("--until <when>", `only ${what} ${dated} before (ISO date, or a duration ago)`)
@@ -64,7 +67,7 @@ function withFilters(command: Command, inbox = false): Command {
       "--scan <n>",
       inbox
         ? "dead letters read from the store, by message id; filters apply to these"
-        : "dead entries read from the store, oldest first; filters apply to these",
+        : "dead entries read from the store, oldest first (only matching ones where the store filters); the rest of the filtering applies to these",
       "10000",
     );
 }

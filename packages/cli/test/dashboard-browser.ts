@@ -244,11 +244,24 @@ export function dashboardBrowserSuite(backend: BrowserTestBackend): void {
       expect(await page.evaluate(() => (globalThis as { __pwned?: unknown }).__pwned)).toBeUndefined();
       expect(await page.locator("#download").getAttribute("href")).toBe(`api/dead/${ids.html}/payload`);
 
-      // The filter narrows the page client-side.
-      await page.locator("#filter").fill("dash-invoices");
-      await expect.poll(() => page.locator("#dead tbody tr[data-id]").count()).toBe(1);
-      await page.locator("#filter").fill("");
-      await expect.poll(() => page.locator("#dead tbody tr[data-id]").count()).toBe(3);
+      // The filters go to the store (api/dead?topic=...&error=...): a topic exactly, an error text in any case.
+      const shownIds = () =>
+        page.locator("#dead tbody tr[data-id]").evaluateAll((rows) => rows.map((row) => row.getAttribute("data-id")));
+      await page.locator("#filter-topic").fill(topics.invoices);
+      await page.locator("#filter-apply").click();
+      await expect.poll(shownIds).toEqual([ids.requeue]);
+      expect(await page.locator("#page-info").textContent()).toBe("page 1: 1 matching entry");
+      await page.locator("#filter-topic").fill("");
+      await page.locator("#filter-error").fill("ITALIC");
+      await page.locator("#filter-apply").click();
+      await expect.poll(shownIds).toEqual([ids.html]);
+      await page.locator("#filter-key").fill("no-such-key");
+      await page.locator("#filter-apply").click();
+      await expect
+        .poll(() => page.locator("#dead tbody td").first().textContent())
+        .toBe("No dead entry matches the filters.");
+      await page.locator("#filter-clear").click();
+      await expect.poll(shownIds).toEqual([ids.html, ids.drop, ids.requeue]);
       expect(problems).toEqual([]);
       await page.close();
     });

@@ -5,6 +5,7 @@ import { readFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { OutboxEntry, OutboxStore, StoreStats } from "@outbox/core";
+import { MemoryStore } from "@outbox/memory";
 import { afterEach, describe, expect, it } from "vitest";
 import { isLoopback } from "../src/commands/dashboard.js";
 import { createDashboardHandler, csrfHeader, type DashboardOptions, tokenCookie } from "../src/dashboard/handler.js";
@@ -347,6 +348,89 @@ describe("dashboard handler", () => {
     expect(first.next).toBe("1");
     const second = (await (await fetch(`${base}/api/dead?limit=1&after=1`)).json()) as { entries: { id: string }[] };
     expect(second.entries.map((entry) => entry.id)).toEqual(["2"]);
+  });
+});
+
+interface DeadPage {
+  entries: { id: string; topic: string; key: string | null; lastError: string }[];
+  next: string | null;
+  filteredBy: string | null;
+}
+
+/** Every page of `query`, following `next`, `limit` at a time. */
+async function allPages(base: string, query: string, limit: number): Promise<DeadPage[]> {
+  const pages: DeadPage[] = [];
+  let after: string | null = null;
+  do {
+    const url = `${base}/api/dead?limit=${limit}&${query}${after === null ? "" : `&after=${after}`}`;
+    const response = await fetch(url);
+    expect(response.status, url).toBe(200);
+    const page = (await response.json()) as DeadPage;
+    pages.push(page);
+    after = page.next;
+  } while (after !== null && pages.length < 100);
+  return pages;
+}
+
+describe("dashboard dead-letter filters", () => {
+  it("are applied by a store that filters: full pages of matches, however many entries lie between them", async () => {
+    const store = new MemoryStore();
+    // 300 dead entries; the rare ones (every 50th) are the only matches, one page of 50 apart.
+    await store.transaction((tx) =>
+      store.enqueue(
+        tx,
+        Array.from({ length: 300 }, (_, n) => ({
+          topic: n % 50 === 7 ? "rare" : "bulk",
+          key: n % 50 === 7 && n > 100 ? null : `k${n % 3}`,
+          payload: String(n),
+        })),
+      ),
+    );
+    const claimed = await store.claim({ claimer: "t", limit: 300, leaseMs: 60_000 });
+    await store.deadLetter(
+      claimed.map((entry, n) => ({ id: entry.id, error: n % 50 === 7 ? `Broker TIMEOUT ${n}` : "boom" })),
+      { claimer: "t" },
+    );
+    const rare = [7, 57, 107, 157, 207, 257].map((n) => claimed[n]?.id);
+    const { base } = await serve({}, store as unknown as FakeStore);
+    const pages = await allPages(base, "topic=rare", 2);
+    expect(pages.map((page) => page.entries.map((entry) => entry.id))).toEqual([
+      rare.slice(0, 2),
+      rare.slice(2, 4),
+      rare.slice(4, 6),
+      [],
+    ]);
+    expect(pages.every((page) => page.filteredBy === "store")).toBe(true);
+    const byError = await allPages(base, "error=timeout&keyless=1", 50);
+    expect(byError.flatMap((page) => page.entries.map((entry) => entry.id))).toEqual(rare.slice(2));
+    const byKey = await allPages(base, `key=k1&topic=rare`, 50);
+    expect(byKey.flatMap((page) => page.entries.map((entry) => entry.id))).toEqual([claimed[7]?.id]);
+    // Empty fields are no filter.
+    const unfiltered = (await (await fetch(`${base}/api/dead?limit=5&topic=&error=`)).json()) as DeadPage;
+    expect(unfiltered.entries).toHaveLength(5);
+    expect(unfiltered.filteredBy).toBeNull();
+  });
+
+  it("are applied by the dashboard for a store that does not filter, reading on at most scanLimit per page", async () => {
+    const fake = new FakeStore();
+    fake.dead = Array.from({ length: 30 }, (_, i) =>
+      deadEntry(String(i + 1), "x", [4, 12, 13, 29].includes(i + 1) ? `needle ${i + 1}` : "boom"),
+    );
+    const { base } = await serve({ scanLimit: 10 }, fake);
+    const pages = await allPages(base, "error=NEEDLE", 2);
+    // 10 read per page at most: [4] (scanLimit reached), [12, 13], [] up to 26, [29].
+    expect(pages.map((page) => page.entries.map((entry) => entry.id))).toEqual([["4"], ["12", "13"], [], ["29"]]);
+    expect(pages.map((page) => page.next)).toEqual(["10", "13", "23", null]);
+    expect(pages.every((page) => page.filteredBy === "dashboard")).toBe(true);
+  });
+
+  it("refuses bad filters with 400", async () => {
+    const { base } = await serve();
+    for (const query of ["key=a&keyless=1", `topic=${"t".repeat(4_097)}`, `key=${"k".repeat(4_097)}`]) {
+      const response = await fetch(`${base}/api/dead?${query}`);
+      expect(response.status, query.slice(0, 40)).toBe(400);
+      expect(((await response.json()) as { error: { code: string } }).error.code).toBe("bad-request");
+    }
   });
 });
 

@@ -109,6 +109,8 @@ describe("outbox inbox (in-process, in-memory inbox store)", () => {
     const table = await cli("inbox", "dead", "list", "--consumer", "shipping", "--key", "a");
     expect(table.stdout.lines()[0]).toMatch(/^MESSAGE ID\s+TOPIC\s+KEY\s+ATTEMPTS\s+DEAD AT\s+ERROR$/);
     expect(table.stdout.text).toContain("2 shown, 2 matched, 3 scanned");
+    const keyless = await cli("inbox", "dead", "list", "--consumer", "shipping", "--json", "--keyless");
+    expect(JSON.parse(keyless.stdout.text)).toMatchObject({ matched: 0, scanned: 3 });
   });
 
   it("dead list and show page through more dead letters than one listDead call returns", async () => {

@@ -263,17 +263,18 @@ describe("operator commands (in-process, in-memory store)", () => {
     expect(await metrics.registry.metrics()).not.toMatch(/^outbox_capture_\w+\{/m);
   });
 
-  it("dead list filters client-side and prints JSON or a table", async () => {
+  it("dead list filters (through the store, which filters itself) and prints JSON or a table", async () => {
     const listed = await cli("dead", "list", "--json", "--topic", "orders");
     expect(listed.code).toBe(0);
     const body = JSON.parse(listed.stdout.text);
-    expect(body).toMatchObject({ matched: 2, scanned: 3, complete: true });
+    // The store reads its matches only: 2 scanned of the 3 dead.
+    expect(body).toMatchObject({ matched: 2, scanned: 2, complete: true });
     expect(body.entries.map((entry: { id: string }) => entry.id)).toEqual(ids.slice(0, 2));
     const byError = JSON.parse((await cli("dead", "list", "--json", "--error", "authorization")).stdout.text);
     expect(byError.entries.map((entry: { topic: string }) => entry.topic)).toEqual(["billing"]);
     const table = await cli("dead", "list", "--key", "a");
     expect(table.stdout.lines()[0]).toMatch(/^ID\s+TOPIC\s+KEY\s+ATTEMPTS\s+CREATED\s+LAST ERROR$/);
-    expect(table.stdout.text).toContain("2 shown, 2 matched, 3 scanned");
+    expect(table.stdout.text).toContain("2 shown, 2 matched, 2 scanned");
   });
 
   it("dead list and show page through more dead entries than one listDead call returns", async () => {
@@ -291,7 +292,9 @@ describe("operator commands (in-process, in-memory store)", () => {
     );
     const calls: Array<{ limit?: number; after?: string }> = [];
     setTestConfig({
+      // A store that does not declare capabilities.deadLetterFilters: the CLI reads every dead entry and filters.
       store: asConfigured(many, {
+        capabilities: { wakeUps: true, transactions: true },
         listDead: (options: { limit?: number; after?: string }) => {
           calls.push({ ...options });
           return many.listDead(options);
@@ -310,6 +313,91 @@ describe("operator commands (in-process, in-memory store)", () => {
     const shown = JSON.parse((await cli("dead", "show", claimed[1_200]?.id as string, "--json")).stdout.text);
     expect(shown).toMatchObject({ id: claimed[1_200]?.id, payloadText: "1200" });
     expect(calls).toHaveLength(2);
+  });
+
+  it("dead list, requeue and drop pass --topic, --key, --keyless and --error to a store that filters", async () => {
+    // 2,500 dead entries, the matches far apart: past the first --scan entries and the first page of 1,000.
+    const many = new MemoryStore();
+    const special = new Map([
+      [1_200, { topic: "late", key: "k", error: "Broker TIMEOUT" }],
+      [2_000, { topic: "late", key: null, error: "timeout again" }],
+      [2_400, { topic: "late", key: "k", error: "refused" }],
+    ]);
+    await many.transaction((tx) =>
+      many.enqueue(
+        tx,
+        Array.from({ length: 2_500 }, (_, n) => ({
+          topic: special.get(n)?.topic ?? "bulk",
+          key: special.has(n) ? special.get(n)?.key : `key-${n}`,
+          payload: String(n),
+        })),
+      ),
+    );
+    const claimed = await many.claim({ claimer: "t", limit: 2_500, leaseMs: 60_000 });
+    await many.deadLetter(
+      claimed.map((entry, n) => ({ id: entry.id, error: special.get(n)?.error ?? "boom" })),
+      { claimer: "t" },
+    );
+    const idOf = (n: number) => claimed[n]?.id as string;
+    const calls: Array<Record<string, unknown>> = [];
+    const dropped: string[][] = [];
+    setTestConfig({
+      store: asConfigured(many, {
+        listDead: (options: Parameters<MemoryStore["listDead"]>[0]) => {
+          calls.push({ ...options });
+          return many.listDead(options);
+        },
+        dropDead: async (chosen: readonly string[]) => {
+          dropped.push([...chosen]);
+          return chosen.length;
+        },
+      }),
+    });
+    const listed = async (...args: string[]) => {
+      const { code, stdout } = await cli("dead", "list", "--json", ...args);
+      expect(code).toBe(0);
+      const body = JSON.parse(stdout.text);
+      return { ...body, ids: body.entries.map((entry: { id: string }) => entry.id) };
+    };
+    // Filtering what --scan 2 read would find nothing: the store finds the first two matches.
+    expect(await listed("--topic", "late", "--scan", "2")).toMatchObject({
+      ids: [idOf(1_200), idOf(2_000)],
+      matched: 2,
+      scanned: 2,
+      complete: false,
+    });
+    expect(calls).toEqual([{ topic: "late", limit: 2 }]);
+    expect((await listed("--topic", "late", "--key", "k")).ids).toEqual([idOf(1_200), idOf(2_400)]);
+    expect((await listed("--keyless", "--error", "TimeOut")).ids).toEqual([idOf(2_000)]);
+    calls.length = 0;
+    expect((await listed("--error", "timeout", "--limit", "1")).ids).toEqual([idOf(1_200)]);
+    expect(calls).toEqual([{ errorContains: "timeout", limit: 1_000 }]);
+
+    const requeued = await cli("dead", "requeue", "--all", "--error", "timeout", "--scan", "5", "--json");
+    expect(JSON.parse(requeued.stdout.text)).toMatchObject({ requeued: 2, ids: [idOf(1_200), idOf(2_000)] });
+    const drop = await cli("dead", "drop", "--all", "--topic", "late", "--json");
+    expect(JSON.parse(drop.stdout.text)).toMatchObject({ dropped: 1, selected: 1 });
+    expect(dropped).toEqual([[idOf(2_400)]]);
+  });
+
+  it("dead list refuses --key with --keyless, and filters the stores refuse (exit 2)", async () => {
+    const both = await cli("dead", "list", "--key", "a", "--keyless", "--json");
+    expect(both.code).toBe(ExitCode.Usage);
+    expect(JSON.parse(both.stderr.text).error.code).toBe(CliErrorCode.Usage);
+    for (const args of [
+      ["--topic", ""],
+      ["--error", "x".repeat(4_097)],
+    ]) {
+      const refused = await cli("dead", "list", ...args, "--json");
+      expect(refused.code, args.join(" ")).toBe(ExitCode.Usage);
+      expect(JSON.parse(refused.stderr.text).error.code).toBe(OutboxErrorCode.InvalidOptions);
+    }
+    // Checked alike for a store that does not filter (the CLI filters for it).
+    setTestConfig({ store: asConfigured(store, { capabilities: { wakeUps: true, transactions: true } }) });
+    const unfiltered = await cli("dead", "list", "--topic", "", "--json");
+    expect(JSON.parse(unfiltered.stderr.text).error.code).toBe(OutboxErrorCode.InvalidOptions);
+    const keyless = JSON.parse((await cli("dead", "list", "--keyless", "--json")).stdout.text);
+    expect(keyless).toMatchObject({ matched: 0, scanned: 3 });
   });
 
   it("dead show gives the payload as text, or base64 when it is not UTF-8", async () => {

@@ -1,4 +1,5 @@
 import {
+  type ListDeadOptions,
   type ManualClock,
   type OutboxEntry,
   OutboxError,
@@ -1294,6 +1295,181 @@ export const storeChecks = {
         idsOf(await h.store.listDead({ after: enqueued[2] })),
         "listDead({ after }) must page on after an id that is no longer dead",
       ).toEqual(enqueued.slice(3));
+    },
+  },
+  "list-dead-filters": {
+    title:
+      "listDead's topic, key and errorContains filters pick exactly the matching dead entries, in full pages, " +
+      "and refuse bad values",
+    requires: (h) =>
+      h.store.capabilities.deadLetterFilters
+        ? null
+        : "store does not declare capabilities.deadLetterFilters (its listDead may ignore the filters)",
+    async run(h) {
+      const orders = uniqueName("orders");
+      const loud = orders.toUpperCase();
+      const spaced = `${orders} `;
+      const billing = uniqueName("billing");
+      // Dead entries (a to l) with a pending one that failed and a published one among them: the
+      // matches of each filter lie scattered, so a page filtered after it was read comes up short.
+      const fixture: Array<{ label: string; topic: string; key: string | null; error?: string; fate?: string }> = [
+        { label: "a", topic: orders, key: "k1", error: "Timeout after 30s" },
+        { label: "b", topic: billing, key: "k1", error: "disk 100% full" },
+        { label: "c", topic: orders, key: null, error: "field_name is invalid" },
+        { label: "d", topic: loud, key: "K1", error: "TIMEOUT waiting for the broker" },
+        { label: "e", topic: orders, key: "k1 ", error: "fieldXname is invalid" },
+        { label: "f", topic: billing, key: "ключ-🔑", error: "path C:\\temp\\x.json not found" },
+        { label: "retrying", topic: orders, key: "k1", error: "Timeout after 30s", fate: "retry" },
+        { label: "g", topic: spaced, key: "k1", error: "100 percent of the quota used" },
+        { label: "h", topic: orders, key: "ключ-🔑", error: "path C:temp is read-only" },
+        { label: "published", topic: orders, key: "k1", fate: "ack" },
+        { label: "i", topic: billing, key: null, error: "ошибка 🚫 refused: a.c* (regex)" },
+        { label: "j", topic: orders, key: "k1", error: "abc regex handler" },
+        { label: "k", topic: orders, key: null, error: "DISK 100% FULL again" },
+        { label: "l", topic: loud, key: "k1", error: "quota_exceeded \\ retry later" },
+      ];
+      const ids = await enqueue(
+        h,
+        fixture.map((spec, i) => message(spec.topic, i, spec.key)),
+      );
+      const idOf = new Map(fixture.map((spec, i) => [spec.label, ids[i] as string]));
+      const claimed: OutboxEntry[] = [];
+      for (let round = 0; round < 10 && claimed.length < ids.length; round++) {
+        claimed.push(...(await h.store.claim({ claimer: "a", limit: 100, leaseMs: 600_000 })));
+      }
+      expect(idsOf(claimed).sort(), "every entry of the fixture is claimable").toEqual([...ids].sort());
+      const dead = fixture.filter((spec) => spec.fate === undefined);
+      await h.store.deadLetter(
+        dead.map((spec) => ({ id: idOf.get(spec.label) as string, error: spec.error as string })),
+        ctx("a"),
+      );
+      await h.store.retry(
+        [
+          {
+            id: idOf.get("retrying") as string,
+            error: "Timeout after 30s",
+            availableAt: new Date(h.clock.now() + 600_000),
+          },
+        ],
+        ctx("a"),
+      );
+      await h.store.ack([idOf.get("published") as string], ctx("a"));
+
+      /** Every page of `filter`, `limit` at a time, each asked after the last id of the one before. */
+      const pages = async (filter: ListDeadOptions, limit: number): Promise<string[][]> => {
+        const read: string[][] = [];
+        let after: string | undefined;
+        // Bounded: a store that never comes up short must not loop for ever.
+        for (let page = 0; page <= dead.length + 1; page++) {
+          const entries = await h.store.listDead({ ...filter, limit, ...(after === undefined ? {} : { after }) });
+          read.push(idsOf(entries));
+          const last = entries.at(-1);
+          if (entries.length < limit || last === undefined) break;
+          after = last.id;
+        }
+        return read;
+      };
+      const cases: Array<{ filter: ListDeadOptions; labels: string[]; rule: string }> = [
+        { filter: { topic: orders }, labels: ["a", "c", "e", "h", "j", "k"], rule: "topic matches exactly" },
+        { filter: { topic: loud }, labels: ["d", "l"], rule: "topic is case-sensitive" },
+        { filter: { topic: spaced }, labels: ["g"], rule: "a topic's trailing space counts" },
+        { filter: { key: "k1" }, labels: ["a", "b", "g", "j", "l"], rule: "key matches exactly" },
+        { filter: { key: "K1" }, labels: ["d"], rule: "key is case-sensitive" },
+        { filter: { key: "k1 " }, labels: ["e"], rule: "a key's trailing space counts" },
+        { filter: { key: "ключ-🔑" }, labels: ["f", "h"], rule: "a unicode key matches exactly" },
+        { filter: { key: null }, labels: ["c", "i", "k"], rule: "key: null means entries without a key" },
+        {
+          filter: { errorContains: "timeout" },
+          labels: ["a", "d"],
+          rule: "errorContains ignores case, and a pending entry's last error never counts",
+        },
+        { filter: { errorContains: "100%" }, labels: ["b", "k"], rule: "% in errorContains is a plain character" },
+        { filter: { errorContains: "%" }, labels: ["b", "k"], rule: "% alone matches only errors holding a %" },
+        {
+          filter: { errorContains: "field_name" },
+          labels: ["c"],
+          rule: "_ in errorContains is a plain character, not any one character",
+        },
+        { filter: { errorContains: "_" }, labels: ["c", "l"], rule: "_ alone matches only errors holding a _" },
+        {
+          filter: { errorContains: "C:\\temp" },
+          labels: ["f"],
+          rule: "a backslash in errorContains is a plain character, not an escape",
+        },
+        {
+          filter: { errorContains: "\\" },
+          labels: ["f", "l"],
+          rule: "a backslash alone matches only errors holding one",
+        },
+        { filter: { errorContains: "a.c*" }, labels: ["i"], rule: ". and * in errorContains are plain characters" },
+        {
+          filter: { errorContains: "(regex)" },
+          labels: ["i"],
+          rule: "parentheses in errorContains are plain characters",
+        },
+        { filter: { errorContains: "ошибка 🚫" }, labels: ["i"], rule: "unicode in errorContains matches exactly" },
+        {
+          filter: { errorContains: "no such failure" },
+          labels: [],
+          rule: "an error text no entry has matches nothing",
+        },
+        {
+          filter: { topic: orders, key: "k1", errorContains: "TIMEOUT" },
+          labels: ["a"],
+          rule: "filters combine: every one must match",
+        },
+        { filter: { topic: orders, key: null }, labels: ["c", "k"], rule: "filters combine: topic and no key" },
+        { filter: { topic: billing, errorContains: "%" }, labels: ["b"], rule: "filters combine: topic and error" },
+      ];
+      for (const { filter, labels, rule } of cases) {
+        const expected = labels.map((label) => idOf.get(label) as string);
+        const shown = JSON.stringify(filter);
+        expect(
+          idsOf(await h.store.listDead(filter)),
+          `listDead(${shown}) must return exactly the matching dead entries, oldest first (${rule})`,
+        ).toEqual(expected);
+        const paged = await pages(filter, 2);
+        expect(
+          paged.flat(),
+          `listDead(${shown}) paged 2 at a time (after: the last id of the page before) must return the same ` +
+            `entries: the filter applies before the limit, not to a page already cut (${rule})`,
+        ).toEqual(expected);
+        expect(
+          paged.slice(0, -1).every((page) => page.length === 2),
+          `listDead(${shown}, limit 2): every page but the last must be full (a page of 2 matches, however ` +
+            "many entries that do not match lie between them)",
+        ).toBe(true);
+      }
+      expect(
+        idsOf(await h.store.listDead({ topic: orders, after: idOf.get("b") as string, limit: 3 })),
+        "listDead({ topic, after }) must page on after an id that does not match the filter",
+      ).toEqual(["c", "e", "h"].map((label) => idOf.get(label)));
+      expect(
+        (await pages({ key: "k1" }, 1)).flat(),
+        "listDead({ key }) paged one at a time must return every match",
+      ).toEqual(["a", "b", "g", "j", "l"].map((label) => idOf.get(label)));
+
+      const bad: Array<[string, unknown]> = [
+        ["an empty topic", { topic: "" }],
+        ["a topic that is not a string", { topic: 7 }],
+        ["an empty key (null asks for entries without a key)", { key: "" }],
+        ["a key that is not a string or null", { key: ["k1"] }],
+        ["an empty errorContains", { errorContains: "" }],
+        ["an errorContains that is not a string", { errorContains: null }],
+        ["an errorContains over 4,096 characters", { errorContains: "x".repeat(4_097) }],
+        ["a key with a lone surrogate", { key: "\ud800" }],
+      ];
+      for (const [what, options] of bad) {
+        await expectCode(
+          h.store.listDead(options as ListDeadOptions),
+          OutboxErrorCode.InvalidOptions,
+          `listDead must refuse ${what} with OUTBOX_INVALID_OPTIONS`,
+        );
+      }
+      expect(
+        idsOf(await h.store.listDead({ errorContains: "x".repeat(4_096) })),
+        "an errorContains of 4,096 characters is allowed (and matches nothing here)",
+      ).toEqual([]);
     },
   },
 } satisfies Record<string, Check<Harness>>;

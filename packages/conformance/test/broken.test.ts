@@ -1,9 +1,11 @@
 import {
   checkLockCall,
+  deadLetterFilter,
   heldBack,
   KeyFailures,
   type LockBackend,
   ManualClock,
+  matchesDeadLetterFilter,
   type OutboxEntry,
   OutboxError,
   OutboxErrorCode,
@@ -310,6 +312,95 @@ describe("the kit catches broken stores (contract v2 rules)", () => {
       listDead: (options) => inner.listDead(options?.limit === undefined ? {} : { limit: options.limit }),
     }));
     expect(await failingStoreChecks(noPaging)).toContain("list-dead-order");
+  });
+
+  it("the reference store passes list-dead-filters; a store that does not declare the filters skips it", async () => {
+    expect(await runStoreCheck(memoryStoreHarness, "list-dead-filters")).toEqual({ passed: true, message: "" });
+    const undeclared = brokenStore(() => ({ capabilities: { wakeUps: true, transactions: true } }));
+    const { skipped } = await runChecks(
+      { "list-dead-filters": storeChecks["list-dead-filters"] },
+      () => undeclared(new ManualClock()) as Promise<StoreHarness<unknown>>,
+      (h) => h.teardown(),
+    );
+    expect(skipped).toEqual(["list-dead-filters"]);
+  });
+
+  it("a store that ignores errorContains fails list-dead-filters", async () => {
+    const noErrorFilter = brokenStore((inner) => ({
+      listDead: (options) => inner.listDead({ ...options, errorContains: undefined }),
+    }));
+    const broken = await runStoreCheck(noErrorFilter, "list-dead-filters");
+    expect(broken.passed).toBe(false);
+    expect(broken.message).toContain('listDead({"errorContains":"timeout"}) must return exactly the matching');
+  });
+
+  it("a store that filters each page after reading it fails list-dead-filters", async () => {
+    // Reads `limit` dead entries, then drops those that do not match: short pages, and paging stops early.
+    const perPage = brokenStore((inner) => ({
+      async listDead(options = {}) {
+        const filter = deadLetterFilter(options);
+        const page = await inner.listDead({ limit: options.limit, after: options.after });
+        return page.filter((entry) => matchesDeadLetterFilter(entry, filter));
+      },
+    }));
+    const broken = await runStoreCheck(perPage, "list-dead-filters");
+    expect(broken.passed).toBe(false);
+    expect(broken.message).toContain("paged 2 at a time");
+  });
+
+  it("a store that passes errorContains to LIKE unescaped fails list-dead-filters", async () => {
+    // % and _ are wildcards, a backslash escapes: what `LIKE '%' || $1 || '%'` does with the raw text.
+    const literal = (text: string) => text.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
+    const like = (needle: string) => {
+      const pattern = needle.replace(/\\(.)|([%_])|([^\\%_]+)/gsu, (_, escaped, wild, plain) =>
+        escaped !== undefined ? literal(escaped) : wild !== undefined ? (wild === "%" ? ".*" : ".") : literal(plain),
+      );
+      return new RegExp(pattern, "isu");
+    };
+    const unescaped = brokenStore((inner) => ({
+      async listDead(options = {}) {
+        const { errorContains, limit, ...rest } = options;
+        if (errorContains === undefined) return inner.listDead(options);
+        const all = await inner.listDead({ ...rest, limit: 1_000_000 });
+        return all.filter((entry) => like(errorContains).test(entry.lastError ?? "")).slice(0, limit ?? 100);
+      },
+    }));
+    const broken = await runStoreCheck(unescaped, "list-dead-filters");
+    expect(broken.passed).toBe(false);
+    expect(broken.message).toContain("% in errorContains is a plain character");
+  });
+
+  it("a store whose key filter ignores case or trailing spaces fails list-dead-filters", async () => {
+    // A case-insensitive PAD SPACE collation (MySQL's default): 'k1' = 'K1 '.
+    const collated = brokenStore((inner) => ({
+      async listDead(options = {}) {
+        const { key, limit, ...rest } = options;
+        if (typeof key !== "string") return inner.listDead(options);
+        const fold = (value: string) => value.trimEnd().toLowerCase();
+        const all = await inner.listDead({ ...rest, limit: 1_000_000 });
+        return all.filter((entry) => entry.key !== null && fold(entry.key) === fold(key)).slice(0, limit ?? 100);
+      },
+    }));
+    const broken = await runStoreCheck(collated, "list-dead-filters");
+    expect(broken.passed).toBe(false);
+    expect(broken.message).toContain('listDead({"key":"k1"}) must return exactly the matching');
+  });
+
+  it("a store that declares the filters but takes any value fails list-dead-filters", async () => {
+    const lax = brokenStore((inner) => ({
+      async listDead(options = {}) {
+        const valid = (value: unknown) => typeof value === "string" && value.length > 0 && value.length <= 4_096;
+        return inner.listDead({
+          ...options,
+          topic: valid(options.topic) ? options.topic : undefined,
+          key: options.key === null || valid(options.key) ? options.key : undefined,
+          errorContains: valid(options.errorContains) ? options.errorContains : undefined,
+        });
+      },
+    }));
+    const broken = await runStoreCheck(lax, "list-dead-filters");
+    expect(broken.passed).toBe(false);
+    expect(broken.message).toContain("listDead must refuse an empty topic with OUTBOX_INVALID_OPTIONS");
   });
 
   it("a store whose inFlight ignores lease expiry fails in-flight-expiry", async () => {

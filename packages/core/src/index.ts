@@ -1,6 +1,12 @@
 export { defaultRetryPolicy, type RetryPolicy, resolveRetryPolicy, retryDelayMs } from "./backoff.js";
 export { type Clock, ManualClock, systemClock } from "./clock.js";
 export {
+  type DeadLetterFilter,
+  deadLetterFilter,
+  matchesDeadLetterFilter,
+  maxDeadLetterFilterLength,
+} from "./dead-letters.js";
+export {
   defaultEntryLimits,
   type EntryLimits,
   jsonPayload,

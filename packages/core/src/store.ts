@@ -129,15 +129,40 @@ export interface StoreCapabilities {
    * where a lower id cannot commit after a higher one. Absent means `true`.
    */
   readonly concurrentWriters?: boolean;
+  /**
+   * `listDead` honours its filters (`topic`, `key`, `errorContains`): each page holds up to `limit`
+   * matching entries, however many do not match. Absent means `false`: a store written before the
+   * filters may ignore them, so tools filter what it returns themselves.
+   */
+  readonly deadLetterFilters?: boolean;
 }
 
 export type Unsubscribe = () => Promise<void>;
 
+/**
+ * Which dead entries `listDead` returns, a page at a time. The filters combine (all must match) and
+ * apply before `limit`: a page holds up to `limit` matching entries. A filter given is a non-empty,
+ * well-formed string of at most 4,096 characters (`key` may also be `null`); anything else is
+ * OUTBOX_INVALID_OPTIONS.
+ */
 export interface ListDeadOptions {
   /** At most this many entries. Default 100. */
   readonly limit?: number;
-  /** Only entries after this id (oldest first): the last id of the previous page. */
+  /**
+   * Only entries after this id (oldest first): the last id of the previous page, asked with the same
+   * filters. It may name an entry that is no longer dead, or does not match.
+   */
   readonly after?: string;
+  /** Only entries of this topic: exactly (case, spaces and all). */
+  readonly topic?: string;
+  /** Only entries of this key, exactly (case, trailing spaces and all); `null`: only entries without a key. */
+  readonly key?: string | null;
+  /**
+   * Only entries whose last error contains this text, ignoring case: ASCII letters on every store,
+   * other letters as the store lowercases them (SQL stores: the database's rules). Plain text: `%`,
+   * `_`, `\`, `*` and the like match themselves, never as wildcards.
+   */
+  readonly errorContains?: string;
 }
 
 /**
@@ -181,7 +206,9 @@ export interface OutboxStore<Tx = unknown> {
   releaseClaimer?(context: SettleContext): Promise<number>;
   /**
    * Dead entries, oldest first (id order), at most `limit` (default 100). `after` pages on: only
-   * entries after that id, the last one of the previous page.
+   * entries after that id, the last one of the previous page. A store that declares
+   * `capabilities.deadLetterFilters` applies `topic`, `key` and `errorContains` itself, before the
+   * limit (see `ListDeadOptions`).
    */
   listDead(options?: ListDeadOptions): Promise<OutboxEntry[]>;
   /** Makes dead entries pending again with a fresh attempt count. Returns how many moved. */

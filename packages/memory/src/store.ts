@@ -2,9 +2,11 @@ import {
   type ClaimRequest,
   type Clock,
   type DeadLetterItem,
+  deadLetterFilter,
   type EntryLimits,
   type Fence,
   type ListDeadOptions,
+  matchesDeadLetterFilter,
   mostPendingFirst,
   type OutboxEntry,
   OutboxError,
@@ -64,7 +66,7 @@ export interface MemoryStoreOptions {
  * enqueue but rows become visible at commit, so a late-committing lower id is modelled too.
  */
 export class MemoryStore implements OutboxStore<MemoryTransaction> {
-  readonly capabilities: StoreCapabilities = { wakeUps: true, transactions: true };
+  readonly capabilities: StoreCapabilities = { wakeUps: true, transactions: true, deadLetterFilters: true };
   readonly #clock: Clock;
   readonly #limits: Partial<EntryLimits> | undefined;
   readonly #rows = new Map<number, Row>();
@@ -225,9 +227,16 @@ export class MemoryStore implements OutboxStore<MemoryTransaction> {
         `listDead: after must be an entry id, got ${JSON.stringify(options.after)}`,
       );
     }
+    const limit = positiveInteger(options.limit ?? 100, "limit");
+    const filter = deadLetterFilter(options);
     return this.#ordered()
-      .filter((row) => row.status === "dead" && row.seq > after)
-      .slice(0, options.limit ?? 100)
+      .filter(
+        (row) =>
+          row.status === "dead" &&
+          row.seq > after &&
+          matchesDeadLetterFilter({ topic: row.message.topic, key: row.message.key, lastError: row.lastError }, filter),
+      )
+      .slice(0, limit)
       .map((row) => this.#toEntry(row));
   }
 

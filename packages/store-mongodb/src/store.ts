@@ -3,10 +3,13 @@ import {
   type BlockedKey,
   type ClaimRequest,
   type Clock,
+  type DeadLetterFilter,
   type DeadLetterItem,
+  deadLetterFilter,
   type EntryLimits,
   type Fence,
   type ListDeadOptions,
+  matchesDeadLetterFilter,
   mostPendingFirst,
   type OutboxEntry,
   OutboxError,
@@ -217,6 +220,8 @@ const claimRounds = 4;
 const allBatch = 10_000;
 /** Statements per write command (see #bulk). */
 const bulkStatements = 8;
+/** Dead entries' ids and errors read per round while listDead looks for an error text. */
+const deadScanBatch = 1_000;
 
 /**
  * Creates the indexes that are missing. Only those: FerretDB 1.24 drops the connection (a
@@ -427,6 +432,7 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
     return {
       wakeUps: this.#wakeUps && this.#server?.changeStreams === true,
       transactions: this.#transactions,
+      deadLetterFilters: true,
     };
   }
 
@@ -1182,11 +1188,67 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
         `listDead: after must be an entry id, got ${JSON.stringify(options.after)}`,
       );
     }
+    const filter = deadLetterFilter(options);
     await this.init();
+    // Topic and key are equalities the server answers (through (status, key, _id) for a key).
+    const query: Filter<EntryDoc> = {
+      status: "dead",
+      ...(filter.topic === undefined ? {} : { topic: filter.topic }),
+      ...(filter.key === undefined ? {} : { key: filter.key }),
+    };
+    if (filter.errorContains !== undefined) return this.#listDeadMatching(query, filter, after, limit);
     const docs = await this.#run("listDead", true, () =>
-      this.#entries.find({ status: "dead", _id: { $gt: after } }, { sort: { _id: 1 }, limit }).toArray(),
+      this.#entries.find({ ...query, _id: { $gt: after } }, { sort: { _id: 1 }, limit }).toArray(),
     );
     return docs.map(toEntry);
+  }
+
+  /**
+   * listDead with `errorContains`, matched in this process on every server: FerretDB 1.x pushes
+   * no regular expression down (it filters what it read), and a case-insensitive `$regex` folds
+   * letters differently per server (mongo-java-server: ASCII only); here it is the in-memory
+   * store's match. Reads the ids and errors of the dead entries `query` selects, in id order,
+   * `deadScanBatch` at a time, until `limit` match or none are left, then the matching entries
+   * whole: the page is full however many entries lie between its matches, and memory holds one
+   * batch of errors plus the page.
+   */
+  async #listDeadMatching(
+    query: Filter<EntryDoc>,
+    filter: DeadLetterFilter,
+    after: number,
+    limit: number,
+  ): Promise<OutboxEntry[]> {
+    const needle = (filter.errorContains as string).toLowerCase();
+    const entries: OutboxEntry[] = [];
+    let cursor = after;
+    for (;;) {
+      const from = cursor;
+      const batch = await this.#run("listDead", true, () =>
+        this.#entries
+          .find<Pick<EntryDoc, "_id" | "lastError">>(
+            { ...query, _id: { $gt: from } },
+            { sort: { _id: 1 }, limit: deadScanBatch, projection: { _id: 1, lastError: 1 } },
+          )
+          .toArray(),
+      );
+      const picked: number[] = [];
+      for (const doc of batch) {
+        cursor = Number(doc._id);
+        if (!doc.lastError?.toLowerCase().includes(needle)) continue;
+        picked.push(cursor);
+        if (entries.length + picked.length === limit) break;
+      }
+      if (picked.length > 0) {
+        const docs = await this.#run("listDead", true, () =>
+          this.#entries.find({ _id: { $in: longs(picked) }, status: "dead" }, { sort: { _id: 1 } }).toArray(),
+        );
+        // One requeued (or dead again with another error) since the scan is left out; the scan goes on.
+        entries.push(...docs.map(toEntry).filter((entry) => matchesDeadLetterFilter(entry, filter)));
+      }
+      const last = batch.at(-1);
+      const scannedAll = batch.length < deadScanBatch && (last === undefined || Number(last._id) === cursor);
+      if (entries.length >= limit || scannedAll) return entries;
+    }
   }
 
   /** Deletes dead entries for good (and their claim tickets); other ids are ignored. */

@@ -22,7 +22,7 @@ it("runs the 6.0.0 driver", async () => {
   expect(driver.MongoClient).toBe((await import("mongodb-6")).MongoClient);
   const { store, teardown } = await mongoHarness(new ManualClock(), java, {}, { sessions: false });
   try {
-    expect(store.capabilities).toEqual({ wakeUps: true, transactions: false });
+    expect(store.capabilities).toEqual({ wakeUps: true, transactions: false, deadLetterFilters: true });
   } finally {
     await teardown();
   }

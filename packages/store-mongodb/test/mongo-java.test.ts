@@ -34,7 +34,7 @@ describe("change streams (mongo-java-server, oplog on)", () => {
   it("init() reads change streams, no transactions, atomic updates and $first from the server", async () => {
     const { store: s, teardown } = await mongoHarness(new ManualClock(), client, {}, { sessions: false });
     try {
-      expect(s.capabilities).toEqual({ wakeUps: true, transactions: false });
+      expect(s.capabilities).toEqual({ wakeUps: true, transactions: false, deadLetterFilters: true });
       expect((s as MongoStore).server).toEqual({
         replicated: false,
         changeStreams: true,

@@ -27,7 +27,7 @@ it("init() finds no change streams on FerretDB (the probe is refused, the connec
       groupFirst: false,
       secondaryIndexes: false,
     });
-    expect(store.capabilities).toEqual({ wakeUps: false, transactions: false });
+    expect(store.capabilities).toEqual({ wakeUps: false, transactions: false, deadLetterFilters: true });
     expect((await store.stats()).pending).toBe(0);
   } finally {
     await dropStore(client, store);

@@ -165,7 +165,7 @@ describe("replica-set code paths (driver API, no server)", () => {
     const { client, calls, session } = fakeReplicaSet(7);
     const store = createMongoStore({ client, db: "app", collection: "outbox" });
     await store.init();
-    expect(store.capabilities).toEqual({ wakeUps: true, transactions: true });
+    expect(store.capabilities).toEqual({ wakeUps: true, transactions: true, deadLetterFilters: true });
     await store.ack(["1"], { claimer: "c", fence: { lock: "L", token: 7n } });
     expect(calls.map((c) => c.op)).toEqual([
       "withTransaction",
@@ -183,6 +183,74 @@ describe("replica-set code paths (driver API, no server)", () => {
     expect(OutboxError.is(error, OutboxErrorCode.Fenced)).toBe(true);
     expect((error as OutboxError).details).toEqual({ lock: "L", token: "7", newest: "9" });
     expect(calls.map((c) => c.op)).not.toContain("outbox.updateMany");
+  });
+
+  it("listDead with errorContains reads on past batches of entries that do not match: full pages, nothing skipped", async () => {
+    // 2,500 dead entries, three of them timeouts: the page must hold matches found past the first
+    // scan batch, and one requeued between the scan and the read of whole entries is left out.
+    const rows = Array.from({ length: 2_500 }, (_, i) => ({
+      _id: i + 1,
+      topic: i % 2 === 0 ? "orders" : "billing",
+      key: null,
+      payload: new Uint8Array(0),
+      headers: "{}",
+      idempotencyKey: null,
+      createdAt: new Date(0),
+      availableAt: new Date(0),
+      status: "dead",
+      attempts: 3,
+      lastError: [1_500, 1_700, 2_100, 2_499].includes(i + 1) ? `broker TIMEOUT #${i + 1}` : "boom",
+    }));
+    const finds: Array<Record<string, unknown>> = [];
+    let requeueAfterScan: number | null = null;
+    const num = (value: unknown) => Number(String(value));
+    const matches = (row: Record<string, unknown>, filter: Record<string, unknown>) =>
+      Object.entries(filter).every(([field, wanted]) => {
+        const value = row[field];
+        if (wanted !== null && typeof wanted === "object" && "$gt" in wanted) return num(value) > num(wanted.$gt);
+        if (wanted !== null && typeof wanted === "object" && "$in" in wanted) {
+          return (wanted.$in as unknown[]).map(num).includes(num(value));
+        }
+        return value === wanted;
+      });
+    const collection = () => ({
+      listIndexes: () => ({ toArray: async () => [] }),
+      createIndexes: async () => [],
+      find: (filter: Record<string, unknown>, options: { limit?: number; projection?: Record<string, 1> } = {}) => {
+        finds.push(filter);
+        const whole = options.projection === undefined;
+        if (whole && requeueAfterScan !== null) {
+          const requeued = rows.find((row) => row._id === requeueAfterScan);
+          if (requeued) requeued.status = "pending";
+        }
+        let found: Array<Record<string, unknown>> = rows.filter((row) => matches(row, filter));
+        found.sort((a, b) => num(a._id) - num(b._id));
+        if (options.limit !== undefined) found = found.slice(0, options.limit);
+        const projection = options.projection;
+        if (projection) found = found.map((row) => Object.fromEntries(Object.keys(projection).map((f) => [f, row[f]])));
+        return { toArray: async () => found };
+      },
+    });
+    const client = fakeReplicaSetClient(collection, {});
+    const store = createMongoStore({ client, db: "app", collection: "outbox" });
+    expect(store.capabilities.transactions).toBe(true);
+    const ids = (entries: { id: string }[]) => entries.map((e) => e.id);
+
+    expect(ids(await store.listDead({ errorContains: "timeout", limit: 2 }))).toEqual(["1500", "1700"]);
+    expect(ids(await store.listDead({ errorContains: "timeout", limit: 2, after: "1700" }))).toEqual(["2100", "2499"]);
+    expect(ids(await store.listDead({ errorContains: "timeout", limit: 2, after: "2499" }))).toEqual([]);
+    // Equalities go to the server; the error text never does (no $regex: FerretDB filters those itself).
+    finds.length = 0;
+    expect(ids(await store.listDead({ topic: "billing", key: null, errorContains: "TIMEOUT" }))).toEqual([
+      "1500",
+      "1700",
+      "2100",
+    ]);
+    expect(finds[0]).toEqual({ status: "dead", topic: "billing", key: null, _id: { $gt: 0 } });
+    expect(JSON.stringify(finds)).not.toContain("$regex");
+    // 1,500 is requeued between the scan and the read: the page goes on to the next match.
+    requeueAfterScan = 1_500;
+    expect(ids(await store.listDead({ errorContains: "timeout", limit: 2 }))).toEqual(["1700", "2100"]);
   });
 
   it("transactions mode: enqueue needs a session inside a transaction", async () => {

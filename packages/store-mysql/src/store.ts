@@ -2,7 +2,9 @@ import { createHash } from "node:crypto";
 import {
   type ClaimRequest,
   type Clock,
+  type DeadLetterFilter,
   type DeadLetterItem,
+  deadLetterFilter,
   type EntryLimits,
   type Fence,
   type ListDeadOptions,
@@ -181,6 +183,14 @@ export function keyHash(key: string): Buffer {
   return createHash("sha256").update(utf8.encode(key)).digest().subarray(0, 16);
 }
 
+/**
+ * A LIKE pattern matching `text` anywhere, its wildcards taken literally. The escape is `!`: a
+ * backslash in a literal means something else under NO_BACKSLASH_ESCAPES.
+ */
+function likeContains(text: string): string {
+  return `%${text.replaceAll(/[!%_]/g, "!$&")}%`;
+}
+
 export function cleanError(error: unknown): string {
   const message = String(error);
   return message.length > maxErrorChars ? `${message.slice(0, maxErrorChars - 1)}…` : message;
@@ -318,7 +328,7 @@ export class MySqlStore implements OutboxStore<MySqlQueryable> {
       options.onError ?? ((error) => console.warn(`[@outbox/store-mysql ${this.names.qualifiedTable}]`, error));
     this.#subscribers = new WakeUpListeners({ onError: this.#onError });
     this.#sql = buildStatements(this.names);
-    this.capabilities = { wakeUps: options.wakeUps !== false, transactions: true };
+    this.capabilities = { wakeUps: options.wakeUps !== false, transactions: true, deadLetterFilters: true };
   }
 
   /**
@@ -744,8 +754,15 @@ export class MySqlStore implements OutboxStore<MySqlQueryable> {
         `listDead: after must be an entry id, got ${JSON.stringify(options.after)}`,
       );
     }
+    const filter = deadLetterFilter(options);
+    const params: unknown[] = [];
+    if (typeof filter.key === "string") params.push(keyHash(filter.key), bytes(filter.key));
+    params.push(options.after ?? "0");
+    if (filter.topic !== undefined) params.push(bytes(filter.topic));
+    if (filter.errorContains !== undefined) params.push(bytes(likeContains(filter.errorContains)));
+    params.push(limit);
     const { rows } = await this.#withRetries("listDead", true, () =>
-      runStatement(this.#pool, this.#sql.listDead, [options.after ?? "0", limit]),
+      runStatement(this.#pool, this.#sql.listDead(filter), params),
     );
     return rows.map((row) => toEntry(row, Number(row.attempts)));
   }
@@ -1182,8 +1199,23 @@ function buildStatements(n: SchemaNames) {
     // (no locks; a claim whose reply was lost is rare, and its entries are among the oldest).
     heldBy: `SELECT CAST(o.id AS CHAR) AS id FROM ${t} o FORCE INDEX (${indexNames.pending})
       WHERE o.status = 0 AND o.claimed_by = ${TXT} ORDER BY o.id`,
-    listDead: `SELECT ${entry} FROM ${t} o FORCE INDEX (${indexNames.pending})
-      WHERE o.status = 2 AND o.id > ? ORDER BY o.id LIMIT ?`,
+    // Dead entries in id order: through (status, id), or with a key filter through (status, key_hash,
+    // id), that key's dead entries only. Topic and error text are checked on each row the scan
+    // reaches until the page is full (no index serves them; dead entries are few next to the
+    // table). Topic and key compare as bytes: utf8mb4_bin pads with spaces ('k1' = 'k1 '). The
+    // error text is lowered by utf8mb4's rules on both sides and matched with LIKE, '!' escaping
+    // its wildcards. Params: [key hash, key], after, [topic], [pattern], limit.
+    listDead: (filter: DeadLetterFilter) => {
+      const where = ["o.status = 2"];
+      if (filter.key === null) where.push("o.key_hash <=> NULL");
+      else if (filter.key !== undefined) where.push("o.key_hash = ?", "CAST(o.entry_key AS BINARY) = ?");
+      where.push("o.id > ?");
+      if (filter.topic !== undefined) where.push("CAST(o.topic AS BINARY) = ?");
+      if (filter.errorContains !== undefined) where.push(`LOWER(o.last_error) LIKE LOWER(${TXT}) ESCAPE '!'`);
+      const byKey = filter.key !== undefined;
+      return `SELECT ${entry} FROM ${t} o FORCE INDEX (${byKey ? indexNames.key : indexNames.pending})
+        WHERE ${where.join(" AND ")} ORDER BY ${byKey ? "o.status, o.key_hash, o.id" : "o.id"} LIMIT ?`;
+    },
     dropDead: (count: number) => `DELETE FROM ${t} WHERE id IN ${inList(count)} AND status = 2`,
     requeueDead: (count: number) => `UPDATE ${t} SET status = 0, attempts = 0, available_at = ?, claimed_by = NULL,
       lease_until = NULL, lease_lock = NULL, lease_token = NULL, settled_at = NULL

@@ -320,7 +320,13 @@ const statusIntervalMs = 5_000;
  * docs/capture-modes.md for the guarantees and what differs from polling.
  */
 export class PostgresCaptureStore implements OutboxStore<Queryable> {
-  readonly capabilities: StoreCapabilities = { wakeUps: true, transactions: true, concurrentWriters: true };
+  readonly capabilities: StoreCapabilities = {
+    wakeUps: true,
+    transactions: true,
+    concurrentWriters: true,
+    // listDead is the table store's.
+    deadLetterFilters: true,
+  };
   readonly names: CaptureNames;
   readonly #table: PostgresStore;
   readonly #pool: PgPoolLike;

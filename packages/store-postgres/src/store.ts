@@ -1,7 +1,9 @@
 import {
   type ClaimRequest,
   type Clock,
+  type DeadLetterFilter,
   type DeadLetterItem,
+  deadLetterFilter,
   type EntryLimits,
   type Fence,
   type ListDeadOptions,
@@ -150,6 +152,14 @@ function cursorId(after: string | undefined): string {
   );
 }
 
+/**
+ * A LIKE pattern matching `text` anywhere, its wildcards taken literally. The escape is `!`, not
+ * PostgreSQL's default backslash, whose meaning in a literal depends on standard_conforming_strings.
+ */
+function likeContains(text: string): string {
+  return `%${text.replaceAll(/[!%_]/g, "!$&")}%`;
+}
+
 /** text columns cannot hold NUL; error texts come from brokers and may contain anything. */
 function cleanText(value: string): string {
   return value.includes("\u0000") ? value.replaceAll("\u0000", "\uFFFD") : value;
@@ -292,6 +302,7 @@ export class PostgresStore implements OutboxStore<Queryable> {
       transactions: true,
       // PGlite is one connection: a transaction cannot commit while another is open.
       concurrentWriters: !(options.pool === undefined && looksLikePGlite(options.db)),
+      deadLetterFilters: true,
     };
     this.#sql = buildStatements(this.names);
     this.#prepared = options.preparedStatements ?? options.pool !== undefined;
@@ -478,7 +489,15 @@ export class PostgresStore implements OutboxStore<Queryable> {
     this.#assertOpen();
     const limit = positiveInteger(options.limit ?? 100, "limit");
     const after = cursorId(options.after);
-    const rows = await this.#run("listDead", this.#sql.listDead, [limit, after], undefined, true);
+    const filter = deadLetterFilter(options);
+    // enqueue refuses NUL in a topic or key (text cannot hold it): no entry has one.
+    if (filter.topic?.includes("\u0000") || filter.key?.includes("\u0000")) return [];
+    const params: unknown[] = [limit, after];
+    if (filter.topic !== undefined) params.push(filter.topic);
+    if (typeof filter.key === "string") params.push(filter.key);
+    // Errors were stored with NUL replaced (cleanText): the text is looked for as it was stored.
+    if (filter.errorContains !== undefined) params.push(likeContains(cleanText(filter.errorContains)));
+    const rows = await this.#run("listDead", this.#sql.listDead(filter), params, undefined, true);
     return rows.map(toEntry);
   }
 
@@ -782,7 +801,20 @@ function buildStatements(n: SchemaNames) {
       RETURNING 1
     )
     SELECT ${fenced ? `${fenceColumns(2)},` : ""} (SELECT count(*) FROM updated)::int AS n`,
-    listDead: `SELECT ${entryColumns("o")} FROM ${t} o WHERE o.status = 'dead' AND o.id > $2::bigint ORDER BY o.id LIMIT $1`,
+    // Dead entries in id order through the dead index; a filter is checked on each dead row the scan
+    // reaches until the page is full (no index serves topic or error text, and dead entries are few
+    // next to the table). One statement per filter shape (12 at most), each planned for its own test.
+    // Params: limit, after, then those the filter has: topic, key, LIKE pattern.
+    listDead: (filter: DeadLetterFilter) => {
+      const where = ["o.status = 'dead'", "o.id > $2::bigint"];
+      let n = 2;
+      if (filter.topic !== undefined) where.push(`o.topic = $${++n}::text`);
+      if (filter.key === null) where.push("o.key IS NULL");
+      else if (filter.key !== undefined) where.push(`o.key = $${++n}::text`);
+      // lower() on both sides: case folded by the database's own rules, the same for the text and the pattern.
+      if (filter.errorContains !== undefined) where.push(`lower(o.last_error) LIKE lower($${++n}::text) ESCAPE '!'`);
+      return `SELECT ${entryColumns("o")} FROM ${t} o WHERE ${where.join(" AND ")} ORDER BY o.id LIMIT $1`;
+    },
     dropDead: `WITH gone AS (DELETE FROM ${t} WHERE id = ANY($1::bigint[]) AND status = 'dead' RETURNING 1)
     SELECT (SELECT count(*) FROM gone)::int AS n`,
     requeueDead: `WITH updated AS (

@@ -17,7 +17,12 @@ describe("PGlite (in-process PostgreSQL)", () => {
     await migrate(db, { schema });
     await migrate(db, { schema }); // idempotent
     const store = createPostgresStore({ db, schema });
-    expect(store.capabilities).toEqual({ wakeUps: true, transactions: true, concurrentWriters: false });
+    expect(store.capabilities).toEqual({
+      wakeUps: true,
+      transactions: true,
+      concurrentWriters: false,
+      deadLetterFilters: true,
+    });
     await db.exec(`CREATE TABLE "${schema}".orders (id serial PRIMARY KEY, total int)`);
     const broker = new MemoryPublisher();
     const relay = new OutboxRelay({ store, publisher: broker, pollMs: 60_000 });

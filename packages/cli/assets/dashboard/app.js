@@ -294,17 +294,27 @@
   let cursor = null; // the `after` of the page shown (null: first page)
   let next = null;
   let pageNumber = 1;
+  let filteredBy = null; // "store", or "dashboard" for a store that does not filter itself
+  // The filters applied (the server filters every page; the fields apply on submit): query parameters.
+  let filters = {};
   const selected = new Set();
 
-  const matchesFilter = (entry, text) =>
-    !text || [entry.topic, entry.key ?? "", entry.lastError ?? ""].some((field) => field.toLowerCase().includes(text));
+  function readFilters() {
+    const keyless = $("#filter-keyless").checked;
+    const read = {
+      topic: $("#filter-topic").value,
+      key: keyless ? "" : $("#filter-key").value,
+      keyless: keyless ? "1" : "",
+      error: $("#filter-error").value,
+    };
+    return Object.fromEntries(Object.entries(read).filter(([, value]) => value !== ""));
+  }
 
   function renderDead() {
-    const text = $("#filter").value.trim().toLowerCase();
-    const shown = entries.filter((entry) => matchesFilter(entry, text));
+    const filtered = Object.keys(filters).length > 0;
     const body = $("#dead tbody");
     body.replaceChildren();
-    for (const entry of shown) {
+    for (const entry of entries) {
       const row = el("tr", null, { "data-id": entry.id });
       if (!readOnly) {
         const pick = el("td", null, { "data-action": "" });
@@ -330,14 +340,15 @@
       row.addEventListener("click", () => void showDetail(entry.id));
       body.append(row);
     }
-    if (shown.length === 0) {
+    if (entries.length === 0) {
       const row = el("tr");
-      const message = entries.length === 0 ? "No dead entries." : "No entry of this page matches.";
+      const message = filtered ? "No dead entry matches the filters." : "No dead entries.";
       row.append(el("td", message, { colspan: readOnly ? "6" : "7" }));
       body.append(row);
     }
     $("#page-info").textContent =
-      `page ${pageNumber}: ${entries.length} entries${text ? `, ${shown.length} match the filter (this page only)` : ""}`;
+      `page ${pageNumber}: ${entries.length} ${filtered ? "matching " : ""}${entries.length === 1 ? "entry" : "entries"}` +
+      (filteredBy === "dashboard" ? " (this store does not filter: the dashboard read on to find them)" : "");
     $("#first-page").disabled = cursor === null;
     $("#next-page").disabled = next === null;
     updateSelection();
@@ -353,12 +364,13 @@
   }
 
   async function loadDead(after) {
-    const query = new URLSearchParams({ limit: String(pageSize) });
+    const query = new URLSearchParams({ limit: String(pageSize), ...filters });
     if (after) query.set("after", after);
     try {
       const page = await getJson(`api/dead?${query}`);
       entries = page.entries;
       next = page.next;
+      filteredBy = page.filteredBy ?? null;
       cursor = after ?? null;
       for (const id of [...selected]) if (!entries.some((entry) => entry.id === id)) selected.delete(id);
       renderDead();
@@ -442,10 +454,24 @@
   }
 
   // ---- wiring --------------------------------------------------------------------------------
-  $("#filter").addEventListener("input", renderDead);
+  $("#dead-filter").addEventListener("submit", (event) => {
+    event.preventDefault();
+    filters = readFilters();
+    pageNumber = 1;
+    void loadDead(null);
+  });
+  $("#filter-clear").addEventListener("click", () => {
+    $("#dead-filter").reset();
+    $("#filter-key").disabled = false;
+    filters = {};
+    pageNumber = 1;
+    void loadDead(null);
+  });
+  $("#filter-keyless").addEventListener("change", (event) => {
+    $("#filter-key").disabled = event.target.checked;
+  });
   $("#select-all").addEventListener("change", (event) => {
-    const text = $("#filter").value.trim().toLowerCase();
-    for (const entry of entries.filter((item) => matchesFilter(item, text))) {
+    for (const entry of entries) {
       if (event.target.checked) selected.add(entry.id);
       else selected.delete(entry.id);
     }

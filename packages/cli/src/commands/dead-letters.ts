@@ -5,7 +5,8 @@ import { type CliIO, writeJson } from "../io.js";
 
 export interface DeadFilter {
   topic?: string;
-  key?: string;
+  /** `null`: dead letters without a key. */
+  key?: string | null;
   /** Substring of the last error, case-insensitive. */
   error?: string;
   /** At or after (the outbox: created; the inbox: dead-lettered). */
@@ -15,7 +16,10 @@ export interface DeadFilter {
 }
 
 export interface DeadScan {
-  /** Dead letters read from the store (in the store's order); filters apply client-side. */
+  /**
+   * Dead letters read from the store at most (in the store's order): only matching ones where the store
+   * filters itself, every one otherwise; the filters it does not apply, the CLI applies to these.
+   */
   readonly scan: number;
 }
 
@@ -29,7 +33,7 @@ export interface FilterFields {
 
 export function matchesFields(fields: FilterFields, filter: DeadFilter): boolean {
   if (filter.topic !== undefined && fields.topic !== filter.topic) return false;
-  if (filter.key !== undefined && fields.key !== filter.key) return false;
+  if (filter.key !== undefined && (fields.key ?? null) !== filter.key) return false;
   if (filter.error !== undefined && !(fields.error ?? "").toLowerCase().includes(filter.error.toLowerCase())) {
     return false;
   }
@@ -145,7 +149,7 @@ export async function select(
     return { ids: [...new Set(ids)], explicit: true };
   }
   if (!options.all) {
-    throw usageError(`${command}: give ids, or --all (narrowed by --topic/--key/--error/--since/--until)`);
+    throw usageError(`${command}: give ids, or --all (narrowed by --topic/--key/--keyless/--error/--since/--until)`);
   }
   return { ids: await matched(), explicit: false };
 }

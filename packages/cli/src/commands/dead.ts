@@ -1,4 +1,11 @@
-import { type OutboxEntry, OutboxError, OutboxErrorCode, type OutboxStore } from "@outbox/core";
+import {
+  deadLetterFilter,
+  type ListDeadOptions,
+  type OutboxEntry,
+  OutboxError,
+  OutboxErrorCode,
+  type OutboxStore,
+} from "@outbox/core";
 import { CliError, CliErrorCode } from "../errors.js";
 import { type CliIO, writeJson, writeTable } from "../io.js";
 import {
@@ -22,10 +29,34 @@ export function matches(entry: OutboxEntry, filter: DeadFilter): boolean {
   return matchesFields({ topic: entry.topic, key: entry.key, error: entry.lastError, at: entry.createdAt }, filter);
 }
 
-/** The oldest dead entries, at most `scan` (listDead's `after` cursor); stops early at the first entry `until` accepts. */
-function readDead(store: AnyStore, scan: number, until?: (entry: OutboxEntry) => boolean) {
+/**
+ * Splits `filter` into what `store.listDead` applies (topic, key and error text, where the store
+ * declares `capabilities.deadLetterFilters`: a page of matches, however many entries lie between them)
+ * and what is left to apply to the entries read: the dates always, and everything for a store that does
+ * not filter (one written before the filters may ignore them). The filters are checked either way, as
+ * the stores check them (OUTBOX_INVALID_OPTIONS, exit 2).
+ */
+function splitFilter(store: AnyStore, filter: DeadFilter): { listDead: ListDeadOptions; here: DeadFilter } {
+  const listDead = deadLetterFilter({ topic: filter.topic, key: filter.key, errorContains: filter.error });
+  // A store of your own may have no capabilities object at all.
+  if ((store.capabilities as AnyStore["capabilities"] | undefined)?.deadLetterFilters !== true) {
+    return { listDead: {}, here: filter };
+  }
+  return { listDead, here: { since: filter.since, until: filter.until } };
+}
+
+/**
+ * The oldest dead entries the store's filters select, at most `scan` (listDead's `after` cursor); stops early at
+ * the first entry `until` accepts.
+ */
+function readDead(
+  store: AnyStore,
+  scan: number,
+  filter: ListDeadOptions = {},
+  until?: (entry: OutboxEntry) => boolean,
+) {
   return readPages(
-    (options) => store.listDead(options),
+    (options) => store.listDead({ ...filter, ...options }),
     (entry) => entry.id,
     scan,
     until,
@@ -33,8 +64,9 @@ function readDead(store: AnyStore, scan: number, until?: (entry: OutboxEntry) =>
 }
 
 async function scanDead(store: AnyStore, filter: DeadFilter, scan: number) {
-  const { entries, complete } = await readDead(store, scan);
-  const matched = entries.filter((entry) => matches(entry, filter));
+  const { listDead, here } = splitFilter(store, filter);
+  const { entries, complete } = await readDead(store, scan, listDead);
+  const matched = entries.filter((entry) => matches(entry, here));
   return { matched, scanned: entries.length, complete };
 }
 
@@ -99,7 +131,7 @@ export async function deadShow(
   options: DeadScan & { json: boolean; maxPayloadBytes: number | undefined },
   io: CliIO,
 ) {
-  const { entries, complete } = await readDead(store, options.scan, (candidate) => candidate.id === id);
+  const { entries, complete } = await readDead(store, options.scan, {}, (candidate) => candidate.id === id);
   const entry = entries.find((candidate) => candidate.id === id);
   if (!entry) {
     throw new CliError(

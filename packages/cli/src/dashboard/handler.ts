@@ -3,7 +3,15 @@ import { readFile } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
-import type { OutboxEntry, OutboxStore } from "@outbox/core";
+import {
+  type DeadLetterFilter,
+  deadLetterFilter,
+  matchesDeadLetterFilter,
+  type OutboxEntry,
+  OutboxError,
+  OutboxErrorCode,
+  type OutboxStore,
+} from "@outbox/core";
 import { entryJson } from "../commands/dead.js";
 import { redactText } from "../redact.js";
 import { Sampler } from "./history.js";
@@ -31,7 +39,11 @@ export interface DashboardOptions {
   readonly sampleIntervalMs?: number;
   /** How far back the chart goes. Default 10 minutes. */
   readonly historyMs?: number;
-  /** Dead entries searched (oldest first) to find one by id for its detail. Default 10,000. */
+  /**
+   * Dead entries searched (oldest first) to find one by id for its detail, and read per page of the list
+   * at most when a filter is set and the store does not filter itself (no `capabilities.deadLetterFilters`).
+   * Default 10,000.
+   */
   readonly scanLimit?: number;
   /**
    * Pending entries the store's optional `pendingSummary()` looks at (oldest first) for the
@@ -149,6 +161,28 @@ function idsOf(body: unknown): string[] {
   return [...new Set(ids as string[])];
 }
 
+/**
+ * The dead-letter list's filters from the query string (`topic`, `key`, `keyless=1`, `error`; an empty
+ * field is no filter), checked as the stores check them: a bad one is 400.
+ */
+function deadFilterOf(query: URLSearchParams): DeadLetterFilter {
+  const given = (name: string) => query.get(name) || undefined;
+  const keyless = query.get("keyless") === "1";
+  if (keyless && given("key") !== undefined) throw new HttpError(400, "bad-request", "give key or keyless, not both");
+  try {
+    return deadLetterFilter({
+      topic: given("topic"),
+      key: keyless ? null : given("key"),
+      errorContains: given("error"),
+    });
+  } catch (error) {
+    if (OutboxError.is(error, OutboxErrorCode.InvalidOptions)) throw new HttpError(400, "bad-request", error.message);
+    throw error;
+  }
+}
+
+const filtering = (filter: DeadLetterFilter) => Object.values(filter).some((value) => value !== undefined);
+
 /** An entry for the page: the CLI's JSON shape, its last error redacted. */
 function entryView(entry: OutboxEntry, withPayload: boolean, previewBytes?: number) {
   const json = entryJson(entry, withPayload, previewBytes);
@@ -210,6 +244,39 @@ export function createDashboardHandler(options: DashboardOptions): DashboardHand
       after = page.at(-1)?.id;
     }
     return undefined;
+  }
+
+  /**
+   * One page of the dead-letter list: up to `limit` entries matching `filter` after `after`, and the cursor
+   * of the next page (null at the end). A store that declares `capabilities.deadLetterFilters` filters
+   * itself; for one that does not, the handler reads on (1,000 at a time, at most `scanLimit`) and filters
+   * what it reads, so the page is not cut to the matches of `limit` entries either.
+   */
+  async function deadPage(filter: DeadLetterFilter, limit: number, after: string | undefined) {
+    const s = await store();
+    const from = after === undefined ? {} : { after };
+    const storeFilters = (s.capabilities as AnyStore["capabilities"] | undefined)?.deadLetterFilters === true;
+    if (storeFilters || !filtering(filter)) {
+      const page = await s.listDead({ ...filter, limit, ...from });
+      const next = page.length === limit ? (page.at(-1)?.id ?? null) : null;
+      return { entries: page, next, filteredBy: filtering(filter) ? "store" : null };
+    }
+    const entries: OutboxEntry[] = [];
+    let cursor = after;
+    for (let scanned = 0; scanned < scanLimit; ) {
+      const size = Math.min(1_000, scanLimit - scanned);
+      const page = await s.listDead(cursor === undefined ? { limit: size } : { limit: size, after: cursor });
+      scanned += page.length;
+      for (const entry of page) {
+        cursor = entry.id;
+        if (!matchesDeadLetterFilter(entry, filter)) continue;
+        entries.push(entry);
+        if (entries.length === limit) return { entries, next: entry.id, filteredBy: "dashboard" };
+      }
+      if (page.length < size) return { entries, next: null, filteredBy: "dashboard" };
+    }
+    // scanLimit read without filling the page: the next page goes on where this one stopped.
+    return { entries, next: cursor ?? null, filteredBy: "dashboard" };
   }
 
   const originalPathOf = (request: IncomingMessage) =>
@@ -341,11 +408,8 @@ export function createDashboardHandler(options: DashboardOptions): DashboardHand
     if (pathname === "/api/dead") {
       const limit = Math.min(500, Math.max(1, Number(url.searchParams.get("limit") ?? 50) || 50));
       const after = url.searchParams.get("after") || undefined;
-      const page = await (await store()).listDead(after === undefined ? { limit } : { limit, after });
-      sendJson(response, 200, {
-        entries: page.map((entry) => entryView(entry, false)),
-        next: page.length === limit ? (page.at(-1)?.id ?? null) : null,
-      });
+      const page = await deadPage(deadFilterOf(url.searchParams), limit, after);
+      sendJson(response, 200, { ...page, entries: page.entries.map((entry) => entryView(entry, false)) });
       return;
     }
     const detail = /^\/api\/dead\/([^/]+)(\/payload)?$/.exec(pathname);
