@@ -8,7 +8,8 @@ import { dirname, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { type RunConfig, rateOf, runStack, type StackReport } from "./run-stack.js";
 import type { FaultKind } from "./schedule.js";
-import { loadStack, type StackId, stackIds } from "./stack.js";
+import { type StackId, stackIds } from "./stack.js";
+import { loadStack } from "./stacks/load.js";
 
 const { values } = parseArgs({
   options: {

@@ -10,7 +10,8 @@
 import { setTimeout as delay } from "node:timers/promises";
 import type { OutboxMessage } from "@outbox/core";
 import { seededRandom } from "./schedule.js";
-import { EnqueuedAtHeader, loadStack, type Names, SeqHeader } from "./stack.js";
+import { EnqueuedAtHeader, type Names, SeqHeader } from "./stack.js";
+import { loadStack } from "./stacks/load.js";
 
 const send = (message: unknown) => process.send?.(message);
 const env = (name: string): string => {

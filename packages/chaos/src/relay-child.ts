@@ -18,7 +18,8 @@ import {
   OutboxRelay,
   type OutboxStore,
 } from "@outbox/core";
-import { loadStack, type Names } from "./stack.js";
+import type { Names } from "./stack.js";
+import { loadStack } from "./stacks/load.js";
 
 const send = (message: unknown) => {
   if (process.connected) process.send?.(message);

@@ -83,20 +83,6 @@ export interface Stack {
   prepare(names: Names): Promise<StackAdmin>;
 }
 
-export async function loadStack(id: string): Promise<Stack> {
-  switch (id) {
-    case "pg-kafka":
-      return (await import("./stacks/pg-kafka.js")).stack;
-    case "mysql-rabbitmq":
-      return (await import("./stacks/mysql-rabbitmq.js")).stack;
-    case "mongo-pubsub":
-    case "ferretdb-pubsub":
-      return (await import("./stacks/mongo-pubsub.js")).mongoPubSubStack(id);
-    default:
-      throw new Error(`unknown stack ${id} (known: ${stackIds.join(", ")})`);
-  }
-}
-
 /** The headers every chaos entry carries: `x-seq` per key, the producer's time just before COMMIT. */
 export const SeqHeader = "x-seq";
 export const EnqueuedAtHeader = "x-enqueued-at";
