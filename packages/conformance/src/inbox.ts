@@ -1,5 +1,12 @@
 import type { ManualClock } from "@outbox/core";
-import type { HandleResult, InboxConsumerStats, InboxMessage, InboxOptions, InboxStore } from "@outbox/inbox";
+import {
+  emptyConsumerStats,
+  type HandleResult,
+  type InboxConsumerStats,
+  type InboxMessage,
+  type InboxOptions,
+  type InboxStore,
+} from "@outbox/inbox";
 import { expect } from "vitest";
 import { type Check, registerSuite, type SkipReasons } from "./suite.js";
 import { bytesEqual, uniqueName } from "./util.js";
@@ -56,15 +63,7 @@ async function rejection(promise: Promise<unknown>): Promise<unknown> {
 }
 
 /** What `stats(consumer)` answers for a consumer that recorded nothing. */
-const noStats = (consumer: string): InboxConsumerStats => ({
-  consumer,
-  processed: 0,
-  dead: 0,
-  failing: 0,
-  oldestProcessedAt: null,
-  newestProcessedAt: null,
-  oldestDeadAt: null,
-});
+const noStats = emptyConsumerStats;
 
 export const inboxStoreChecks = {
   "handle-once": {

@@ -36,6 +36,7 @@ export type {
 export {
   consumerStats,
   decodeStoredMessage,
+  emptyConsumerStats,
   encodeStoredMessage,
   type InboxFailingGroup,
   type InboxKeyGroup,

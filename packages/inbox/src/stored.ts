@@ -134,6 +134,19 @@ export function statsConsumer(consumer: unknown): string | undefined {
   return consumer;
 }
 
+/** What `stats(consumer)` answers for a consumer that recorded nothing. */
+export function emptyConsumerStats(consumer: string): InboxConsumerStats {
+  return {
+    consumer,
+    processed: 0,
+    dead: 0,
+    failing: 0,
+    oldestProcessedAt: null,
+    newestProcessedAt: null,
+    oldestDeadAt: null,
+  };
+}
+
 /**
  * `InboxStore.stats`' answer from a store's grouped reads. With `consumer`: exactly its element, zeros when nothing
  * was read; without: one per consumer read, ordered by name.
@@ -147,15 +160,7 @@ export function consumerStats(
   const entry = (name: string) => {
     let stats = byConsumer.get(name);
     if (!stats) {
-      stats = {
-        consumer: name,
-        processed: 0,
-        dead: 0,
-        failing: 0,
-        oldestProcessedAt: null,
-        newestProcessedAt: null,
-        oldestDeadAt: null,
-      };
+      stats = emptyConsumerStats(name);
       byConsumer.set(name, stats);
     }
     return stats;
