@@ -6,6 +6,9 @@
 //                                        looks for stale tokens among them)
 //   {refused: op}                         a fenced call the store refused (OUTBOX_FENCED)
 //   {publish: [start, end, entries]}      every publish call (how long the broker took)
+//   {trace: [what, start, end, ids]}      the entries (idempotency keys) of every claim returned and
+//                                        every publish call, with the outcome of each published one:
+//                                        the raw records then explain an inversion or a duplicate
 //   {lost: token}                         leadership lost
 //   {session: id}                         a database session it opened (MySQL thread id)
 // On "stop" it stops gracefully and exits 0.
@@ -62,7 +65,14 @@ const inner = handle.store;
 const store: OutboxStore<never> = {
   capabilities: inner.capabilities,
   enqueue: (tx, messages) => inner.enqueue(tx, messages),
-  claim: (request) => audited("claim", request.fence, () => inner.claim(request)),
+  claim: (request) => {
+    const start = now();
+    return audited("claim", request.fence, () => inner.claim(request)).then((entries) => {
+      if (entries.length > 0)
+        send({ trace: [`claim ${request.claimer}`, start, now(), entries.map((entry) => entry.idempotencyKey)] });
+      return entries;
+    });
+  },
   ack: (ids, context) => audited("ack", context.fence, () => inner.ack(ids, context)),
   retry: (items, context) => audited("retry", context.fence, () => inner.retry(items, context)),
   deadLetter: (items, context) => audited("deadLetter", context.fence, () => inner.deadLetter(items, context)),
@@ -79,10 +89,21 @@ const timedPublisher: OutboxPublisher = {
   ...(publisher.capabilities ? { capabilities: publisher.capabilities } : {}),
   publish: async (entries, options) => {
     const start = now();
+    let outcomes: Awaited<ReturnType<OutboxPublisher["publish"]>> | undefined;
     try {
-      return await publisher.publish(entries, options);
+      outcomes = await publisher.publish(entries, options);
+      return outcomes;
     } finally {
-      send({ publish: [start, now(), entries.length] });
+      const end = now();
+      send({ publish: [start, end, entries.length] });
+      send({
+        trace: [
+          "publish",
+          start,
+          end,
+          entries.map((entry, i) => `${entry.idempotencyKey}:${outcomes?.[i]?.status ?? "threw"}`),
+        ],
+      });
     }
   },
 };

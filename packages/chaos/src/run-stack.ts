@@ -84,7 +84,17 @@ export interface StackReport {
     readonly deliveries: readonly Delivery[];
     readonly fencedOps: readonly FencedOp[];
     readonly publishCalls: ReadonlyArray<{ op: string; start: number; end: number }>;
+    readonly traces: readonly Trace[];
   };
+}
+
+/** A relay's claim (the entries it returned) or publish call (each entry with its outcome), by idempotency key. */
+export interface Trace {
+  readonly relay: string;
+  readonly what: string;
+  readonly start: number;
+  readonly end: number;
+  readonly ids: readonly string[];
 }
 
 const relayScript = new URL("./relay-child.ts", import.meta.url);
@@ -125,6 +135,7 @@ export async function runStack(stack: Stack, config: RunConfig, log: (line: stri
   const committed: Committed[] = [];
   const fencedOps: FencedOp[] = [];
   const publishCalls: Array<{ op: string; start: number; end: number }> = [];
+  const traces: Trace[] = [];
   const faults: Array<Omit<FaultRecord, "catchUpMs">> = [];
   const unexpectedExits: string[] = [];
   const deadLettered: string[] = [];
@@ -168,6 +179,10 @@ export async function runStack(stack: Stack, config: RunConfig, log: (line: stri
         fencedOps.push({ relay: id, op, lock, token: BigInt(token), start, end });
       }
       if (typeof message.refused === "string") refusals++;
+      if (Array.isArray(message.trace)) {
+        const [what, start, end, ids] = message.trace as [string, number, number, string[]];
+        traces.push({ relay: id, what, start, end, ids });
+      }
       if (Array.isArray(message.publish)) {
         const [start, end] = message.publish as [number, number, number];
         publishCalls.push({ op: "publish", start, end });
@@ -473,7 +488,7 @@ export async function runStack(stack: Stack, config: RunConfig, log: (line: stri
     result,
     failures,
     pass,
-    records: { committed, deliveries: admin?.recorder.deliveries ?? [], fencedOps, publishCalls },
+    records: { committed, deliveries: admin?.recorder.deliveries ?? [], fencedOps, publishCalls, traces },
   };
 }
 
