@@ -1260,6 +1260,69 @@ export const storeChecks = {
       expect((await h.store.stats()).dead, "the second purge removes the young dead entry").toBe(0);
     },
   },
+  "purge-cutoff-edge": {
+    title:
+      "purge keeps an entry settled exactly at its cutoff (only older ones go), and an empty error comes back empty",
+    async run(h) {
+      const settledAt = h.clock.now();
+      await enqueue(h, [message("edge", 1), message("edge", 2)]);
+      const [published, dead] = await h.store.claim({ claimer: "a", limit: 10, leaseMs: 600_000 });
+      await h.store.ack([(published as OutboxEntry).id], ctx("a"));
+      await h.store.deadLetter([{ id: (dead as OutboxEntry).id, error: "" }], ctx("a"));
+      expect(
+        (await h.store.listDead()).map((entry) => entry.lastError),
+        "an empty error must come back as an empty string, not null",
+      ).toEqual([""]);
+      expect(
+        await h.store.purge({ olderThan: new Date(settledAt) }),
+        "entries settled exactly at the cutoff are not older than it: they stay",
+      ).toBe(0);
+      expect(await h.store.purge({ olderThan: new Date(settledAt + 1) }), "a cutoff 1 ms later removes both").toBe(2);
+    },
+  },
+  "pending-summary-ties": {
+    title: "pendingSummary breaks count ties by key (hot keys, blocked keys) and counts a delayed start as waiting",
+    requires: (h) => (h.store.pendingSummary ? null : "store has no optional pendingSummary()"),
+    async run(h) {
+      const summary = h.store.pendingSummary?.bind(h.store) as NonNullable<OutboxStore["pendingSummary"]>;
+      const topic = uniqueName("ties");
+      // Heads of b, d, a, c first (claimed and failed, so each key is blocked), then the rest: c holds 3, the others 2.
+      const heads = await enqueue(h, [
+        message(topic, 1, "b"),
+        message(topic, 2, "d"),
+        message(topic, 3, "a"),
+        message(topic, 4, "c"),
+      ]);
+      const claimed = await h.store.claim({ claimer: "a", limit: 10, leaseMs: 600_000 });
+      expect(idsOf(claimed).sort(), "the four heads are claimable").toEqual([...heads].sort());
+      const later = new Date(h.clock.now() + 60_000);
+      await h.store.retry(
+        heads.map((id) => ({ id, error: "no", availableAt: later })),
+        ctx("a"),
+      );
+      await enqueue(h, [
+        message(topic, 5, "d"),
+        message(topic, 6, "b"),
+        message(topic, 7, "c"),
+        message(topic, 8, "a"),
+        message(topic, 9, "c"),
+        { ...message(topic, 10), availableAt: later },
+      ]);
+      const tied = await summary({ hotKeys: 2, blockedKeys: 2 });
+      expect(tied.hotKeys, "c holds the most; of the keys tied at 2, a comes first (most first, then by key)").toEqual([
+        { key: "c", pending: 3 },
+        { key: "a", pending: 2 },
+      ]);
+      expect(
+        tied.blockedKeys.map((blocked) => [blocked.key, blocked.pending]),
+        "blocked keys: most pending first, then by key",
+      ).toEqual([
+        ["c", 3],
+        ["a", 2],
+      ]);
+      expect(tied.retryWaiting, "four failed heads and one keyless entry with a delayed start wait").toBe(5);
+    },
+  },
   "list-dead-order": {
     title: "listDead returns dead entries oldest first (id order), up to its limit, and pages on after an id",
     async run(h) {

@@ -262,6 +262,42 @@ describe("the kit catches broken stores (contract v2 rules)", () => {
     expect(await storeFailure(leaseThenCheck, "fenced-claim-atomic")).toContain("must lease nothing");
   });
 
+  it("a store that purges at or before its cutoff, or turns an empty error into null, fails purge-cutoff-edge", async () => {
+    const inclusive = brokenStore((inner) => ({
+      purge: (request) => inner.purge({ ...request, olderThan: new Date(request.olderThan.getTime() + 1) }),
+    }));
+    expect(await storeFailure(inclusive, "purge-cutoff-edge")).toContain("settled exactly at the cutoff");
+    const nullError = brokenStore((inner) => ({
+      listDead: async (options) =>
+        (await inner.listDead(options)).map((entry) => ({ ...entry, lastError: entry.lastError || null })),
+    }));
+    expect(await storeFailure(nullError, "purge-cutoff-edge")).toContain("empty error");
+  });
+
+  it("a store that breaks count ties the wrong way, or counts failed entries only, fails pending-summary-ties", async () => {
+    const descending = brokenStore((inner) => ({
+      async pendingSummary(options) {
+        const summary = await inner.pendingSummary({ ...options, hotKeys: 100, blockedKeys: 100 });
+        const order = (a: { key: string; pending: number }, b: { key: string; pending: number }) =>
+          b.pending - a.pending || (a.key < b.key ? 1 : -1);
+        return {
+          ...summary,
+          hotKeys: [...summary.hotKeys].sort(order).slice(0, options?.hotKeys ?? 10),
+          blockedKeys: [...summary.blockedKeys].sort(order).slice(0, options?.blockedKeys ?? 10),
+        };
+      },
+    }));
+    expect(await storeFailure(descending, "pending-summary-ties")).toContain("then by key");
+    const failedOnly = brokenStore((inner) => ({
+      async pendingSummary(options) {
+        const summary = await inner.pendingSummary(options);
+        // Leaves out the delayed start (one keyless entry): only entries that failed count.
+        return { ...summary, retryWaiting: summary.retryWaiting - 1 };
+      },
+    }));
+    expect(await storeFailure(failedOnly, "pending-summary-ties")).toContain("delayed start");
+  });
+
   it("a store that purges by creation time fails purge-by-settle-time", async () => {
     // Records each entry's createdAt as its settle time, by settling on a rewound clock.
     const byCreation = brokenStore((inner, clock) => {
