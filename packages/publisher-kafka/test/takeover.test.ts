@@ -120,11 +120,23 @@ describe("leader takeover: PostgreSQL + Kafka + Redis lock", () => {
           }
         } else {
           // Deposed: the lock is taken from A (its key deleted) and B acquires it while A, not
-          // knowing yet, still publishes and acks under its old token.
+          // knowing yet, still publishes and acks under its old token. At a moment when A holds
+          // leases: between two batches it holds none, so wait for one (as the frozen case does).
+          let before: string[] = [];
+          for (let attempt = 0; attempt < 200 && before.length === 0; attempt++) {
+            before = await leasedByA();
+            if (before.length === 0) await new Promise((resolve) => setTimeout(resolve, 10));
+          }
+          const beforeEndsAt = leaseEndsAt;
           await redis.del(`outbox:lock:{${lockName}}`);
           faultAt = Date.now();
-          // What A holds as it is deposed (it finishes those batches meanwhile, so read now).
+          // What A holds as it is deposed (it finishes those batches meanwhile, so read now); if it
+          // settled them in the instant between the two reads, what it held just before.
           held = await leasedByA();
+          if (held.length === 0) {
+            held = before;
+            leaseEndsAt = beforeEndsAt;
+          }
           await newLeaderAt;
         }
         expect(held.length, "relay A held leased entries at the fault").toBeGreaterThan(0);
