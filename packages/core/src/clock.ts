@@ -27,10 +27,7 @@ export const systemClock: Clock = {
   },
 };
 
-interface Sleeper {
-  wakeAt: number;
-  resolve: () => void;
-}
+type Sleeper = { wakeAt: number; resolve: () => void };
 
 /** A clock that only moves when told to. For tests and simulations. */
 export class ManualClock implements Clock {

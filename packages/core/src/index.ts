@@ -1,72 +1,13 @@
-export { defaultRetryPolicy, type RetryPolicy, resolveRetryPolicy, retryDelayMs } from "./backoff.js";
-export { type Clock, ManualClock, systemClock } from "./clock.js";
-export {
-  type DeadLetterFilter,
-  deadLetterFilter,
-  matchesDeadLetterFilter,
-  maxDeadLetterFilterLength,
-} from "./dead-letters.js";
-export {
-  defaultEntryLimits,
-  type EntryLimits,
-  jsonPayload,
-  type OutboxEntry,
-  type OutboxMessage,
-  type OutboxPayload,
-  type PreparedMessage,
-  payloadText,
-  prepareMessages,
-} from "./entry.js";
-export { describeError, OutboxError, OutboxErrorCode, type OutboxErrorOptions } from "./errors.js";
-export {
-  checkLockCall,
-  DistributedLock,
-  type DistributedLockOptions,
-  type LockBackend,
-  type LockBackendCapabilities,
-  type LockGrant,
-  randomId,
-} from "./lock.js";
-export { mostPendingFirst } from "./pending-summary.js";
-export {
-  headersWithMetadata,
-  heldBack,
-  KeyFailures,
-  OutboxHeader,
-  type OutboxPublisher,
-  outcomeError,
-  type PublisherCapabilities,
-  type PublishOptions,
-  type PublishOutcome,
-  permanentFailure,
-  published,
-  routeEntry,
-  transientFailure,
-} from "./publisher.js";
-export {
-  type LeaderOptions,
-  OutboxRelay,
-  type OutboxRelayOptions,
-  type RelayEvents,
-  type RelayMetrics,
-  type RelayPhase,
-} from "./relay.js";
-export type {
-  BlockedKey,
-  CaptureStats,
-  ClaimRequest,
-  DeadLetterItem,
-  Fence,
-  ListDeadOptions,
-  OutboxStore,
-  PendingSummary,
-  PendingSummaryOptions,
-  PurgeRequest,
-  RetryItem,
-  SettleContext,
-  StoreCapabilities,
-  StoreStats,
-  StoreTransaction,
-  Unsubscribe,
-} from "./store.js";
-export { type WakeSource, WakeUpListeners, type WakeUpListenersOptions } from "./wake-ups.js";
+// Every export of these modules is public API; events.ts and otel.ts stay internal.
+export * from "./backoff.js";
+export * from "./clock.js";
+export * from "./dead-letters.js";
+export * from "./entry.js";
+export * from "./errors.js";
+export * from "./lock.js";
+export * from "./pending-summary.js";
+export * from "./publisher.js";
+export * from "./relay.js";
+export * from "./relay-activity.js";
+export type * from "./store.js";
+export * from "./wake-ups.js";

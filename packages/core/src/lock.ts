@@ -137,7 +137,9 @@ export class DistributedLock {
     if (token === null) return null;
     this.#grant = { name: this.name, token };
     this.#validUntil = sentAt + this.ttlMs - this.#marginMs;
-    this.#startRenewing();
+    this.#stopRenewing();
+    this.#renewal = new AbortController();
+    void this.#renewUntilAborted(this.#renewal.signal);
     return this.#grant;
   }
 
@@ -160,13 +162,6 @@ export class DistributedLock {
   async close(): Promise<void> {
     await this.release();
     this.#closed = true;
-  }
-
-  #startRenewing(): void {
-    this.#stopRenewing();
-    const controller = new AbortController();
-    this.#renewal = controller;
-    void this.#renewUntilAborted(controller.signal);
   }
 
   #stopRenewing(): void {

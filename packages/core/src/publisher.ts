@@ -22,31 +22,21 @@ export function routeEntry(
   route: (entry: OutboxEntry) => unknown,
   what = "topic",
 ): string | PublishOutcome {
+  const unroutable = (message: string, cause?: unknown) =>
+    permanentFailure(
+      new OutboxError(OutboxErrorCode.PublishFailed, `${what} mapping ${message}`, {
+        cause,
+        details: { entryId: entry.id, type: "UNROUTABLE" },
+      }),
+    );
   let name: unknown;
   try {
     name = route(entry);
   } catch (error) {
-    return permanentFailure(
-      new OutboxError(
-        OutboxErrorCode.PublishFailed,
-        `${what} mapping failed for entry ${entry.id}: ${describeError(error)}`,
-        {
-          cause: error,
-          details: { entryId: entry.id, type: "UNROUTABLE" },
-        },
-      ),
-    );
+    return unroutable(`failed for entry ${entry.id}: ${describeError(error)}`, error);
   }
   if (typeof name !== "string" || name.length === 0) {
-    return permanentFailure(
-      new OutboxError(
-        OutboxErrorCode.PublishFailed,
-        `${what} mapping returned ${JSON.stringify(name)} for entry ${entry.id}`,
-        {
-          details: { entryId: entry.id, type: "UNROUTABLE" },
-        },
-      ),
-    );
+    return unroutable(`returned ${JSON.stringify(name)} for entry ${entry.id}`);
   }
   return name;
 }

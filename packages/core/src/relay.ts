@@ -97,6 +97,9 @@ function positive(value: number, name: string): number {
 const settleRetryFirstMs = 100;
 const settleRetryMaxMs = 2_000;
 
+const ids = (entries: readonly OutboxEntry[]) => entries.map((entry) => entry.id);
+const items = <T>(settled: ReadonlyArray<{ item: T }>) => settled.map((each) => each.item);
+
 interface ClaimedBatch {
   entries: OutboxEntry[];
   context: SettleContext;
@@ -267,9 +270,13 @@ export class OutboxRelay {
     const unsubscribe = this.#unsubscribe;
     this.#unsubscribe = null;
     await unsubscribe?.().catch((error: unknown) => this.#report(error, "stop"));
-    const grant = this.#lock?.grant ?? null;
+    await this.#stepDown("stopped");
+  }
+
+  /** Releases the lock; listeners hear of it when this relay was leading. */
+  async #stepDown(reason: unknown, grant = this.#lock?.grant ?? null): Promise<void> {
     await this.#lock?.release();
-    if (grant && this.#leader) this.#events.emit("leadershipLost", { grant, reason: "stopped" });
+    if (grant && this.#leader) this.#events.emit("leadershipLost", { grant, reason });
     this.#leader = false;
   }
 
@@ -328,20 +335,11 @@ export class OutboxRelay {
         else this.#track(this.#claimAndDeliver());
         continue;
       }
-      let delay = this.#pollMs;
-      try {
-        const batch = await this.#claimBatch();
-        this.#claimSucceeded(batch);
-        if (batch) {
-          this.#track(this.#deliver(batch));
-          if (batch.entries.length >= this.#batchSize) delay = 0;
-        }
-        if (this.#keysUnblocked) delay = 0;
-      } catch (error) {
-        this.#claimFailed(error);
-        // 2x, 4x, then 8x the poll interval while the store keeps failing.
-        delay = this.#pollMs * Math.min(8, 2 ** this.#metrics.consecutiveFailures);
-      }
+      const batch = await this.#claimReported();
+      if (batch) this.#track(this.#deliver(batch));
+      let delay = this.#claimsFull || this.#keysUnblocked ? 0 : this.#pollMs;
+      // 2x, 4x, then 8x the poll interval while the store keeps failing.
+      if (batch === undefined) delay = this.#pollMs * Math.min(8, 2 ** this.#metrics.consecutiveFailures);
       if (!this.#running) break;
       await this.#wait(delay);
     }
@@ -350,27 +348,26 @@ export class OutboxRelay {
 
   /** A claim started while others run (see #run), then its delivery. */
   async #claimAndDeliver(): Promise<void> {
-    let batch: ClaimedBatch | null;
-    try {
-      batch = await this.#claimBatch();
-    } catch (error) {
-      this.#claimFailed(error);
-      return;
-    }
-    this.#claimSucceeded(batch);
+    const batch = await this.#claimReported();
     if (batch) await this.#deliver(batch);
   }
 
-  /** A background claim answered: the failure count resets, and a full batch means a backlog. */
-  #claimSucceeded(batch: ClaimedBatch | null): void {
-    this.#metrics.consecutiveFailures = 0;
-    this.#claimsFull = batch !== null && batch.entries.length >= this.#batchSize;
-  }
-
-  #claimFailed(error: unknown): void {
-    this.#claimsFull = false;
-    this.#metrics.consecutiveFailures += 1;
-    this.#report(error, this.#phase);
+  /**
+   * A background claim: an answer resets the failure count, and a full batch means a backlog. A
+   * failure is counted and reported, and comes back as undefined.
+   */
+  async #claimReported(): Promise<ClaimedBatch | null | undefined> {
+    try {
+      const batch = await this.#claimBatch();
+      this.#metrics.consecutiveFailures = 0;
+      this.#claimsFull = batch !== null && batch.entries.length >= this.#batchSize;
+      return batch;
+    } catch (error) {
+      this.#claimsFull = false;
+      this.#metrics.consecutiveFailures += 1;
+      this.#report(error, this.#phase);
+      return undefined;
+    }
   }
 
   /** Keeps a delivery in the in-flight set until it ends; its failure is reported, not thrown. */
@@ -386,11 +383,10 @@ export class OutboxRelay {
   }
 
   async #wait(ms: number): Promise<void> {
-    if (this.#wokenEarly) {
-      this.#wokenEarly = false;
-      if (ms > 0) return;
-    }
-    if (ms === 0) return;
+    // Woken since the last wait: claim again at once.
+    const woken = this.#wokenEarly;
+    this.#wokenEarly = false;
+    if (woken || ms === 0) return;
     if (this.#wake.signal.aborted) this.#wake = new AbortController();
     await this.#clock.sleep(ms, this.#wake.signal);
     this.#wokenEarly = false;
@@ -420,6 +416,13 @@ export class OutboxRelay {
     return fence === undefined || this.#lock?.grant?.token === fence.token;
   }
 
+  /** Whether leadership was lost since the batch was claimed (reported as LockNotHeld). */
+  #deposed(context: SettleContext, before: string): boolean {
+    if (this.#stillLeading(context.fence)) return false;
+    this.#report(new OutboxError(OutboxErrorCode.LockNotHeld, `leadership lost before ${before}`), "lock");
+    return true;
+  }
+
   /** Claims one batch; null when a leader lock is configured and not held. */
   async #claimBatch(): Promise<ClaimedBatch | null> {
     this.#claiming += 1;
@@ -445,16 +448,12 @@ export class OutboxRelay {
     if (failingMs < this.#stepDownAfterMs || grant === null) return;
     this.#failingSince = null;
     this.#acquireNotBefore = now + this.#lock.ttlMs;
-    await this.#lock.release();
-    if (this.#leader) {
-      const reason = new OutboxError(
-        OutboxErrorCode.StoreUnavailable,
-        `claims failed for ${failingMs} ms: stepping down, the lock is left to the other replicas for ${this.#lock.ttlMs} ms`,
-        { cause: error },
-      );
-      this.#events.emit("leadershipLost", { grant, reason });
-    }
-    this.#leader = false;
+    const reason = new OutboxError(
+      OutboxErrorCode.StoreUnavailable,
+      `claims failed for ${failingMs} ms: stepping down, the lock is left to the other replicas for ${this.#lock.ttlMs} ms`,
+      { cause: error },
+    );
+    await this.#stepDown(reason, grant);
   }
 
   async #claimOnce(): Promise<ClaimedBatch | null> {
@@ -512,12 +511,9 @@ export class OutboxRelay {
       await this.#settleAll(settlement, batch);
       return;
     }
-    if (!this.#stillLeading(context.fence)) {
-      // Deposed between claim and publish: publish nothing. The next leader's newer token takes
-      // these leases over at once.
-      this.#report(new OutboxError(OutboxErrorCode.LockNotHeld, "leadership lost before publishing"), "lock");
-      return;
-    }
+    // Deposed between claim and publish: publish nothing. The next leader's newer token takes
+    // these leases over at once.
+    if (this.#deposed(context, "publishing")) return;
     // Poison guard: an entry claimed more often than allowed without ever being settled (the
     // relay crashed while publishing it, again and again) is set aside unpublished; the rest of
     // its key's run is not handed to the publisher.
@@ -529,13 +525,8 @@ export class OutboxRelay {
       if (exhausted(entry)) setAside.fail(entry);
       else toPublish.push(entry);
     }
-    const outcomes = new Map<OutboxEntry, PublishOutcome>();
-    if (toPublish.length > 0) {
-      const results = await this.#publish(toPublish);
-      toPublish.forEach((entry, index) => {
-        outcomes.set(entry, results[index] as PublishOutcome);
-      });
-    }
+    const results = toPublish.length > 0 ? await this.#publish(toPublish) : [];
+    const outcomes = new Map(toPublish.map((entry, index) => [entry, results[index] as PublishOutcome]));
 
     // Settle each key's run in order: ack the published prefix, settle the first failure, and
     // release the rest of the run without counting an attempt.
@@ -583,58 +574,31 @@ export class OutboxRelay {
 
   async #settleAll(settlement: RunSettlement, batch: ClaimedBatch): Promise<void> {
     const { context } = batch;
-    if (!this.#stillLeading(context.fence)) {
-      // Deposed while publishing: no ack. The next leader republishes (a bounded duplicate);
-      // the store's fence check would reject the ack anyway.
-      this.#report(new OutboxError(OutboxErrorCode.LockNotHeld, "leadership lost before acking"), "lock");
-      return;
-    }
+    // Deposed while publishing: no ack. The next leader republishes (a bounded duplicate);
+    // the store's fence check would reject the ack anyway.
+    if (this.#deposed(context, "acking")) return;
     const { acked, retries, dead, released } = settlement;
     if (acked.length > 0) {
-      await this.#settleWithin(batch, () =>
-        this.#store.ack(
-          acked.map((entry) => entry.id),
-          context,
-        ),
-      );
+      await this.#settleWithin(batch, () => this.#store.ack(ids(acked), context));
       this.#metrics.published += acked.length;
       this.#metrics.lastPublishedAt = new Date(this.#clock.now());
       this.#events.emit("published", { entries: acked });
     }
     if (retries.length > 0) {
-      await this.#settleWithin(batch, () =>
-        this.#store.retry(
-          retries.map((retry) => retry.item),
-          context,
-        ),
-      );
+      await this.#settleWithin(batch, () => this.#store.retry(items(retries), context));
       this.#metrics.retried += retries.length;
       for (const { entry, error, item } of retries) {
         this.#events.emit("retried", { entry, error, availableAt: item.availableAt });
       }
     }
     if (dead.length > 0) {
-      await this.#settleWithin(batch, () =>
-        this.#store.deadLetter(
-          dead.map((letter) => letter.item),
-          context,
-        ),
-      );
+      await this.#settleWithin(batch, () => this.#store.deadLetter(items(dead), context));
       this.#metrics.deadLettered += dead.length;
       for (const { entry, error, reason } of dead) this.#events.emit("deadLettered", { entry, error, reason });
     }
-    if (released.length > 0) {
-      await this.#settleWithin(batch, () =>
-        this.#store.release(
-          released.map((entry) => entry.id),
-          context,
-        ),
-      );
-    }
-    const settledKeyed = [...acked, ...dead.map((letter) => letter.entry), ...released].some(
-      (entry) => entry.key !== null,
-    );
-    if (settledKeyed) this.#keysUnblocked = true;
+    if (released.length > 0) await this.#settleWithin(batch, () => this.#store.release(ids(released), context));
+    const settled = [...acked, ...dead.map((letter) => letter.entry), ...released];
+    if (settled.some((entry) => entry.key !== null)) this.#keysUnblocked = true;
   }
 
   async #publish(batch: OutboxEntry[]): Promise<PublishOutcome[]> {
@@ -702,12 +666,7 @@ export class OutboxRelay {
     try {
       return await operation();
     } catch (error) {
-      if (OutboxError.is(error, OutboxErrorCode.Fenced)) {
-        const grant = this.#lock?.grant ?? null;
-        await this.#lock?.release();
-        if (grant && this.#leader) this.#events.emit("leadershipLost", { grant, reason: error });
-        this.#leader = false;
-      }
+      if (OutboxError.is(error, OutboxErrorCode.Fenced)) await this.#stepDown(error);
       throw error;
     }
   }
@@ -731,16 +690,11 @@ class RunSettlement {
   readonly acked: OutboxEntry[] = [];
   readonly released: OutboxEntry[] = [];
   readonly retries: Array<{ entry: OutboxEntry; item: RetryItem; error: unknown }> = [];
-  readonly dead: Array<{
-    entry: OutboxEntry;
-    item: DeadLetterItem;
-    error: unknown;
-    reason: "permanent" | "attempts-exhausted";
-  }> = [];
+  readonly dead: Array<RelayEvents["deadLettered"] & { item: DeadLetterItem }> = [];
   /** Keys whose run already failed in this batch. */
   readonly failed = new KeyFailures();
 
-  deadLetter(entry: OutboxEntry, error: unknown, reason: "permanent" | "attempts-exhausted"): void {
+  deadLetter(entry: OutboxEntry, error: unknown, reason: RelayEvents["deadLettered"]["reason"]): void {
     this.dead.push({ entry, error, reason, item: { id: entry.id, error: describeError(error) } });
     this.failed.fail(entry);
   }
