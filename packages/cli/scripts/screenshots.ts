@@ -115,8 +115,10 @@ try {
       })),
     );
     if (step % 4 === 3) {
-      const claimed = await store.claim({ claimer: `relay-${step}`, limit: 6, leaseMs: 10 * 60_000 });
-      if (step < 12) await store.ack(claimed.map((entry) => entry.id).slice(0, 4), { claimer: `relay-${step}` });
+      // As a leading relay claims: its id, a claim number, its lock's fencing token.
+      const context = { claimer: `relay-7f3a#${step}`, fence: { lock: "outbox-relay", token: 41n } };
+      const claimed = await store.claim({ ...context, limit: 6, leaseMs: 10 * 60_000 });
+      if (step < 12) await store.ack(claimed.map((entry) => entry.id).slice(0, 4), context);
     }
     await new Promise((resolve) => setTimeout(resolve, 520));
   }

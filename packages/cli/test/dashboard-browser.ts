@@ -1,8 +1,9 @@
 // The body of the dashboard's browser tests, shared by every store they run on
 // (dashboard.browser.pg.test.ts, dashboard.browser.mysql.test.ts): `outbox dashboard` in a real
 // browser (Debian's chromium, headless, driven by playwright-core, as docs/test/browser.test.mjs
-// does) against a real store with entries in every state. The numbers shown are the store's, an
-// HTML payload renders as text, drop asks first, requeue makes a dead entry pending again and a
+// does) against a real store with entries in every state. The numbers shown are the store's (the
+// relays' panel without --relay too: its fencing token and in-flight counts), an HTML payload and
+// an HTML error render as text, drop asks first, requeue makes a dead entry pending again and a
 // relay on the same store then publishes it to the real Kafka broker (read back with a kafkajs
 // consumer), read-only hides the actions and the server refuses them, the token gate refuses
 // requests without the token. The dashboard runs in-process through the CLI (`main`), on
@@ -43,6 +44,8 @@ const htmlPayload = `<img src=x onerror="window.__pwned=1"><script>window.__pwne
 const htmlError = "<i>italic</i> refused by the broker";
 const token = "a-dashboard-token-for-the-browser-test";
 const hotKey = "<u>hot</u>";
+const relayId = "dash-relay";
+const leaderLock = "dash-leader";
 const idsOf = (entries: readonly { id: string }[]) => entries.map((entry) => entry.id);
 
 export function dashboardBrowserSuite(backend: BrowserTestBackend): void {
@@ -109,12 +112,19 @@ export function dashboardBrowserSuite(backend: BrowserTestBackend): void {
         claimer: "seed",
       },
     );
-    // In flight: two entries under a long lease.
+    // In flight: two entries under a long lease, claimed as a leading relay claims (fenced, `<relayId>#<n>`).
     await backend.enqueue(store, [
       { topic: topics.orders, key: "d", payload: "{}" },
       { topic: topics.orders, key: "e", payload: "{}" },
     ]);
-    expect(await store.claim({ claimer: "seed", limit: 10, leaseMs: 600_000 })).toHaveLength(2);
+    expect(
+      await store.claim({
+        claimer: `${relayId}#1`,
+        limit: 10,
+        leaseMs: 600_000,
+        fence: { lock: leaderLock, token: 7n },
+      }),
+    ).toHaveLength(2);
     // Pending, not claimed: six entries, three of them on one (hot) key whose name is markup.
     await backend.enqueue(store, [
       ...["f", "g", "h"].map((key) => ({ topic: topics.orders, key, payload: "{}" })),
@@ -214,6 +224,51 @@ export function dashboardBrowserSuite(backend: BrowserTestBackend): void {
     return stats;
   }
 
+  /**
+   * Without --relay: the relays' panel shows the store's relayActivity(): the leader's fencing token and each
+   * relay's in-flight count as the store says, its errors as text.
+   */
+  async function expectStoreRelays(page: Page) {
+    const activity = await check.relayActivity?.();
+    expect(activity, "the store under test has relayActivity()").toBeDefined();
+    if (!activity) return;
+    await page.locator("#store-relays:not([hidden])").waitFor();
+    expect(await page.locator("#store-relays-title").textContent()).toBe("As the store sees them");
+    expect(await page.locator("#relays").isHidden()).toBe(true);
+    const shownFences = () =>
+      page
+        .locator("#store-fences tbody tr[data-lock]")
+        .evaluateAll((rows) =>
+          rows.map((row) => ({ lock: row.getAttribute("data-lock"), token: row.children[1]?.textContent })),
+        );
+    expect(activity.fences).toEqual([{ lock: leaderLock, token: 7n }]);
+    await expect
+      .poll(shownFences)
+      .toEqual(activity.fences.map((fence) => ({ lock: fence.lock, token: fence.token.toString() })));
+    const shownClaimers = () =>
+      page
+        .locator("#store-claimers tbody tr[data-relay]")
+        .evaluateAll((rows) =>
+          rows.map((row) => ({ relay: row.getAttribute("data-relay"), inFlight: row.children[1]?.textContent })),
+        );
+    expect(activity.claimers.map((claimer) => [claimer.relay, claimer.inFlight])).toEqual([[relayId, 2]]);
+    await expect
+      .poll(shownClaimers)
+      .toEqual(activity.claimers.map((claimer) => ({ relay: claimer.relay, inFlight: String(claimer.inFlight) })));
+    const shownErrors = () =>
+      page
+        .locator("#recent-errors tbody tr[data-id]")
+        .evaluateAll((rows) =>
+          rows.map((row) => ({ id: row.getAttribute("data-id"), error: row.children[6]?.textContent })),
+        );
+    await expect
+      .poll(shownErrors)
+      .toEqual(activity.recentErrors.map((error) => ({ id: error.id, error: error.error })));
+    expect(activity.recentErrors.map((error) => error.id)).toContain(ids.html);
+    // The HTML in an error is text: no element made.
+    expect(await page.locator("#recent-errors tbody i").count()).toBe(0);
+  }
+
   const deadIds = async () => (await check.listDead({ limit: 100 })).map((entry) => entry.id);
 
   describe(`outbox dashboard in chromium, on ${backend.name}`, () => {
@@ -230,6 +285,7 @@ export function dashboardBrowserSuite(backend: BrowserTestBackend): void {
       expect(await page.locator("#hot-note").textContent()).toContain("among all 9 pending entries");
       expect(Number(await statText(page, "lag").getAttribute("data-seconds"))).toBeGreaterThan(0);
       await page.locator("#backlog-chart canvas").waitFor();
+      await expectStoreRelays(page);
 
       // The dead letters, the HTML one among them: its error is text in the table...
       const row = page.locator(`#dead tbody tr[data-id="${ids.html}"]`);

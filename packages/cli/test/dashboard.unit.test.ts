@@ -4,7 +4,7 @@
 import { readFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import type { OutboxEntry, OutboxStore, StoreStats } from "@outbox/core";
+import type { OutboxEntry, OutboxStore, RelayActivity, StoreStats } from "@outbox/core";
 import { MemoryStore } from "@outbox/memory";
 import { afterEach, describe, expect, it } from "vitest";
 import { isLoopback } from "../src/commands/dashboard.js";
@@ -234,6 +234,60 @@ describe("dashboard handler", () => {
     const plain = (await (await fetch(`${without.base}/api/state`)).json()) as Record<string, unknown>;
     expect(plain.pending).toBeNull();
     expect(plain.stats).toMatchObject({ pending: 7 });
+  });
+
+  it("relays as the store sees them: its relayActivity (tokens as text, errors redacted), null without it", async () => {
+    const asked: unknown[] = [];
+    const store = Object.assign(new FakeStore(), {
+      async relayActivity(options: unknown): Promise<RelayActivity> {
+        asked.push(options);
+        return {
+          scanned: 7,
+          fences: [{ lock: "outbox-leader", token: 9_007_199_254_740_993n }],
+          claimers: [{ relay: "relay-a", inFlight: 2, leaseUntil: new Date(Date.UTC(2030, 0, 1, 0, 1)) }],
+          lastPublishedAt: new Date(Date.UTC(2030, 0, 1)),
+          recentErrors: [
+            {
+              id: "5",
+              key: null,
+              topic: "orders",
+              error: "<b>connect</b> to amqp://app:s3cret@broker failed",
+              attempts: 3,
+              at: new Date(Date.UTC(2030, 0, 1, 0, 2)),
+              dead: false,
+            },
+          ],
+        };
+      },
+    });
+    const { base } = await serve({ pendingScanLimit: 500, recentErrors: 4 }, store);
+    const state = (await (await fetch(`${base}/api/state`)).json()) as Record<string, unknown>;
+    expect(state.storeRelays).toEqual({
+      scanned: 7,
+      scanLimit: 500,
+      complete: true,
+      // A token past 2^53 survives as text.
+      fences: [{ lock: "outbox-leader", token: "9007199254740993" }],
+      claimers: [{ relay: "relay-a", inFlight: 2, leaseUntil: "2030-01-01T00:01:00.000Z" }],
+      lastPublishedAt: "2030-01-01T00:00:00.000Z",
+      // Redacted; the markup stays text for the page to insert as text.
+      recentErrors: [
+        {
+          id: "5",
+          key: null,
+          topic: "orders",
+          error: "<b>connect</b> to amqp://app:***@broker failed",
+          attempts: 3,
+          at: "2030-01-01T00:02:00.000Z",
+          dead: false,
+        },
+      ],
+    });
+    expect(asked).toEqual([{ scanLimit: 500, recentErrors: 4 }]);
+    const without = await serve();
+    expect(
+      ((await (await fetch(`${without.base}/api/state`)).json()) as Record<string, unknown>).storeRelays,
+    ).toBeNull();
   });
 
   it("refuses every request without the token; accepts a bearer header or the cookie ?token= sets", async () => {

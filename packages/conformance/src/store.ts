@@ -1535,6 +1535,416 @@ export const storeChecks = {
       ).toEqual([]);
     },
   },
+  "settle-only-pending": {
+    title: "ack, retry, deadLetter and release of an entry already published or dead change nothing",
+    async run(h) {
+      const settledAt = h.clock.now();
+      const [published, dead] = (await enqueue(h, [message("sop", 1), message("sop", 2)])) as [string, string];
+      const claimed = await h.store.claim({ claimer: "a", limit: 10, leaseMs: 600_000 });
+      expect(idsOf(claimed), "both entries are claimable").toEqual([published, dead]);
+      await h.store.ack([published], ctx("a"));
+      await h.store.deadLetter([{ id: dead, error: "first death" }], ctx("a"));
+      h.clock.advance(10_000);
+      const both = [published, dead];
+      // The settler still names itself as the claimer: only the entries' state may stop these.
+      await h.store.ack(both, ctx("a"));
+      expect(
+        (await h.store.stats()).dead,
+        "an ack must not publish a dead entry: settling is for pending entries only",
+      ).toBe(1);
+      await h.store.retry(
+        both.map((id) => ({ id, error: "late retry", availableAt: new Date(h.clock.now()) })),
+        ctx("a"),
+      );
+      await h.store.deadLetter(
+        both.map((id) => ({ id, error: "late death" })),
+        ctx("a"),
+      );
+      await h.store.release(both, ctx("a"));
+      expect(
+        await h.store.claim({ claimer: "b", limit: 10, leaseMs: 600_000 }),
+        "a retry or release of a published or dead entry must not make it pending again",
+      ).toEqual([]);
+      const { pending, dead: deadCount } = await h.store.stats();
+      expect({ pending, dead: deadCount }, "a settled entry stays as it was settled").toEqual({ pending: 0, dead: 1 });
+      expect(
+        (await h.store.listDead()).map((entry) => [entry.id, entry.lastError, entry.attempts]),
+        "a dead entry keeps its error and attempts: a later deadLetter, retry or release of it changes nothing",
+      ).toEqual([[dead, "first death", 1]]);
+      expect(
+        await h.store.purge({ olderThan: new Date(settledAt + 1) }),
+        "settling again must not move an entry's settle time: both were settled 10 s before the late settles, so a " +
+          "cutoff 1 ms after the first settle removes both",
+      ).toBe(2);
+    },
+  },
+  "settle-by-former-holder": {
+    title:
+      "a settle by a claimer that no longer holds the entry (it retried or released it, or its lease ran out and " +
+      "another took it) changes nothing",
+    async run(h) {
+      const [waiting, reclaimed, released] = (await enqueue(h, [
+        message("sfh", 1),
+        message("sfh", 2),
+        message("sfh", 3),
+      ])) as [string, string, string];
+      const first = await h.store.claim({ claimer: "a", limit: 10, leaseMs: 5_000 });
+      expect(idsOf(first), "the three entries are claimable").toEqual([waiting, reclaimed, released]);
+      const retryAt = new Date(h.clock.now() + 60_000);
+      await h.store.retry([{ id: waiting, error: "first failure", availableAt: retryAt }], ctx("a"));
+      await h.store.release([released], ctx("a"));
+      h.clock.advance(5_000);
+      const second = await h.store.claim({ claimer: "b", limit: 10, leaseMs: 600_000 });
+      expect(idsOf(second), "once a's lease ran out, b claims the lapsed and the released entry").toEqual([
+        reclaimed,
+        released,
+      ]);
+      // a settles late, as a relay whose replies were slow would: a holds none of the three any more.
+      const all = [waiting, reclaimed, released];
+      await h.store.deadLetter(
+        all.map((id) => ({ id, error: "stale death" })),
+        ctx("a"),
+      );
+      await h.store.retry(
+        all.map((id) => ({ id, error: "stale retry", availableAt: new Date(h.clock.now()) })),
+        ctx("a"),
+      );
+      await h.store.release(all, ctx("a"));
+      if (h.store.releaseClaimer) {
+        expect(
+          await h.store.releaseClaimer(ctx("a")),
+          "releaseClaimer by a former holder gives back nothing: retry and release end a claimer's hold",
+        ).toBe(0);
+      }
+      const { pending, inFlight, dead } = await h.store.stats();
+      expect(
+        { pending, inFlight, dead },
+        "a settle by a former holder must change nothing: no dead letter, and b's leases stay",
+      ).toEqual({ pending: 3, inFlight: 2, dead: 0 });
+      expect(
+        await h.store.claim({ claimer: "c", limit: 10, leaseMs: 600_000 }),
+        "b's leases stay, and the retried entry still waits for its own retry time (a stale retry must not move it)",
+      ).toEqual([]);
+      await h.store.ack([reclaimed, released], ctx("b"));
+      h.clock.advance(60_000);
+      const [again] = await h.store.claim({ claimer: "c", limit: 10, leaseMs: 600_000 });
+      expect(again?.id, "the retried entry comes back at its retry time").toBe(waiting);
+      expect(
+        again?.attempts,
+        "a stale release must not take back the attempt of an entry that waited for its retry: this is attempt 2",
+      ).toBe(2);
+      expect(again?.lastError, "the error is the one its holder recorded, not a stale settle's").toBe("first failure");
+    },
+  },
+  "ack-any-holder": {
+    title: "ack publishes pending entries whoever holds them: anyone may ack (the fence decides), not just the holder",
+    async run(h) {
+      const [own, lapsed, held, free] = (await enqueue(h, [
+        message("aah", 1),
+        message("aah", 2),
+        message("aah", 3),
+        message("aah", 4),
+      ])) as [string, string, string, string];
+      expect(idsOf(await h.store.claim({ claimer: "a", limit: 1, leaseMs: 600_000 })), "a takes the first").toEqual([
+        own,
+      ]);
+      expect(idsOf(await h.store.claim({ claimer: "b", limit: 1, leaseMs: 1_000 })), "b the second").toEqual([lapsed]);
+      expect(idsOf(await h.store.claim({ claimer: "c", limit: 1, leaseMs: 600_000 })), "c the third").toEqual([held]);
+      h.clock.advance(1_000);
+      // a published all four (a relay whose lease ran out publishes anyway): its ack must count for each.
+      await h.store.ack([own, lapsed, held, free], ctx("a"));
+      expect(
+        (await h.store.stats()).pending,
+        "an ack publishes every pending entry it names: its own, one whose lease ran out, one another claimer " +
+          "holds and one nobody claimed (anyone may ack)",
+      ).toBe(0);
+      h.clock.advance(600_000);
+      expect(
+        await h.store.claim({ claimer: "d", limit: 10, leaseMs: 1_000 }),
+        "acked entries are never claimed again",
+      ).toEqual([]);
+    },
+  },
+  "stats-oldest-created": {
+    title: "stats().oldestPendingAt is the oldest pending entry's createdAt, however late it is available",
+    async run(h) {
+      const t0 = h.clock.now();
+      const [first] = await enqueue(h, message("soc", 1));
+      h.clock.advance(1_000);
+      const [second] = await enqueue(h, message("soc", 2));
+      const [claimed] = await h.store.claim({ claimer: "a", limit: 1, leaseMs: 60_000 });
+      expect(claimed?.id, "the oldest entry is claimed first").toBe(first);
+      await h.store.retry([{ id: first as string, error: "x", availableAt: new Date(t0 + 60_000) }], ctx("a"));
+      expect(
+        (await h.store.stats()).oldestPendingAt,
+        "an entry waiting for its retry is still the oldest pending one: oldestPendingAt is its createdAt, not its " +
+          "retry time",
+      ).toEqual(new Date(t0));
+      const [next] = await h.store.claim({ claimer: "a", limit: 1, leaseMs: 60_000 });
+      expect(next?.id, "the second entry is claimable").toBe(second);
+      await h.store.ack([second as string], ctx("a"));
+      h.clock.advance(1_000);
+      await enqueue(h, { ...message("soc", 3), availableAt: new Date(t0 + 600_000) });
+      h.clock.advance(60_000);
+      const [retried] = await h.store.claim({ claimer: "a", limit: 1, leaseMs: 60_000 });
+      expect(retried?.id, "the retried entry comes back at its retry time").toBe(first);
+      await h.store.ack([first as string], ctx("a"));
+      expect(
+        (await h.store.stats()).oldestPendingAt,
+        "an entry enqueued with a delayed start counts from its createdAt, not from when it becomes available",
+      ).toEqual(new Date(t0 + 2_000));
+    },
+  },
+  "empty-key-order": {
+    title: "an empty-string key is a key like any other: one claimer at a time, in order, held behind a failing head",
+    async run(h) {
+      const topic = uniqueName("ek");
+      const outcome = await enqueue(h, [message(topic, 1, ""), message(topic, 2, ""), message(topic, 3, "")]).then(
+        (ids) => ({ ids, error: null as unknown }),
+        (error: unknown) => ({ ids: [] as string[], error }),
+      );
+      if (outcome.error !== null) {
+        expect(
+          OutboxError.is(outcome.error) ? outcome.error.code : outcome.error,
+          "a store that cannot keep an empty-string key must refuse it with OUTBOX_INVALID_ENTRY (round-trip-edges)",
+        ).toBe(OutboxErrorCode.InvalidEntry);
+        return;
+      }
+      const [e1, e2, e3] = outcome.ids as [string, string, string];
+      const [keyless] = await enqueue(h, message(topic, 4));
+      expect(
+        idsOf(await h.store.claim({ claimer: "a", limit: 1, leaseMs: 60_000 })),
+        "a claim with limit 1 returns the oldest entry, the head of key ''",
+      ).toEqual([e1]);
+      expect(
+        idsOf(await h.store.claim({ claimer: "b", limit: 10, leaseMs: 60_000 })),
+        "while the head of key '' is leased, no other claimer may take the key's later entries: '' is a key, not " +
+          "the absence of one",
+      ).toEqual([keyless]);
+      await h.store.retry([{ id: e1, error: "x", availableAt: new Date(h.clock.now() + 10_000) }], ctx("a"));
+      expect(
+        await h.store.claim({ claimer: "c", limit: 10, leaseMs: 60_000 }),
+        "while the head of key '' waits for its retry, the key's later entries wait too",
+      ).toEqual([]);
+      h.clock.advance(10_000);
+      const resumed = await h.store.claim({ claimer: "c", limit: 10, leaseMs: 60_000 });
+      expect(idsOf(resumed), "after the retry time the run of key '' resumes at its head, in order").toEqual([
+        e1,
+        e2,
+        e3,
+      ]);
+      expect(
+        resumed.map((entry) => entry.key),
+        "the entries keep their empty-string key",
+      ).toEqual(["", "", ""]);
+    },
+  },
+  "attempts-reported": {
+    title:
+      "claim, pendingSummary and listDead report one attempt count: the claims that returned the entry, not those given back",
+    async run(h) {
+      const [id] = (await enqueue(h, [message("att", 1, "att"), message("att", 2, "att")])) as [string, string];
+      const claimedAttempts: number[] = [];
+      const claimHead = async () => {
+        const [head] = await h.store.claim({ claimer: "a", limit: 1, leaseMs: 60_000 });
+        expect(head?.id, "the key's head is claimable").toBe(id);
+        claimedAttempts.push((head as OutboxEntry).attempts);
+      };
+      for (const failure of ["failure 1", "failure 2"]) {
+        await claimHead();
+        await h.store.retry([{ id, error: failure, availableAt: new Date(h.clock.now()) }], ctx("a"));
+      }
+      await claimHead();
+      await h.store.release([id], ctx("a"));
+      await claimHead();
+      expect(claimedAttempts, "each claim counts one attempt, and a claim given back by release none").toEqual([
+        1, 2, 3, 3,
+      ]);
+      const retryAt = new Date(h.clock.now() + 1_000);
+      await h.store.retry([{ id, error: "failure 3", availableAt: retryAt }], ctx("a"));
+      if (h.store.pendingSummary) {
+        expect(
+          (await h.store.pendingSummary()).blockedKeys.map((blocked) => [blocked.entryId, blocked.attempts]),
+          "pendingSummary reports the failing head's attempts as its claims did: 3",
+        ).toEqual([[id, 3]]);
+      }
+      h.clock.advance(1_000);
+      await claimHead();
+      await h.store.deadLetter([{ id, error: "failure 4" }], ctx("a"));
+      expect(
+        (await h.store.listDead()).map((entry) => [entry.id, entry.attempts, entry.lastError]),
+        "listDead reports a dead entry's attempts as its claims did: after 4 claims, 4",
+      ).toEqual([[id, 4, "failure 4"]]);
+    },
+  },
+  "fence-race": {
+    title:
+      "racing fenced calls never lower the newest token: once a call with a token returned, an older token is refused",
+    async run(h) {
+      const lock = uniqueName("leader");
+      await enqueue(
+        h,
+        Array.from({ length: 50 }, (_, i) => message("frace", i)),
+      );
+      const other = h.peer ? await h.peer() : h.store;
+      for (let round = 0; round < 30; round++) {
+        const newer = { lock, token: BigInt(2 * round + 2) };
+        const older = { lock, token: BigInt(2 * round + 1) };
+        // The newer call starts first and is the long one (it takes over every lease of the round before);
+        // older calls follow at once and after one, two and three round trips, so that one of them tends to
+        // write its token while the newer call is still running: a store that keeps the last token written,
+        // not the greater one, then ends with the older token.
+        const newerCall = h.store.claim({ claimer: `new-${round}`, limit: 50, leaseMs: 600_000, fence: newer });
+        const olderCalls = [0, 1, 2, 3].map(async (hops) => {
+          for (let hop = 0; hop < hops; hop++) await other.stats();
+          await other.ack([], ctx(`old-${round}`, older));
+        });
+        const [byNewer, ...byOlder] = await Promise.allSettled([newerCall, ...olderCalls]);
+        expect(byNewer?.status, "a claim with the newest token must pass").toBe("fulfilled");
+        for (const outcome of byOlder) {
+          if (outcome.status === "fulfilled") continue;
+          expect(
+            OutboxError.is(outcome.reason) ? outcome.reason.code : outcome.reason,
+            "a fenced call may only fail as OUTBOX_FENCED here",
+          ).toBe(OutboxErrorCode.Fenced);
+        }
+        await expectCode(
+          h.store.claim({ claimer: "probe", limit: 1, leaseMs: 1, fence: older }),
+          OutboxErrorCode.Fenced,
+          `once a call with token ${newer.token} returned, a call with the older token ${older.token} must be ` +
+            "refused, however racing calls interleaved: the newest token only ever grows (keep the greater token, " +
+            "never the last one written)",
+        );
+      }
+    },
+  },
+  "give-back-race": {
+    title:
+      "claimers racing for a key's run, whose entries were given back unevenly before, count no attempt for what " +
+      "they give back",
+    async run(h) {
+      // Across instances where the harness has peer(): other relays' stores, whose claims really race.
+      const stores = h.peer ? [h.store, await h.peer(), await h.peer(), await h.peer()] : [h.store, h.store];
+      const returned = new Map<string, number>();
+      const check = (entry: OutboxEntry) => {
+        const count = (returned.get(entry.id) ?? 0) + 1;
+        returned.set(entry.id, count);
+        expect(
+          entry.attempts,
+          `entry ${entry.id} was returned by ${count} claim(s) but shows ${entry.attempts} attempts: entries a claim ` +
+            "leased and gave back (its run cut where a racing claimer got an earlier entry of the key) must not " +
+            "count an attempt",
+        ).toBe(count);
+      };
+      for (let round = 0; round < 30; round++) {
+        await enqueue(
+          h,
+          Array.from({ length: 8 }, (_, i) => message("gbr", i, `gbr-${round}`)),
+        );
+        // Each entry of the run claimed and released a different number of times: their states differ,
+        // so a store may lease the run in several writes, and racing claimers can split it between them.
+        for (let limit = 1; limit < 8; limit++) {
+          const run = await h.store.claim({ claimer: "prep", limit, leaseMs: 60_000 });
+          await h.store.release(idsOf(run), ctx("prep"));
+        }
+        const batches = await Promise.all(
+          stores.map((store, i) => store.claim({ claimer: `racer-${i}`, limit: 8, leaseMs: 60_000 })),
+        );
+        for (const [i, batch] of batches.entries()) {
+          batch.forEach(check);
+          await h.store.ack(idsOf(batch), ctx(`racer-${i}`));
+        }
+        (await claimAndAckAll(h.store as OutboxStore<never>, ctx("rest"))).forEach(check);
+      }
+    },
+  },
+  "relay-activity": {
+    title:
+      "relayActivity reports the newest fencing token per lock, unexpired leases per relay, the last publish and " +
+      "the recent errors, newest first",
+    requires: (h) => (h.store.relayActivity ? null : "store has no optional relayActivity()"),
+    async run(h) {
+      const activity = h.store.relayActivity?.bind(h.store) as NonNullable<OutboxStore["relayActivity"]>;
+      expect(await activity(), "a fresh outbox has no fence, no lease, no publish and no error").toEqual({
+        scanned: 0,
+        fences: [],
+        claimers: [],
+        lastPublishedAt: null,
+        recentErrors: [],
+      });
+      const lock = uniqueName("ra");
+      const [lockA, lockB] = [`${lock}-a`, `${lock}-b`];
+      const topic = uniqueName("ra");
+      const [e1, e2, e3, e4, e5, e6, e7, e8] = (await enqueue(h, [
+        ...[1, 2, 3, 4, 5, 6].map((seq) => message(topic, seq)),
+        message(topic, 7, "ra-key"),
+        message(topic, 8),
+      ])) as [string, string, string, string, string, string, string, string];
+      const start = h.clock.now();
+      const claim = async (claimer: string, limit: number, leaseMs: number, fence?: SettleContext["fence"]) =>
+        idsOf(await h.store.claim({ claimer, limit, leaseMs, fence }));
+      // Relay "a" claims twice under one token of its lock; relay "b#east" (a `#` in its id) under
+      // another lock; "gone#1"'s lease runs out; "worker" has no `#`: the whole name is its relay.
+      expect(await claim("a#1", 1, 80_000, { lock: lockA, token: 3n })).toEqual([e1]);
+      expect(await claim("a#2", 2, 70_000, { lock: lockA, token: 3n })).toEqual([e2, e3]);
+      expect(await claim("b#east#1", 1, 50_000, { lock: lockB, token: 7n })).toEqual([e4]);
+      expect(await claim("gone#1", 1, 1_000)).toEqual([e5]);
+      expect(await claim("worker", 3, 40_000)).toEqual([e6, e7, e8]);
+      h.clock.advance(2_000);
+      const retryAt = new Date(h.clock.now() + 30_000);
+      await h.store.retry([{ id: e7, error: "<b>broker</b> said no", availableAt: retryAt }], ctx("worker"));
+      h.clock.advance(1_000);
+      const deadAt = new Date(h.clock.now());
+      await h.store.deadLetter([{ id: e8, error: "poison message" }], ctx("worker"));
+      h.clock.advance(1_000);
+      const ackedAt = new Date(h.clock.now());
+      // Relay "a" acks under a newer token of its lock: the newest token is the one to report.
+      await h.store.ack([e2], ctx("a#2", { lock: lockA, token: 4n }));
+
+      const report = await activity();
+      expect(report.scanned, "scanned counts the pending entries looked at: 6 (one acked, one dead)").toBe(6);
+      expect(
+        report.fences,
+        "fences holds the newest token the store recorded for each lock name (not the first), by lock name",
+      ).toEqual([
+        { lock: lockA, token: 4n },
+        { lock: lockB, token: 7n },
+      ]);
+      expect(
+        report.claimers,
+        "claimers counts each relay's entries under an unexpired lease (claimer names up to their last '#' " +
+          "grouped; expired leases, settled and retried entries not counted), with the latest lease end, by relay id",
+      ).toEqual([
+        { relay: "a", inFlight: 2, leaseUntil: new Date(start + 80_000) },
+        { relay: "b#east", inFlight: 1, leaseUntil: new Date(start + 50_000) },
+        { relay: "worker", inFlight: 1, leaseUntil: new Date(start + 40_000) },
+      ]);
+      expect(report.lastPublishedAt, "lastPublishedAt is the newest ack's time").toEqual(ackedAt);
+      const retried = { id: e7, key: "ra-key", topic, error: "<b>broker</b> said no", attempts: 1 };
+      const dead = { id: e8, key: null, topic, error: "poison message", attempts: 1 };
+      expect(
+        report.recentErrors,
+        "recentErrors lists pending and dead entries with an error, newest `at` first (a pending entry's `at` is " +
+          "its retry's due time, a dead one's when it was dead-lettered), their fields as stored",
+      ).toEqual([
+        { ...retried, at: retryAt, dead: false },
+        { ...dead, at: deadAt, dead: true },
+      ]);
+      expect(
+        (await activity({ recentErrors: 1 })).recentErrors.map((error) => error.id),
+        "recentErrors returns at most `recentErrors` errors, the newest",
+      ).toEqual([e7]);
+      const bounded = await activity({ scanLimit: 2 });
+      expect(
+        [bounded.scanned, bounded.claimers, bounded.recentErrors.map((error) => error.id)],
+        "with scanLimit 2 only the 2 oldest pending entries are looked at for leases and pending errors " +
+          "(the newest dead entries still are)",
+      ).toEqual([2, [{ relay: "a", inFlight: 2, leaseUntil: new Date(start + 80_000) }], [e8]]);
+      expect(bounded.lastPublishedAt, "the newest 2 settled entries hold the ack").toEqual(ackedAt);
+      h.clock.advance(100_000);
+      expect((await activity()).claimers, "once every lease has ended no relay holds entries").toEqual([]);
+    },
+  },
 } satisfies Record<string, Check<Harness>>;
 
 export type StoreCheckId = keyof typeof storeChecks;

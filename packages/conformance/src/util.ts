@@ -100,6 +100,7 @@ export function wrapStore<Tx>(inner: OutboxStore<Tx>, overrides: Partial<OutboxS
   const dropDead = inner.dropDead?.bind(inner);
   const releaseClaimer = inner.releaseClaimer?.bind(inner);
   const pendingSummary = inner.pendingSummary?.bind(inner);
+  const relayActivity = inner.relayActivity?.bind(inner);
   return {
     capabilities: inner.capabilities,
     enqueue: (tx, messages) => inner.enqueue(tx, messages),
@@ -116,6 +117,7 @@ export function wrapStore<Tx>(inner: OutboxStore<Tx>, overrides: Partial<OutboxS
     ...(dropDead ? { dropDead } : {}),
     ...(releaseClaimer ? { releaseClaimer } : {}),
     ...(pendingSummary ? { pendingSummary } : {}),
+    ...(relayActivity ? { relayActivity } : {}),
     close: () => inner.close(),
     ...overrides,
   };

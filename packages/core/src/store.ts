@@ -110,6 +110,66 @@ export interface PendingSummary {
   readonly blockedKeys: ReadonlyArray<BlockedKey>;
 }
 
+/**
+ * `scanLimit`: pending entries looked at, oldest first (id order), for the leases and the pending
+ * entries' errors; and settled entries looked at, newest settle first, for the last publish.
+ * Default 10,000.
+ */
+export interface RelayActivityOptions extends Pick<PendingSummaryOptions, "scanLimit"> {
+  /** Errors returned at most. Default 10. */
+  readonly recentErrors?: number;
+}
+
+/** A relay holding leases, as the store sees it: its claimers' unexpired leases together. */
+export interface RelayClaimer {
+  /**
+   * The relay's id: a relay claims as `<relayId>#<n>`, so the claimer name up to its last `#`
+   * (the whole name when it has none).
+   */
+  readonly relay: string;
+  /** Its entries under an unexpired lease, among the pending entries looked at. */
+  readonly inFlight: number;
+  /** When the last of those leases ends. */
+  readonly leaseUntil: Date;
+}
+
+/** An entry whose last attempt failed: pending and waiting for its retry, or dead. */
+export interface RecentError {
+  readonly id: string;
+  readonly key: string | null;
+  readonly topic: string;
+  /** Its last error. */
+  readonly error: string;
+  readonly attempts: number;
+  /**
+   * Dead: when it was dead-lettered. Pending: when its retry is due (the store keeps no time of
+   * the failure itself; a retry due in the future is a failure that is still current).
+   */
+  readonly at: Date;
+  readonly dead: boolean;
+}
+
+/** What `relayActivity` found: the relays' work as the store sees it, each part a bounded read. */
+export interface RelayActivity {
+  /** Pending entries looked at (below `scanLimit`: every pending entry was). */
+  readonly scanned: number;
+  /** The newest fencing token the store recorded per lock name, by lock name (at most 100 names). */
+  readonly fences: ReadonlyArray<Fence>;
+  /** Relays with entries under an unexpired lease among the pending entries looked at, by relay id. */
+  readonly claimers: ReadonlyArray<RelayClaimer>;
+  /**
+   * The newest settle time of a published entry, among the newest `scanLimit` settled entries
+   * (null: none of them was published).
+   */
+  readonly lastPublishedAt: Date | null;
+  /**
+   * The entries with a last error, newest `at` first (then the higher id first), at most
+   * `recentErrors`: from the pending entries looked at and the newest `recentErrors` dead entries
+   * (by id).
+   */
+  readonly recentErrors: ReadonlyArray<RecentError>;
+}
+
 export interface PurgeRequest {
   /** Published and dead entries older than this go. Pending entries never do. */
   readonly olderThan: Date;
@@ -227,6 +287,12 @@ export interface OutboxStore<Tx = unknown> {
    * for a retry, and the keys holding the most of them.
    */
   pendingSummary?(options?: PendingSummaryOptions): Promise<PendingSummary>;
+  /**
+   * Optional (operator tooling, e.g. `outbox dashboard` without `--relay`): the relays as the store
+   * sees them: the fencing tokens it recorded, who holds leases, the last publish and the recent
+   * errors. Bounded reads however large the table (see `RelayActivity`).
+   */
+  relayActivity?(options?: RelayActivityOptions): Promise<RelayActivity>;
   /** Wake-up hints (declared by `capabilities.wakeUps`); polling stays the safety net. */
   subscribe?(listener: () => void): Promise<Unsubscribe>;
   close(): Promise<void>;

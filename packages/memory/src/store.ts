@@ -1,6 +1,7 @@
 import {
   type ClaimRequest,
   type Clock,
+  claimersByRelay,
   type DeadLetterItem,
   deadLetterFilter,
   type EntryLimits,
@@ -8,6 +9,7 @@ import {
   type ListDeadOptions,
   matchesDeadLetterFilter,
   mostPendingFirst,
+  newestErrorFirst,
   type OutboxEntry,
   OutboxError,
   OutboxErrorCode,
@@ -18,7 +20,11 @@ import {
   type PreparedMessage,
   type PurgeRequest,
   prepareMessages,
+  type RecentError,
+  type RelayActivity,
+  type RelayActivityOptions,
   type RetryItem,
+  relayActivityMaxLocks,
   type SettleContext,
   type StoreCapabilities,
   type StoreStats,
@@ -338,6 +344,52 @@ export class MemoryStore implements OutboxStore<MemoryTransaction> {
       .sort(mostPendingFirst)
       .slice(0, blockedKeys);
     return { scanned, retryWaiting, hotKeys: hot, blockedKeys: blocked };
+  }
+
+  async relayActivity(options: RelayActivityOptions = {}): Promise<RelayActivity> {
+    this.#assertOpen();
+    const scanLimit = positiveInteger(options.scanLimit ?? 10_000, "scanLimit");
+    const recentErrors = positiveInteger(options.recentErrors ?? 10, "recentErrors");
+    const now = this.#clock.now();
+    const ordered = this.#ordered();
+    const scan = ordered.filter((row) => row.status === "pending").slice(0, scanLimit);
+    const leased = scan.filter((row) => row.leaseUntil > now && row.claimer !== null);
+    const settled = ordered
+      .filter((row) => row.status !== "pending")
+      .sort((a, b) => b.settledAt - a.settledAt)
+      .slice(0, scanLimit);
+    const published = settled.find((row) => row.status === "published");
+    const newestDead = ordered
+      .filter((row) => row.status === "dead")
+      .slice(-recentErrors)
+      .reverse();
+    const failed = [...scan, ...newestDead].filter((row) => row.lastError !== null);
+    return {
+      scanned: scan.length,
+      fences: [...this.#fences]
+        .map(([lock, token]) => ({ lock, token }))
+        .sort((a, b) => (a.lock < b.lock ? -1 : a.lock > b.lock ? 1 : 0))
+        .slice(0, relayActivityMaxLocks),
+      claimers: claimersByRelay(
+        leased.map((row) => ({ claimer: row.claimer as string, inFlight: 1, leaseUntil: new Date(row.leaseUntil) })),
+      ),
+      lastPublishedAt: published ? new Date(published.settledAt) : null,
+      recentErrors: failed
+        .map((row): RecentError => {
+          const dead = row.status === "dead";
+          return {
+            id: String(row.seq),
+            key: row.message.key,
+            topic: row.message.topic,
+            error: row.lastError as string,
+            attempts: row.attempts,
+            at: new Date(dead ? row.settledAt : row.availableAt),
+            dead,
+          };
+        })
+        .sort(newestErrorFirst)
+        .slice(0, recentErrors),
+    };
   }
 
   async subscribe(listener: () => void): Promise<Unsubscribe> {

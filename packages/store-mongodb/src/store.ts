@@ -3,6 +3,7 @@ import {
   type BlockedKey,
   type ClaimRequest,
   type Clock,
+  claimersByRelay,
   type DeadLetterFilter,
   type DeadLetterItem,
   deadLetterFilter,
@@ -11,6 +12,7 @@ import {
   type ListDeadOptions,
   matchesDeadLetterFilter,
   mostPendingFirst,
+  newestErrorFirst,
   type OutboxEntry,
   OutboxError,
   OutboxErrorCode,
@@ -20,7 +22,11 @@ import {
   type PendingSummaryOptions,
   type PurgeRequest,
   prepareMessages,
+  type RecentError,
+  type RelayActivity,
+  type RelayActivityOptions,
   type RetryItem,
+  relayActivityMaxLocks,
   type SettleContext,
   type StoreCapabilities,
   type StoreStats,
@@ -222,6 +228,8 @@ const allBatch = 10_000;
 const bulkStatements = 8;
 /** Dead entries' ids and errors read per round while listDead looks for an error text. */
 const deadScanBatch = 1_000;
+/** Fence documents relayActivity reads at most (one per lock, or one per token without transactions). */
+const maxFenceDocs = 10_000;
 
 /**
  * Creates the indexes that are missing. Only those: FerretDB 1.24 drops the connection (a
@@ -1399,6 +1407,100 @@ export class MongoStore implements OutboxStore<MongoTransaction> {
       retryWaiting,
       hotKeys: hot.map((row) => ({ key: row._id, pending: Number(row.pending) })).sort(mostPendingFirst),
       blockedKeys: blocked,
+    };
+  }
+
+  /**
+   * Bounded reads at once: the oldest `scanLimit` pending entries ({ status, _id }: their count,
+   * the unexpired leases per claimer, the failed ones), the newest published entry ({ status,
+   * settledAt }: exact, not bounded by `scanLimit`), the newest `recentErrors` dead ones
+   * ({ status, _id }) and at most 10,000 fence documents.
+   */
+  async relayActivity(options: RelayActivityOptions = {}): Promise<RelayActivity> {
+    this.#assertOpen();
+    const scanLimit = positiveInteger(options.scanLimit ?? 10_000, "scanLimit");
+    const recentErrors = positiveInteger(options.recentErrors ?? 10, "recentErrors");
+    await this.init();
+    const now = new Date(this.#clock.now());
+    const scan = [{ $match: { status: "pending" } }, { $sort: { _id: 1 } }, { $limit: scanLimit }];
+    const errorProjection = {
+      _id: 1,
+      key: 1,
+      topic: 1,
+      lastError: 1,
+      attempts: 1,
+      availableAt: 1,
+      settledAt: 1,
+      status: 1,
+    };
+    const [scanned, leases, published, failed, dead, fenceDocs] = await this.#run("relayActivity", true, () =>
+      Promise.all([
+        this.#entries
+          .aggregate<{ n: number }>([...scan, { $group: { _id: null, n: { $sum: 1 } } }])
+          .toArray()
+          .then((rows) => Number(rows[0]?.n ?? 0)),
+        this.#entries
+          // One group per claim in flight (its entries share their lease end: FerretDB 1.x has no $max).
+          .aggregate<{ _id: { claimer: string; until: Date }; n: number }>([
+            ...scan,
+            { $match: { leaseUntil: { $gt: now }, claimedBy: { $ne: null } } },
+            { $group: { _id: { claimer: "$claimedBy", until: "$leaseUntil" }, n: { $sum: 1 } } },
+          ])
+          .toArray(),
+        this.#entries.findOne({ status: "published" }, { sort: { settledAt: -1 }, projection: { settledAt: 1 } }),
+        this.#entries
+          .aggregate<EntryDoc>([
+            ...scan,
+            { $match: { lastError: { $ne: null } } },
+            { $sort: { availableAt: -1, _id: -1 } },
+            { $limit: recentErrors },
+            { $project: errorProjection },
+          ])
+          .toArray(),
+        this.#entries
+          .find({ status: "dead" }, { sort: { _id: -1 }, limit: recentErrors, projection: errorProjection })
+          .toArray(),
+        this.#fences.find({}, { projection: { _id: 1, lock: 1, token: 1 }, limit: maxFenceDocs }).toArray(),
+      ]),
+    );
+    // With transactions a lock's head document (`head:<lock>`); without, a record per token.
+    const newest = new Map<string, bigint>();
+    for (const doc of fenceDocs) {
+      const lock = doc.lock ?? (doc._id.startsWith("head:") ? doc._id.slice("head:".length) : null);
+      const token = toBigint(doc.token);
+      if (lock === null || token === null) continue;
+      const seen = newest.get(lock);
+      if (seen === undefined || token > seen) newest.set(lock, token);
+    }
+    return {
+      scanned,
+      fences: [...newest]
+        .map(([lock, token]) => ({ lock, token }))
+        .sort((a, b) => (a.lock < b.lock ? -1 : a.lock > b.lock ? 1 : 0))
+        .slice(0, relayActivityMaxLocks),
+      claimers: claimersByRelay(
+        leases.map((row) => ({
+          claimer: row._id.claimer,
+          inFlight: Number(row.n),
+          leaseUntil: new Date(row._id.until.getTime()),
+        })),
+      ),
+      lastPublishedAt: published?.settledAt ? new Date(published.settledAt.getTime()) : null,
+      recentErrors: [...failed, ...dead]
+        .filter((doc) => doc.lastError !== null && doc.lastError !== undefined)
+        .map(
+          (doc): RecentError => ({
+            id: String(doc._id),
+            key: doc.key ?? null,
+            topic: doc.topic,
+            error: doc.lastError as string,
+            attempts: doc.attempts,
+            at: new Date((doc.status === "dead" ? (doc.settledAt as Date) : doc.availableAt).getTime()),
+            dead: doc.status === "dead",
+          }),
+        )
+        .sort(newestErrorFirst)
+        .slice(0, recentErrors),
     };
   }
 

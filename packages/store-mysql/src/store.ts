@@ -2,6 +2,7 @@ import { createHash } from "node:crypto";
 import {
   type ClaimRequest,
   type Clock,
+  claimersByRelay,
   type DeadLetterFilter,
   type DeadLetterItem,
   deadLetterFilter,
@@ -9,6 +10,7 @@ import {
   type Fence,
   type ListDeadOptions,
   mostPendingFirst,
+  newestErrorFirst,
   type OutboxEntry,
   OutboxError,
   OutboxErrorCode,
@@ -18,7 +20,11 @@ import {
   type PendingSummaryOptions,
   type PurgeRequest,
   prepareMessages,
+  type RecentError,
+  type RelayActivity,
+  type RelayActivityOptions,
   type RetryItem,
+  relayActivityMaxLocks,
   type SettleContext,
   type StoreCapabilities,
   type StoreStats,
@@ -850,6 +856,57 @@ export class MySqlStore implements OutboxStore<MySqlQueryable> {
     };
   }
 
+  /**
+   * Four bounded reads at once, each through an index: the fence table (a row per lock name), the
+   * oldest `scanLimit` pending entries ((status, id), twice: leases, then errors), the newest
+   * `scanLimit` settled ones (settled_at, newest first, up to the first published one) and the
+   * newest `recentErrors` dead ones ((status, id)).
+   */
+  async relayActivity(options: RelayActivityOptions = {}): Promise<RelayActivity> {
+    this.#assertOpen();
+    const scanLimit = positiveInteger(options.scanLimit ?? 10_000, "scanLimit");
+    const recentErrors = positiveInteger(options.recentErrors ?? 10, "recentErrors");
+    const now = this.#clock.now();
+    const read = (sql: string, params: unknown[]) =>
+      this.#withRetries("relayActivity", true, () => runStatement(this.#pool, sql, params)).then(({ rows }) => rows);
+    const [fences, leases, published, errors] = await Promise.all([
+      read(this.#sql.activityFences, [relayActivityMaxLocks]),
+      read(this.#sql.activityLeases, [now, scanLimit]),
+      read(this.#sql.activityPublished, [scanLimit]),
+      read(this.#sql.activityErrors, [scanLimit, recentErrors, recentErrors]),
+    ]);
+    const lastPublished = published[0]?.settled_at;
+    return {
+      scanned: leases.reduce((sum, row) => sum + num(row.n), 0),
+      fences: fences.map((row) => ({ lock: text(row.lock_name), token: BigInt(text(row.token)) })),
+      claimers: claimersByRelay(
+        leases
+          .filter((row) => row.claimed_by !== null)
+          .map((row) => ({
+            claimer: text(row.claimed_by),
+            inFlight: num(row.n),
+            leaseUntil: new Date(num(row.until)),
+          })),
+      ),
+      lastPublishedAt: lastPublished === undefined || lastPublished === null ? null : new Date(num(lastPublished)),
+      recentErrors: errors
+        .filter((row) => row.last_error !== null)
+        .map(
+          (row): RecentError => ({
+            id: String(row.id),
+            key: nullableText(row.entry_key),
+            topic: text(row.topic),
+            error: text(row.last_error),
+            attempts: num(row.attempts),
+            at: new Date(num(row.at)),
+            dead: num(row.status) === 2,
+          }),
+        )
+        .sort(newestErrorFirst)
+        .slice(0, recentErrors),
+    };
+  }
+
   async stats(): Promise<StoreStats> {
     this.#assertOpen();
     const {
@@ -1254,6 +1311,28 @@ function buildStatements(n: SchemaNames) {
         JOIN ${t} o ON o.id = k.head
         WHERE o.last_error IS NOT NULL AND o.available_at > ? AND (o.lease_until IS NULL OR o.lease_until <= ?)
         ORDER BY k.n DESC, k.entry_key LIMIT ?) b`,
+    activityFences: `SELECT CAST(f.lock_name AS BINARY) AS lock_name, CAST(f.token AS CHAR) AS token
+      FROM ${n.qualifiedFence} f ORDER BY f.lock_name LIMIT ?`,
+    // One group per claimer holding unexpired leases, and one (NULL) for the other pending entries looked at.
+    activityLeases: `SELECT CAST(s.holder AS BINARY) AS claimed_by, COUNT(*) AS n, MAX(s.lease_until) AS until
+      FROM (SELECT CASE WHEN o.lease_until > ? THEN o.claimed_by END AS holder, o.lease_until
+        FROM ${t} o FORCE INDEX (${indexNames.pending}) WHERE o.status = 0 ORDER BY o.id LIMIT ?) s
+      GROUP BY s.holder`,
+    activityPublished: `SELECT s.settled_at FROM (SELECT o.status, o.settled_at FROM ${t} o FORCE INDEX (${indexNames.settled})
+        WHERE o.settled_at IS NOT NULL ORDER BY o.settled_at DESC LIMIT ?) s
+      WHERE s.status = 1 ORDER BY s.settled_at DESC LIMIT 1`,
+    // The failed among the oldest pending entries (their retry's due time as `at`), and the newest dead entries.
+    activityErrors: `(SELECT CAST(o.id AS CHAR) AS id, CAST(o.entry_key AS BINARY) AS entry_key,
+        CAST(o.topic AS BINARY) AS topic, CAST(o.last_error AS BINARY) AS last_error, o.attempts, o.status,
+        o.available_at AS at
+      FROM (SELECT p.id FROM ${t} p FORCE INDEX (${indexNames.pending}) WHERE p.status = 0 ORDER BY p.id LIMIT ?) s
+      STRAIGHT_JOIN ${t} o FORCE INDEX (PRIMARY) ON o.id = s.id
+      WHERE o.last_error IS NOT NULL ORDER BY o.available_at DESC, o.id DESC LIMIT ?)
+      UNION ALL
+      (SELECT CAST(o.id AS CHAR), CAST(o.entry_key AS BINARY), CAST(o.topic AS BINARY), CAST(o.last_error AS BINARY),
+        o.attempts, o.status, o.settled_at
+      FROM ${t} o FORCE INDEX (${indexNames.pending})
+      WHERE o.status = 2 ORDER BY o.id DESC LIMIT ?)`,
   };
 }
 

@@ -1,6 +1,7 @@
 import {
   type ClaimRequest,
   type Clock,
+  claimersByRelay,
   type DeadLetterFilter,
   type DeadLetterItem,
   deadLetterFilter,
@@ -17,7 +18,10 @@ import {
   type PreparedMessage,
   type PurgeRequest,
   prepareMessages,
+  type RelayActivity,
+  type RelayActivityOptions,
   type RetryItem,
+  relayActivityMaxLocks,
   type SettleContext,
   type StoreCapabilities,
   type StoreStats,
@@ -587,6 +591,41 @@ export class PostgresStore implements OutboxStore<Queryable> {
     };
   }
 
+  /**
+   * One statement, each part a bounded read through an index: the fence table (a row per lock
+   * name), the oldest `scanLimit` pending entries (pending index), the newest `scanLimit` settled
+   * ones (settled index, newest first, up to the first published one) and the newest
+   * `recentErrors` dead ones (dead index).
+   */
+  async relayActivity(options: RelayActivityOptions = {}): Promise<RelayActivity> {
+    this.#assertOpen();
+    const scanLimit = positiveInteger(options.scanLimit ?? 10_000, "scanLimit");
+    const recentErrors = positiveInteger(options.recentErrors ?? 10, "recentErrors");
+    const params = [iso(this.#clock.now()), scanLimit, recentErrors, relayActivityMaxLocks];
+    const [row] = await this.#run("relayActivity", this.#sql.relayActivity, params, undefined, true);
+    const fences = (row?.fences ?? []) as Array<{ lock: string; token: string }>;
+    const claimers = (row?.claimers ?? []) as Array<{ claimer: string; n: number; until: number }>;
+    const errors = (row?.recent_errors ?? []) as Array<{
+      id: string;
+      key: string | null;
+      topic: string;
+      error: string;
+      attempts: number;
+      at: number;
+      dead: boolean;
+    }>;
+    return {
+      scanned: Number(row?.scanned ?? 0),
+      fences: fences.map((fence) => ({ lock: fence.lock, token: BigInt(fence.token) })),
+      claimers: claimersByRelay(
+        claimers.map((c) => ({ claimer: c.claimer, inFlight: Number(c.n), leaseUntil: new Date(Number(c.until)) })),
+      ),
+      lastPublishedAt:
+        row?.last_published === null || row?.last_published === undefined ? null : new Date(Number(row.last_published)),
+      recentErrors: errors.map((e) => ({ ...e, attempts: Number(e.attempts), at: new Date(Number(e.at)) })),
+    };
+  }
+
   async subscribe(listener: () => void): Promise<Unsubscribe> {
     this.#assertOpen();
     if (!this.#wakeSource) {
@@ -873,6 +912,33 @@ function buildStatements(n: SchemaNames) {
           'available_at', (extract(epoch FROM o.available_at) * 1000)::float8)
           ORDER BY b.pending DESC, b.key COLLATE "C"), '[]')
         FROM blocked b JOIN ${t} o ON o.id = b.head) AS blocked_keys`,
+    // Params: now, scanLimit, recentErrors, lock names at most. The scan is read once (materialised).
+    relayActivity: `WITH scan AS (
+      SELECT id, claimed_by, lease_until, last_error IS NOT NULL AS failed
+      FROM ${t} WHERE status = 'pending' ORDER BY id LIMIT $2
+    ),
+    errors AS (
+      (SELECT o.id, o.key, o.topic, o.last_error, o.attempts, o.available_at AS at, false AS dead
+        FROM scan s JOIN ${t} o ON o.id = s.id WHERE s.failed ORDER BY o.available_at DESC, o.id DESC LIMIT $3)
+      UNION ALL
+      (SELECT id, key, topic, last_error, attempts, settled_at AS at, true AS dead
+        FROM ${t} WHERE status = 'dead' ORDER BY id DESC LIMIT $3)
+    )
+    SELECT
+      (SELECT count(*) FROM scan)::int AS scanned,
+      (SELECT coalesce(json_agg(json_build_object('lock', f.lock_name, 'token', f.token::text)
+          ORDER BY f.lock_name COLLATE "C"), '[]')
+        FROM (SELECT lock_name, token FROM ${n.qualifiedFence} ORDER BY lock_name COLLATE "C" LIMIT $4) f) AS fences,
+      (SELECT coalesce(json_agg(json_build_object('claimer', c.claimed_by, 'n', c.n, 'until', c.until)), '[]')
+        FROM (SELECT claimed_by, count(*)::int AS n, (extract(epoch FROM max(lease_until)) * 1000)::float8 AS until
+          FROM scan WHERE lease_until > $1::timestamptz AND claimed_by IS NOT NULL GROUP BY claimed_by) c) AS claimers,
+      (SELECT (extract(epoch FROM s.settled_at) * 1000)::float8
+        FROM (SELECT status, settled_at FROM ${t} WHERE status <> 'pending' ORDER BY settled_at DESC LIMIT $2) s
+        WHERE s.status = 'published' ORDER BY s.settled_at DESC LIMIT 1) AS last_published,
+      (SELECT coalesce(json_agg(json_build_object('id', e.id::text, 'key', e.key, 'topic', e.topic,
+          'error', e.last_error, 'attempts', e.attempts, 'at', (extract(epoch FROM e.at) * 1000)::float8,
+          'dead', e.dead) ORDER BY e.at DESC, e.id DESC), '[]')
+        FROM (SELECT * FROM errors WHERE last_error IS NOT NULL ORDER BY at DESC, id DESC LIMIT $3) e) AS recent_errors`,
   };
 }
 

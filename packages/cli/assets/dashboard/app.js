@@ -153,7 +153,7 @@
       lag.dataset.seconds = String(state.stats.lagSeconds);
       renderCapture(state.stats.capture);
       renderPending(state.pending);
-      renderRelays(state.relays, state.throughput !== null);
+      renderRelays(state.relays, state.throughput !== null, state.storeRelays);
       $("#updated").textContent = `updated ${new Date(state.at).toLocaleTimeString()}`;
       $("#state-error").hidden = true;
       if (!chartsMade) {
@@ -253,14 +253,17 @@
     }
   }
 
-  /** What each relay given with --relay said on its /readyz at the last sample. */
-  function renderRelays(relays, asked) {
+  /** What each relay given with --relay said on its /readyz at the last sample, then the store's view. */
+  function renderRelays(relays, asked, storeRelays) {
     const body = $("#relays tbody");
     body.replaceChildren();
     $("#relays").hidden = !asked;
     $("#relays-note").textContent = asked
       ? "From each relay's /readyz, at the last sample."
-      : "Start the dashboard with --relay <url> (each relay's HTTP port) to see who leads, its fencing token and its last errors.";
+      : storeRelays
+        ? "No --relay given: the relays as the store sees them. Start the dashboard with --relay <url> (each relay's HTTP port) for each relay's own view."
+        : "Start the dashboard with --relay <url> (each relay's HTTP port) to see who leads, its fencing token and its last errors.";
+    renderStoreRelays(storeRelays);
     const time = (iso) => (iso ? new Date(iso).toLocaleTimeString() : "–");
     for (const relay of relays) {
       const row = el("tr", null, { "data-relay": relay.url });
@@ -283,6 +286,61 @@
       }
       body.append(row);
     }
+  }
+
+  /** A row of one cell spanning the table: what an empty table says. */
+  function emptyRow(text, columns) {
+    const row = el("tr");
+    row.append(el("td", text, { colspan: String(columns) }));
+    return row;
+  }
+
+  /** The relays as the store sees them (its relayActivity()): null when the store has none. */
+  function renderStoreRelays(view) {
+    $("#store-relays").hidden = !view;
+    if (!view) return;
+    const scope = view.complete ? `all ${view.scanned} pending entries` : `the oldest ${view.scanned} pending entries`;
+    $("#store-relays-note").textContent =
+      `The newest fencing token the store recorded per lock, and the relays holding leases among ${scope}.`;
+    $("#store-last-publish").textContent = view.lastPublishedAt
+      ? new Date(view.lastPublishedAt).toLocaleString()
+      : "none among the newest settled entries";
+    const fences = $("#store-fences tbody");
+    fences.replaceChildren();
+    for (const fence of view.fences) {
+      const row = el("tr", null, { "data-lock": fence.lock });
+      row.append(el("td", fence.lock), el("td", fence.token, { "data-token": fence.token }));
+      fences.append(row);
+    }
+    if (view.fences.length === 0) fences.append(emptyRow("No fencing token recorded (no leader election).", 2));
+    const claimers = $("#store-claimers tbody");
+    claimers.replaceChildren();
+    for (const claimer of view.claimers) {
+      const row = el("tr", null, { "data-relay": claimer.relay });
+      row.append(
+        el("td", claimer.relay),
+        el("td", claimer.inFlight, { "data-in-flight": String(claimer.inFlight) }),
+        el("td", new Date(claimer.leaseUntil).toLocaleString()),
+      );
+      claimers.append(row);
+    }
+    if (view.claimers.length === 0) claimers.append(emptyRow("No relay holds a lease now.", 3));
+    const errors = $("#recent-errors tbody");
+    errors.replaceChildren();
+    for (const error of view.recentErrors) {
+      const row = el("tr", null, { "data-id": error.id });
+      row.append(
+        el("td", error.id),
+        el("td", error.topic),
+        el("td", error.key ?? "–"),
+        el("td", error.attempts),
+        el("td", error.dead ? "dead" : "retry due"),
+        el("td", new Date(error.at).toLocaleString()),
+        el("td", cut(error.error, 160), { class: "error-text" }),
+      );
+      errors.append(row);
+    }
+    if (view.recentErrors.length === 0) errors.append(emptyRow("No recent errors.", 7));
   }
 
   function pollState() {

@@ -11,6 +11,7 @@ import {
   OutboxError,
   OutboxErrorCode,
   type OutboxStore,
+  type RelayActivity,
 } from "@outbox/core";
 import { entryJson } from "../commands/dead.js";
 import { redactText } from "../redact.js";
@@ -47,11 +48,14 @@ export interface DashboardOptions {
   readonly scanLimit?: number;
   /**
    * Pending entries the store's optional `pendingSummary()` looks at (oldest first) for the
-   * retry-waiting count and the hot keys. Default 10,000: a bounded read, however deep the backlog.
+   * retry-waiting count and the hot keys, and its optional `relayActivity()` for the relays' leases.
+   * Default 10,000: a bounded read, however deep the backlog.
    */
   readonly pendingScanLimit?: number;
   /** Hot keys shown, and blocked keys. Default 10 each. */
   readonly hotKeys?: number;
+  /** Recent errors shown in the relays' panel, from the store's optional `relayActivity()`. Default 10. */
+  readonly recentErrors?: number;
   /** Payload bytes in the detail's preview. Default 4 KiB (the download has all of it). */
   readonly previewBytes?: number;
   readonly now?: () => number;
@@ -190,6 +194,27 @@ function entryView(entry: OutboxEntry, withPayload: boolean, previewBytes?: numb
 }
 
 /**
+ * The relays as the store sees them, for the page: tokens as text (JSON has no bigint), times as ISO
+ * strings, errors redacted as everywhere on the page. Leases are counted among the oldest `scanLimit`
+ * pending entries.
+ */
+function relayActivityView(activity: RelayActivity, scanLimit: number) {
+  return {
+    scanned: activity.scanned,
+    scanLimit,
+    complete: activity.scanned < scanLimit,
+    fences: activity.fences.map((fence) => ({ lock: fence.lock, token: fence.token.toString() })),
+    claimers: activity.claimers.map((claimer) => ({ ...claimer, leaseUntil: claimer.leaseUntil.toISOString() })),
+    lastPublishedAt: activity.lastPublishedAt?.toISOString() ?? null,
+    recentErrors: activity.recentErrors.map((error) => ({
+      ...error,
+      error: redactText(error.error),
+      at: error.at.toISOString(),
+    })),
+  };
+}
+
+/**
  * The operator dashboard as a Node request handler: one page (backlog, lag, a live chart, dead
  * letters with requeue and drop) and the JSON API it polls. It serves relative URLs, so it
  * works at any mount path.
@@ -204,6 +229,7 @@ export function createDashboardHandler(options: DashboardOptions): DashboardHand
   const previewBytes = options.previewBytes ?? 4_096;
   const pendingScanLimit = options.pendingScanLimit ?? 10_000;
   const hotKeys = options.hotKeys ?? 10;
+  const recentErrors = options.recentErrors ?? 10;
   if (options.token !== undefined && options.token.length < 16) {
     throw new RangeError("the dashboard token must be at least 16 characters");
   }
@@ -365,9 +391,10 @@ export function createDashboardHandler(options: DashboardOptions): DashboardHand
     }
     if (pathname === "/api/state") {
       const s = await store();
-      const [{ sample, stats }, summary] = await Promise.all([
+      const [{ sample, stats }, summary, activity] = await Promise.all([
         sampler.sample(),
         s.pendingSummary ? s.pendingSummary({ scanLimit: pendingScanLimit, hotKeys, blockedKeys: hotKeys }) : null,
+        s.relayActivity ? s.relayActivity({ scanLimit: pendingScanLimit, recentErrors }) : null,
       ]);
       sendJson(response, 200, {
         at: new Date(sample.t * 1000).toISOString(),
@@ -402,6 +429,8 @@ export function createDashboardHandler(options: DashboardOptions): DashboardHand
         throughput: (options.relays ?? []).length > 0 ? "relays" : null,
         // What each relay given with --relay said on /readyz at the last sample (empty without).
         relays: sampler.relays,
+        // The relays as the store sees them; null when the store has no relayActivity() (the page says so).
+        storeRelays: activity === null ? null : relayActivityView(activity, pendingScanLimit),
       });
       return;
     }
