@@ -70,18 +70,27 @@ const heldProbes = [0.25, 0.5, 0.75, 0.9];
  * the real time since `startedAt`, or the time the harness let pass when that is more (a manual
  * clock). After an overslept probe nothing more can be judged; returns false then.
  */
-async function refusesAcross(h: Context, name: string, startedAt: number, rule: string): Promise<boolean> {
+async function refusesAcross(
+  h: Context,
+  name: string,
+  startedAt: number,
+  rule: string,
+  ttlMs = h.ttlMs,
+  extraProbesAt: number[] = [],
+): Promise<boolean> {
+  const probesAt = [...heldProbes.map((fraction) => Math.floor(ttlMs * fraction)), ...extraProbesAt].sort(
+    (a, b) => a - b,
+  );
   let passed = 0;
-  for (const fraction of heldProbes) {
-    const at = Math.floor(h.ttlMs * fraction);
+  for (const at of probesAt) {
     await h.elapse(at - passed);
     passed = at;
-    const probe = await h.backend.tryAcquire(name, `probe-${fraction}`, h.ttlMs);
+    const probe = await h.backend.tryAcquire(name, `probe-${at}`, h.ttlMs);
     if (probe === null) continue;
     const upTo = Math.max(passed, performance.now() - startedAt);
     expect(
-      upTo >= h.ttlMs,
-      `${rule}: another holder took the lock ${Math.round(upTo)} ms (at most) into its ${h.ttlMs} ms TTL`,
+      upTo >= ttlMs,
+      `${rule}: another holder took the lock ${Math.round(upTo)} ms (at most) into its ${ttlMs} ms TTL`,
     ).toBe(true);
     return false;
   }
@@ -90,6 +99,17 @@ async function refusesAcross(h: Context, name: string, startedAt: number, rule: 
 
 /** A TTL well under the suite's: backends that round TTLs to whole seconds lose these. */
 const shortTtlMs = 500;
+
+/**
+ * Where `odd-ttl` probes: the suite's TTL rounded up to whole seconds, plus the server's expiry lag.
+ * A lock whose TTL was rounded down to whole seconds is gone by then.
+ */
+const pastWholeSeconds = (h: Context) => Math.ceil(h.ttlMs / 1_000) * 1_000 + pastTtl(h);
+/** A TTL that is not a whole number of seconds and still runs 300 ms past `pastWholeSeconds`. */
+const oddTtl = (h: Context) => pastWholeSeconds(h) + 300;
+
+/** How many acquires `reacquire-token` sends at once: a retried request racing the original. */
+const reacquireBurst = 8;
 
 async function strictlyIncreasing(tokens: bigint[], rule: string): Promise<void> {
   for (let i = 1; i < tokens.length; i++) {
@@ -376,6 +396,141 @@ export const lockChecks = {
         tokens,
         "fencing tokens must strictly increase when the server's clock steps back: derive them from a counter, " +
           "never from the time",
+      );
+    },
+  },
+  "reacquire-token": {
+    title:
+      "an acquire by the current holder succeeds with a token greater than every earlier one, also several at once",
+    async run(h) {
+      const name = uniqueName("lock");
+      const tokens: bigint[] = [];
+      for (let i = 0; i < 3; i++) {
+        const token = await h.backend.tryAcquire(name, "a", h.ttlMs);
+        expect(
+          token,
+          i === 0
+            ? "a free lock must be acquirable"
+            : "the current holder's acquire must succeed (null means someone else holds the lock)",
+        ).not.toBeNull();
+        tokens.push(token as bigint);
+      }
+      await strictlyIncreasing(
+        tokens,
+        "a re-acquire by the current holder must return a new token, greater than every token handed out before " +
+          "(not the token of the grant it replaces)",
+      );
+      const newest = tokens.at(-1) as bigint;
+      const burst = await Promise.all(
+        Array.from({ length: reacquireBurst }, () => h.backend.tryAcquire(name, "a", h.ttlMs)),
+      );
+      const granted = burst.filter((token): token is bigint => token !== null);
+      expect(granted.length, "of acquires the holder sends at once, at least one must succeed").toBeGreaterThan(0);
+      expect(
+        new Set(granted).size,
+        `acquires sent at once must each get their own token, never the same one twice (got ${granted.join(", ")})`,
+      ).toBe(granted.length);
+      for (const token of granted) {
+        expect(
+          token > newest,
+          `every acquire must return a token greater than all earlier ones (token ${token} after ${newest})`,
+        ).toBe(true);
+      }
+      expect(await h.backend.release(name, "a"), "the holder must be able to release after re-acquiring").toBe(true);
+      const next = await h.backend.tryAcquire(name, "b", h.ttlMs);
+      expect(next, "a released lock must be acquirable at once").not.toBeNull();
+      const highest = granted.reduce((a, b) => (b > a ? b : a), newest);
+      await strictlyIncreasing(
+        [highest, next as bigint],
+        "the next holder's token must be greater than every token of the re-acquires before it",
+      );
+    },
+  },
+  "release-own-grant": {
+    title: "a release removes only the grant its client got: an older grant's release leaves the holder's newer grant",
+    requires: (h) => (h.peer ? null : "harness provides no peer()"),
+    async run(h) {
+      const name = uniqueName("lock");
+      const peer = await (h.peer as NonNullable<LockHarness["peer"]>)();
+      const older = await h.backend.tryAcquire(name, "a", h.ttlMs);
+      expect(older, "a free lock must be acquirable").not.toBeNull();
+      // The same holder again through another client: a newer grant. The first client's release
+      // then stands for a release of the older grant that arrives late.
+      const newer = await peer.tryAcquire(name, "a", h.ttlMs);
+      if (newer === null) {
+        // The backend keeps a holding with the client (session) that took it, so no newer grant of
+        // this holder can exist elsewhere: the refused attempt must have left the first grant alone.
+        expect(await h.backend.renew(name, "a", h.ttlMs), "a refused acquire must not end the holder's grant").toBe(
+          true,
+        );
+        expect(await h.backend.release(name, "a"), "the holder must be able to release its grant").toBe(true);
+        return;
+      }
+      await strictlyIncreasing([older as bigint, newer], "a re-acquire must return a greater token");
+      expect(
+        await h.backend.release(name, "a"),
+        "releasing an older grant must fail once the same holder has a newer one: a release carries the grant it " +
+          "releases (compare the token or revision, not only the holder)",
+      ).toBe(false);
+      expect(
+        await h.backend.tryAcquire(name, "b", h.ttlMs),
+        "the release of an older grant must not remove the same holder's newer grant",
+      ).toBeNull();
+      expect(await peer.release(name, "a"), "the newer grant's own release must succeed").toBe(true);
+      expect(
+        await h.backend.tryAcquire(name, "b", h.ttlMs),
+        "a released lock must be acquirable at once",
+      ).not.toBeNull();
+    },
+  },
+  "odd-ttl": {
+    title: "a TTL that is not a whole number of seconds is held for all of it, not rounded down",
+    async run(h) {
+      const name = uniqueName("lock");
+      const ttlMs = oddTtl(h);
+      const startedAt = performance.now();
+      expect(
+        await h.backend.tryAcquire(name, "a", ttlMs),
+        `a free lock must be acquirable with a ${ttlMs} ms TTL`,
+      ).not.toBeNull();
+      await refusesAcross(
+        h,
+        name,
+        startedAt,
+        `no other holder may acquire while a ${ttlMs} ms TTL runs (round TTLs up to what the server can do, ` +
+          "never down: a lease of whole seconds must be at least the TTL asked for)",
+        ttlMs,
+        [pastWholeSeconds(h)],
+      );
+    },
+  },
+  "renew-longer-ttl": {
+    title: "a renewal that succeeds holds the lock for the whole TTL it asked for, also one longer than the acquire's",
+    requires: (h) => (h.backend.capabilities.sessionBound ? "session-bound lock: no TTL to extend" : null),
+    async run(h) {
+      const name = uniqueName("lock");
+      const longer = 2 * h.ttlMs;
+      expect(await h.backend.tryAcquire(name, "a", h.ttlMs), "a free lock must be acquirable").not.toBeNull();
+      let startedAt = performance.now();
+      const renewed = await h.backend.renew(name, "a", longer);
+      if (!renewed) {
+        // Allowed: the backend cannot extend the lease that far. The holder counts the lock as lost
+        // and acquires it again with the TTL it needs.
+        startedAt = performance.now();
+        expect(
+          await h.backend.tryAcquire(name, "a", longer),
+          `after a refused renew the holder must be able to acquire again with a ${longer} ms TTL`,
+        ).not.toBeNull();
+      }
+      await refusesAcross(
+        h,
+        name,
+        startedAt,
+        renewed
+          ? `a renew that returns true must hold the lock for the ${longer} ms it asked for, also when that is ` +
+              "longer than the acquire's TTL (a lease that cannot be extended that far must make renew return false)"
+          : `an acquire with a ${longer} ms TTL must hold the lock for all of it`,
+        longer,
       );
     },
   },
