@@ -332,6 +332,47 @@ async function crashWhilePublishing(
 const isDead = async (c: RelayCheckContext, seq: number): Promise<boolean> =>
   (await c.harness.store.listDead({ limit: 1_000 })).some((e) => seqOf(e) === seq);
 
+/**
+ * A publisher whose broker never answers: each call ends only when its signal aborts (or the check
+ * gives up), with transient failures.
+ */
+function stallingPublisher(): {
+  publisher: OutboxPublisher;
+  /** Resolves when the first call arrives. */
+  handed: Promise<void>;
+  signals: Array<AbortSignal | undefined>;
+  /** Whether the first call has returned. */
+  returned(): boolean;
+  giveUp(): void;
+} {
+  const { promise: handed, resolve: handOver } = deferred();
+  const { promise: givenUp, resolve: giveUp } = deferred();
+  const signals: Array<AbortSignal | undefined> = [];
+  let returned = false;
+  return {
+    handed,
+    signals,
+    returned: () => returned,
+    giveUp,
+    publisher: {
+      async publish(entries, options) {
+        const signal = options?.signal;
+        const first = signals.length === 0;
+        signals.push(signal);
+        handOver();
+        const aborted = new Promise<void>((resolve) => {
+          // Without a signal nothing but the check can end the call.
+          if (signal?.aborted) resolve();
+          else signal?.addEventListener("abort", () => resolve(), { once: true });
+        });
+        await Promise.race([aborted, givenUp]);
+        if (first) returned = true;
+        return entries.map(() => transientFailure(new Error("no answer from the broker")));
+      },
+    },
+  };
+}
+
 export const relayChecks = {
   "at-least-once-flaky-publisher": {
     title: "every entry is published despite a publisher failing at random, per-key order kept",
@@ -900,6 +941,298 @@ export const relayChecks = {
       c.clock.advance(2_001);
       await drainAll(c, [c.createRelay(base(c, c.broker.publisher))], 2_001);
       expect(distinctSeqs(await c.broker.received(3)).size, "the aborted batch is published later").toBe(3);
+    },
+  },
+  "last-attempt-dead-letters": {
+    title:
+      "the transient failure of an entry's maxAttempts-th publish dead-letters it in that cycle, not a retry later",
+    async run(c) {
+      // maxAttempts 1: the first failure is the last; 3: two retries, then dead.
+      for (const [seq, maxAttempts] of [
+        [10, 1],
+        [11, 3],
+      ] as const) {
+        await fill(c, [
+          { topic: c.broker.topic, key: `last-${seq}`, payload: "x", headers: { [seqHeader]: String(seq) } },
+        ]);
+        const tries = handedCounts();
+        const refusing = deciding(c.broker.publisher, (entry) => {
+          tries.count([entry]);
+          return transientFailure(new Error("always busy"));
+        });
+        const relay = c.createRelay({ ...base(c, refusing), retry: { ...base(c, refusing).retry, maxAttempts } });
+        for (let cycle = 1; cycle <= maxAttempts; cycle++) {
+          expect(
+            await isDead(c, seq),
+            `with retry.maxAttempts ${maxAttempts}, an entry is published ${maxAttempts} times before it is ` +
+              `dead-lettered (it was dead before publish ${cycle})`,
+          ).toBe(false);
+          await relay.runOnce();
+          // Past the longest retry delay (maxDelayMs 2 s).
+          c.clock.advance(2_001);
+        }
+        expect(tries.counts.get(seq) ?? 0, `every cycle up to ${maxAttempts} publishes the entry once`).toBe(
+          maxAttempts,
+        );
+        expect(
+          await isDead(c, seq),
+          `with retry.maxAttempts ${maxAttempts}, the cycle of the entry's last publish (${maxAttempts} of ` +
+            `${maxAttempts}) that fails transiently must dead-letter it, not schedule one more retry for the ` +
+            "poison guard to catch",
+        ).toBe(true);
+      }
+    },
+  },
+  "claim-reply-lost": {
+    title: "entries leased by a claim whose reply was lost (STORE_UNAVAILABLE) are given back before the next claim",
+    requires: (c) =>
+      c.harness.store.releaseClaimer
+        ? null
+        : "the store has no releaseClaimer(): a lost claim's entries wait out their lease",
+    async run(c) {
+      await fill(c, messages(6, 3, c.broker.topic));
+      const store = c.harness.store as OutboxStore<never>;
+      let leasedByLostClaim = 0;
+      const losing = wrapStore(store, {
+        claim: async (request) => {
+          const entries = await store.claim(request);
+          if (leasedByLostClaim > 0) return entries;
+          // The claim committed; its reply is lost to a reset connection.
+          leasedByLostClaim = entries.length;
+          throw new OutboxError(OutboxErrorCode.StoreUnavailable, "connection reset before the claim's reply");
+        },
+      });
+      const relay = c.createRelay(base(c, c.broker.publisher, losing));
+      await relay.runOnce().catch(() => 0);
+      expect(leasedByLostClaim, "the lost claim must have leased the entries").toBe(6);
+      // Same instant: the lease has not run out, so only a give-back makes them claimable.
+      expect(
+        await relay.runOnce(),
+        "before its next claim the relay must give back what a claim without an answer leased (releaseClaimer with " +
+          "that claim's claimer), so the entries and their keys do not wait out the lease",
+      ).toBe(6);
+      expect((await c.harness.store.stats()).pending, "the given-back entries are published and acked").toBe(0);
+      expect(distinctSeqs(await c.broker.received(6)).size).toBe(6);
+    },
+  },
+  "deposed-before-publish": {
+    title: "a relay that lost its lock between claiming a batch and publishing it publishes nothing of that batch",
+    async run(c) {
+      await fill(c, messages(5, 0, c.broker.topic));
+      const name = uniqueName("leader");
+      const leader = { backend: c.lockBackend, name, ttlMs: 3_000 };
+      const store = c.harness.store as OutboxStore<never>;
+      let claimedByA = 0;
+      // A's lock lapses while its claim is on the way back (think a GC pause).
+      const deposing = wrapStore(store, {
+        claim: async (request) => {
+          const entries = await store.claim(request);
+          claimedByA += entries.length;
+          c.clock.advance(3_001);
+          await c.expireLock(name);
+          return entries;
+        },
+      });
+      const handedToA = handedCounts();
+      const recording: OutboxPublisher = {
+        async publish(entries, options) {
+          handedToA.count(entries);
+          return c.broker.publisher.publish(entries, options);
+        },
+      };
+      await c
+        .createRelay({ ...base(c, recording, deposing), leader })
+        .runOnce()
+        .catch(() => 0);
+      expect(claimedByA, "the leader must claim in runOnce()").toBe(5);
+      expect(
+        [...handedToA.counts.keys()],
+        "a relay whose lock lapsed after its claim must re-check leadership before publishing and publish nothing: " +
+          "the next leader takes the batch over at once, so each publish would be a duplicate",
+      ).toEqual([]);
+      const relayB = c.createRelay({ ...base(c, c.broker.publisher), leader });
+      expect(await relayB.runOnce(), "the next leader takes the deposed leader's batch over at once").toBe(5);
+      const delivered = await c.broker.received(5);
+      expect(distinctSeqs(delivered).size, "nothing may be lost across a leader change").toBe(5);
+      expect(delivered.length, "the deposed leader published nothing, so there is no duplicate").toBe(5);
+    },
+  },
+  "deposed-before-ack": {
+    title: "a relay that lost its lock while publishing sends no ack for that batch; the next leader republishes it",
+    async run(c) {
+      await fill(c, messages(5, 0, c.broker.topic));
+      const name = uniqueName("leader");
+      const leader = { backend: c.lockBackend, name, ttlMs: 3_000 };
+      const store = c.harness.store as OutboxStore<never>;
+      let publishedByA = 0;
+      // A's lock lapses while the broker confirms its batch; no newer token has reached the store yet.
+      const deposing: OutboxPublisher = {
+        async publish(entries, options) {
+          const outcomes = await c.broker.publisher.publish(entries, options);
+          publishedByA += outcomes.filter((outcome) => outcome.status === "published").length;
+          c.clock.advance(3_001);
+          await c.expireLock(name);
+          return outcomes;
+        },
+      };
+      let acksByA = 0;
+      const recording = wrapStore(store, {
+        ack: (ids, context) => {
+          acksByA += 1;
+          return store.ack(ids, context);
+        },
+      });
+      await c
+        .createRelay({ ...base(c, deposing, recording), leader })
+        .runOnce()
+        .catch(() => 0);
+      expect(publishedByA, "the leader must claim and publish in runOnce()").toBe(5);
+      expect(
+        acksByA,
+        "a relay whose lock lapsed while it published must re-check leadership before acking and send no ack: the " +
+          "store's fence refuses it only once a newer token reached the store",
+      ).toBe(0);
+      const relayB = c.createRelay({ ...base(c, c.broker.publisher), leader });
+      expect(await relayB.runOnce(), "the next leader takes the unacked batch over at once").toBe(5);
+      expect((await c.harness.store.stats()).pending, "the next leader publishes and acks it").toBe(0);
+      expect(distinctSeqs(await c.broker.received(5)).size, "nothing may be lost across a leader change").toBe(5);
+    },
+  },
+  "settle-retry-within-lease": {
+    title: "an ack the store failed to answer (STORE_UNAVAILABLE) is sent again, but never past the batch's lease",
+    async run(c) {
+      const leaseMs = 10_000;
+      await fill(c, messages(3, 3, c.broker.topic));
+      const store = c.harness.store as OutboxStore<never>;
+      let claimedAt: number | null = null;
+      const ackedAt: number[] = [];
+      const { promise: firstAck, resolve: acked } = deferred();
+      const unanswered = wrapStore(store, {
+        claim: (request) => {
+          claimedAt ??= c.clock.now();
+          return store.claim(request);
+        },
+        ack: async () => {
+          ackedAt.push(c.clock.now());
+          acked();
+          throw new OutboxError(OutboxErrorCode.StoreUnavailable, "the ack's reply was lost");
+        },
+      });
+      const relay = c.createRelay({ ...base(c, c.broker.publisher, unanswered), leaseMs });
+      let ended = false;
+      const cycle = relay.runOnce().then(
+        () => {
+          ended = true;
+        },
+        () => {
+          ended = true;
+        },
+      );
+      // The broker may be real: only once the first ack failed does time move, 100 ms a step, to twice the lease.
+      await Promise.race([firstAck, cycle]);
+      for (let step = 0; step < (2 * leaseMs) / 100 && !ended; step++) {
+        for (let i = 0; i < 10; i++) await turn();
+        c.clock.advance(100);
+      }
+      expect(claimedAt, "the relay must claim in runOnce()").not.toBeNull();
+      const leaseEndsAt = (claimedAt as unknown as number) + leaseMs;
+      expect(
+        ackedAt.length,
+        "an ack the store failed to answer must be sent again while the lease lasts",
+      ).toBeGreaterThan(1);
+      expect(
+        ackedAt.filter((at) => at >= leaseEndsAt).map((at) => at - (claimedAt as unknown as number)),
+        `an ack must not be sent again at or after the batch's lease end (${leaseMs} ms after the claim): another ` +
+          "relay may have claimed the entries by then; give up and let them be replayed",
+      ).toEqual([]);
+      expect(ended, "runOnce() must give up on the ack by the lease's end").toBe(true);
+      c.clock.advance(leaseMs);
+      await drainAll(c, [c.createRelay(base(c, c.broker.publisher))], 100);
+      expect(distinctSeqs(await c.broker.received(3)).size, "the unacked batch is replayed after its lease").toBe(3);
+    },
+  },
+  "stop-aborts-publish": {
+    title: "stop() aborts a publish still running once drainTimeoutMs has passed, not only at the lease's end",
+    requires: needsStartStop,
+    async run(c) {
+      const drainTimeoutMs = 1_000;
+      await fill(c, messages(4, 2, c.broker.topic));
+      const stalled = stallingPublisher();
+      const relay = c.createRelay({ ...base(c, stalled.publisher), leaseMs: 60_000, pollMs: 1_000, drainTimeoutMs });
+      (relay.start as () => void).call(relay);
+      let stopped = false;
+      try {
+        await stalled.handed;
+        const signal = stalled.signals[0];
+        expect(signal, "the relay must pass a signal to publish()").toBeDefined();
+        const stopping = (relay.stop as () => Promise<void>).call(relay).then(() => {
+          stopped = true;
+        });
+        c.clock.advance(drainTimeoutMs);
+        for (let i = 0; i < 20; i++) await turn();
+        expect(
+          signal?.aborted,
+          `drainTimeoutMs (${drainTimeoutMs} ms) after stop(), the publish still running must be aborted (its ` +
+            "signal), so the batch is given back now rather than when the lease runs out",
+        ).toBe(true);
+        for (let step = 0; step < 20 && !stopped; step++) {
+          c.clock.advance(1_000);
+          for (let i = 0; i < 20; i++) await turn();
+        }
+        await stopping;
+      } finally {
+        stalled.giveUp();
+        // A relay that never aborted: let its stop() end too.
+        for (let step = 0; step < 70 && !stopped; step++) {
+          c.clock.advance(1_000);
+          for (let i = 0; i < 20; i++) await turn();
+        }
+      }
+    },
+  },
+  "stop-gives-back": {
+    title: "a publish that failed because the relay is stopping is released (no attempt, no delay), not retried",
+    requires: needsStartStop,
+    async run(c) {
+      const leaseMs = 30_000;
+      await fill(c, messages(4, 2, c.broker.topic));
+      const busy = busyStore(c.harness.store as OutboxStore<never>);
+      const stalled = stallingPublisher();
+      const relay = c.createRelay({
+        ...base(c, stalled.publisher, busy.store),
+        leaseMs,
+        pollMs: 1_000,
+        drainTimeoutMs: 1_000,
+      });
+      (relay.start as () => void).call(relay);
+      let stopped = false;
+      try {
+        await stalled.handed;
+        void (relay.stop as () => Promise<void>).call(relay).then(() => {
+          stopped = true;
+        });
+        // Until stop() is done and the publish has failed (aborted by stop(), or by the lease at the latest).
+        for (let ms = 0; ms < leaseMs - 1_000 && !(stopped && stalled.returned()); ms += 500) {
+          c.clock.advance(500);
+          for (let i = 0; i < 20; i++) await turn();
+        }
+        expect(stalled.returned(), "the publish must end once the relay is stopping").toBe(true);
+      } finally {
+        stalled.giveUp();
+      }
+      await quiet(busy.pending, busy.calls);
+      expect((await c.harness.store.stats()).inFlight, "after stop() no entry may stay leased").toBe(0);
+      // Same instant: only entries given back (not retried with a delay) are claimable.
+      const probe = await c.harness.store.claim({ claimer: uniqueName("probe"), limit: 100, leaseMs: 1_000 });
+      expect(
+        probe.map(seqOf).sort((x, y) => x - y),
+        "a batch whose publish failed because the relay is stopping must be released, claimable at once by another " +
+          "relay, not retried with a delay",
+      ).toEqual([0, 1, 2, 3]);
+      for (const entry of probe) {
+        expect(entry.attempts, `entry ${seqOf(entry)}: a give-back on stop counts no attempt`).toBe(1);
+        expect(entry.lastError ?? null, `entry ${seqOf(entry)}: a give-back on stop records no error`).toBeNull();
+      }
     },
   },
 } satisfies Record<string, Check<RelayCheckContext>>;
