@@ -5,6 +5,7 @@ export {
   type LockHarness,
   lockChecks,
 } from "./lock.js";
+export type { BrokerStall, TransientCondition } from "./publisher.js";
 export {
   describePublisherConformance,
   makeEntry,

@@ -61,8 +61,47 @@ export interface PublisherHarness {
    * it). Later requests go through (the client reconnects). Without it, `broker-failure` is skipped.
    */
   failNextPublish?(): Promise<void>;
+  /**
+   * Optional: conditions of the broker that pass (memory full, the publisher's exchange missing until an
+   * operator creates it, a quota, a producer out of step with the broker...), by name. Each sets its
+   * condition up for `topic` and returns the fields of an entry the broker fails while it lasts, and
+   * `restore()`, which ends it. Without it, `transient-conditions` is skipped.
+   */
+  readonly transientConditions?: Readonly<Record<string, (topic: string) => Promise<TransientCondition>>>;
+  /**
+   * Optional: the broker stops answering this publisher (a broker that hangs, a half-open connection):
+   * from the next publish request on, nothing comes back until `release()`. Without it,
+   * `abort-while-stalled` is skipped.
+   */
+  stallBroker?(): Promise<BrokerStall>;
+  /**
+   * Optional: a destination that does not exist yet (the broker refuses what is sent to it), and
+   * `create()`, which creates it as an operator would (then `receive` reads it). Without it,
+   * `key-recovers-after-refusal` is skipped.
+   */
+  missingTopic?(): Promise<{ readonly topic: string; create(): Promise<void> }>;
   /** Closes the publisher and everything the harness opened (consumers, admin clients, topics). */
   teardown(): Promise<void>;
+}
+
+/** A condition of the broker that passes (see `PublisherHarness.transientConditions`). */
+export interface TransientCondition {
+  /** Fields of an entry the broker fails while the condition lasts (a key of its own is best). */
+  readonly entry: Pick<OutboxEntry, "topic" | "payload" | "key">;
+  /** Ends the condition. The check calls it once, right after the publish under the condition. */
+  restore(): Promise<void>;
+}
+
+/** A broker that does not answer (see `PublisherHarness.stallBroker`). */
+export interface BrokerStall {
+  /** Resolves once a publish request went out into the silence. */
+  readonly sent: Promise<void>;
+  /**
+   * Ends the stall; resolves once the broker client has settled every request sent during it: the
+   * broker's answers came through late, or the client gave up on them (a harness may keep the broker
+   * silent until the client's own retries ran out, so that those requests fail for good).
+   */
+  release(): Promise<void>;
 }
 
 export interface PublisherConformanceOptions {
@@ -95,6 +134,129 @@ export function makeEntry(fields: Partial<OutboxEntry> & Pick<OutboxEntry, "topi
 }
 
 const statuses = (outcomes: PublishOutcome[]) => outcomes.map((outcome) => outcome.status);
+
+const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/** `work`'s value, or undefined when it takes longer than `ms`. */
+async function within<T>(work: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<undefined>((resolve) => {
+    timer = setTimeout(() => resolve(undefined), ms);
+  });
+  try {
+    return await Promise.race([work, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** How long a publish may take to settle after its signal aborted. */
+const abortSettleMs = 5_000;
+
+/** Where each entry first arrived (index in `received`), by idempotency key. */
+function firstArrivals(received: readonly ReceivedMessage[]): Map<string, number> {
+  const first = new Map<string, number>();
+  received.forEach((message, i) => {
+    if (!first.has(message.idempotencyKey)) first.set(message.idempotencyKey, i);
+  });
+  return first;
+}
+
+/**
+ * Reads `topic` until every entry of `expected` arrived (or `timeoutMs` passed): the destination may
+ * also hold duplicates (a request written before its answer was lost), so a count is not enough.
+ */
+async function receiveAll(h: Context, topic: string, expected: readonly OutboxEntry[], timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs;
+  const missing = (received: readonly ReceivedMessage[]) =>
+    expected.some((entry) => !received.some((m) => m.idempotencyKey === entry.idempotencyKey));
+  let received = await h.receive(topic, expected.length, timeoutMs);
+  while (missing(received) && Date.now() < deadline) {
+    received = await h.receive(topic, received.length + 1, Math.max(0, deadline - Date.now()));
+  }
+  return received;
+}
+
+/** Publishes `entries` again, as the relay retries them, until all are published or ~15 s passed; returns what is left. */
+async function retryUntilPublished(h: Context, entries: OutboxEntry[], why: string): Promise<OutboxEntry[]> {
+  let pending = entries;
+  for (let attempt = 0; attempt < 30 && pending.length > 0; attempt++) {
+    const retried = statuses(await h.publisher.publish(pending));
+    expect(retried, why).not.toContain("permanent");
+    pending = pending.filter((_, i) => retried[i] !== "published");
+    if (pending.length > 0) await delay(500);
+  }
+  return pending;
+}
+
+/**
+ * The run contract for permanent failures, on key `key` (`run` for the whole run): a run goes whole
+ * and in order; after a refused entry, the rest of its key's run in that call is held back.
+ */
+async function keyRunsPermanent(h: Context, keys: { run: string; failing: string }): Promise<void> {
+  const topic = await h.topic();
+  const run = Array.from({ length: 5 }, (_, i) => makeEntry({ topic, key: keys.run, headers: { "x-seq": String(i) } }));
+  expect(statuses(await h.publisher.publish(run)), "a run of one key must be published whole").toEqual(
+    run.map(() => "published"),
+  );
+  const badFields = await (h.permanentFailure as NonNullable<PublisherHarness["permanentFailure"]>)(topic);
+  const a1 = makeEntry({ topic, key: keys.failing });
+  const a2 = makeEntry({ ...badFields, key: keys.failing });
+  const a3 = makeEntry({ topic, key: keys.failing });
+  const b1 = makeEntry({ topic, key: "b" });
+  const b2 = makeEntry({ topic, key: "b" });
+  const outcomes = statuses(await h.publisher.publish([a1, b1, a2, b2, a3]));
+  expect(outcomes.slice(0, 4), "outcomes must be one per entry, in input order").toEqual([
+    "published",
+    "published",
+    "permanent",
+    "published",
+  ]);
+  expect(outcomes[4], "an entry after a failed entry of its key in the same call must not be published").not.toBe(
+    "published",
+  );
+  const received = await h.receive(topic, run.length + 3, 30_000);
+  const ids = received.map((m) => m.idempotencyKey);
+  expect(ids, "a held-back entry must never reach the broker").not.toContain(a3.idempotencyKey);
+  expect(
+    ids.filter((id) => run.some((e) => e.idempotencyKey === id)),
+    "a run of one key must arrive whole and in order",
+  ).toEqual(run.map((e) => e.idempotencyKey));
+  expect(
+    ids.filter((id) => id === b1.idempotencyKey || id === b2.idempotencyKey),
+    "another key's run in the same call must arrive whole and in order",
+  ).toEqual([b1.idempotencyKey, b2.idempotencyKey]);
+}
+
+/** The run contract for transient failures, on key `key`. */
+async function keyRunsTransient(h: Context, key: string): Promise<void> {
+  const topic = await h.topic();
+  const badFields = await (h.transientFailure as NonNullable<PublisherHarness["transientFailure"]>)(topic);
+  const a1 = makeEntry({ topic, key, headers: { "x-seq": "1" } });
+  const a2 = makeEntry({ ...badFields, key, headers: { "x-seq": "2" } });
+  const a3 = makeEntry({ topic, key, headers: { "x-seq": "3" } });
+  const b1 = makeEntry({ topic, key: "b" });
+  const b2 = makeEntry({ topic, key: "b" });
+  const outcomes = await h.publisher.publish([a1, b1, a2, b2, a3]);
+  expect(statuses(outcomes), "outcomes must be one per entry, in input order").toEqual([
+    "published",
+    "published",
+    "transient",
+    "published",
+    "transient",
+  ]);
+  const received = await h.receive(topic, 3, 30_000);
+  const ids = received.map((m) => m.idempotencyKey);
+  expect(
+    ids,
+    "after a transiently failed entry of a key, no later entry of that key in the same call may reach the broker " +
+      "(it would overtake the failed one when the relay retries it): report it heldBack()",
+  ).not.toContain(a3.idempotencyKey);
+  expect(
+    ids.filter((id) => id === b1.idempotencyKey || id === b2.idempotencyKey),
+    "another key's run in the same call must arrive whole and in order",
+  ).toEqual([b1.idempotencyKey, b2.idempotencyKey]);
+}
 
 type Context = PublisherHarness & { largePayloadBytes: number };
 
@@ -174,74 +336,12 @@ export const publisherChecks = {
   "key-runs": {
     title: "a run of one key arrives in order; after a failed entry, the rest of its key's run is held back",
     requires: (h) => (h.permanentFailure ? null : "harness provides no permanentFailure()"),
-    async run(h) {
-      const topic = await h.topic();
-      const run = Array.from({ length: 5 }, (_, i) =>
-        makeEntry({ topic, key: "run", headers: { "x-seq": String(i) } }),
-      );
-      expect(statuses(await h.publisher.publish(run)), "a run of one key must be published whole").toEqual(
-        run.map(() => "published"),
-      );
-      const badFields = await (h.permanentFailure as NonNullable<PublisherHarness["permanentFailure"]>)(topic);
-      const a1 = makeEntry({ topic, key: "a" });
-      const a2 = makeEntry({ ...badFields, key: "a" });
-      const a3 = makeEntry({ topic, key: "a" });
-      const b1 = makeEntry({ topic, key: "b" });
-      const b2 = makeEntry({ topic, key: "b" });
-      const outcomes = statuses(await h.publisher.publish([a1, b1, a2, b2, a3]));
-      expect(outcomes.slice(0, 4), "outcomes must be one per entry, in input order").toEqual([
-        "published",
-        "published",
-        "permanent",
-        "published",
-      ]);
-      expect(outcomes[4], "an entry after a failed entry of its key in the same call must not be published").not.toBe(
-        "published",
-      );
-      const received = await h.receive(topic, run.length + 3, 30_000);
-      const ids = received.map((m) => m.idempotencyKey);
-      expect(ids, "a held-back entry must never reach the broker").not.toContain(a3.idempotencyKey);
-      expect(
-        ids.filter((id) => run.some((e) => e.idempotencyKey === id)),
-        "a run of one key must arrive whole and in order",
-      ).toEqual(run.map((e) => e.idempotencyKey));
-      expect(
-        ids.filter((id) => id === b1.idempotencyKey || id === b2.idempotencyKey),
-        "another key's run in the same call must arrive whole and in order",
-      ).toEqual([b1.idempotencyKey, b2.idempotencyKey]);
-    },
+    run: (h) => keyRunsPermanent(h, { run: "run", failing: "a" }),
   },
   "key-runs-transient": {
     title: "after a transiently failed entry, the rest of its key's run in that call is held back too",
     requires: (h) => (h.transientFailure ? null : "harness provides no transientFailure()"),
-    async run(h) {
-      const topic = await h.topic();
-      const badFields = await (h.transientFailure as NonNullable<PublisherHarness["transientFailure"]>)(topic);
-      const a1 = makeEntry({ topic, key: "a", headers: { "x-seq": "1" } });
-      const a2 = makeEntry({ ...badFields, key: "a", headers: { "x-seq": "2" } });
-      const a3 = makeEntry({ topic, key: "a", headers: { "x-seq": "3" } });
-      const b1 = makeEntry({ topic, key: "b" });
-      const b2 = makeEntry({ topic, key: "b" });
-      const outcomes = await h.publisher.publish([a1, b1, a2, b2, a3]);
-      expect(statuses(outcomes), "outcomes must be one per entry, in input order").toEqual([
-        "published",
-        "published",
-        "transient",
-        "published",
-        "transient",
-      ]);
-      const received = await h.receive(topic, 3, 30_000);
-      const ids = received.map((m) => m.idempotencyKey);
-      expect(
-        ids,
-        "after a transiently failed entry of a key, no later entry of that key in the same call may reach the broker " +
-          "(it would overtake the failed one when the relay retries it): report it heldBack()",
-      ).not.toContain(a3.idempotencyKey);
-      expect(
-        ids.filter((id) => id === b1.idempotencyKey || id === b2.idempotencyKey),
-        "another key's run in the same call must arrive whole and in order",
-      ).toEqual([b1.idempotencyKey, b2.idempotencyKey]);
-    },
+    run: (h) => keyRunsTransient(h, "a"),
   },
   "broker-failure": {
     title: "a publish failing inside the broker client is transient, keeps the run contract, and the key recovers",
@@ -279,36 +379,180 @@ export const publisherChecks = {
           "after a failed entry of a key, the rest of its run in that call must not be reported published",
         ).toEqual(runOutcomes.slice(firstFailed).map(() => "transient"));
       }
-      // Retry what failed, in order, as the relay would, until the key recovers.
-      let pending = run.filter((_, i) => runOutcomes[i] !== "published");
+      // Retry what failed, in order, as the relay would, until the key recovers. The relay's next batch
+      // may hold more of the key than the failed one: a batch that differs from the lost one is refused
+      // by a broker whose producer sequence numbers are now out of step with the publisher's.
+      const more = makeEntry({ topic, key: "cut", headers: { "x-seq": String(run.length) } });
+      let pending = [...run.filter((_, i) => runOutcomes[i] !== "published"), more];
       if (outcomes[3]?.status !== "published") pending = [other, ...pending];
-      for (let attempt = 0; attempt < 30 && pending.length > 0; attempt++) {
-        const retried = statuses(await h.publisher.publish(pending));
-        expect(retried, "failures while the client recovers are transient, never permanent").not.toContain("permanent");
-        pending = pending.filter((_, i) => retried[i] !== "published");
-        if (pending.length > 0) await new Promise((resolve) => setTimeout(resolve, 500));
-      }
+      pending = await retryUntilPublished(
+        h,
+        pending,
+        "failures while the client recovers are transient, never permanent",
+      );
       expect(
         pending.map((e) => e.id),
         "after a failure inside the client, the same key must publish again within 15 s (a broker-side ordering key " +
-          "paused by the failed send must be resumed)",
+          "paused by the failed send must be resumed, an idempotent producer whose request may have been written " +
+          "must get a new producer id)",
       ).toEqual([]);
-      const received = await h.receive(topic, run.length + 2, 30_000);
-      const firstSeen = new Map<string, number>();
-      received.forEach((m, i) => {
-        if (!firstSeen.has(m.idempotencyKey)) firstSeen.set(m.idempotencyKey, i);
-      });
-      for (const entry of [warmUp, other, ...run]) {
+      const firstSeen = firstArrivals(await receiveAll(h, topic, [warmUp, other, ...run, more]));
+      for (const entry of [warmUp, other, ...run, more]) {
         expect(firstSeen.has(entry.idempotencyKey), `entry ${entry.id} must reach the consumer after recovery`).toBe(
           true,
         );
       }
-      const arrival = run.map((e) => firstSeen.get(e.idempotencyKey) as number);
+      const arrival = [...run, more].map((e) => firstSeen.get(e.idempotencyKey) as number);
       expect(
         arrival,
         "the key's entries must first arrive in publish order: nothing of a key may reach the broker after an " +
           "earlier entry of it failed in the same call",
       ).toEqual([...arrival].sort((a, b) => a - b));
+    },
+  },
+  "empty-key-runs": {
+    title:
+      'the empty-string key "" is a key like any other: its run goes whole, in order, and stops at its first failure',
+    requires: (h) =>
+      h.permanentFailure || h.transientFailure
+        ? null
+        : "harness provides neither permanentFailure() nor transientFailure()",
+    async run(h) {
+      const topic = await h.topic();
+      const probe = makeEntry({ topic, key: "" });
+      const [first] = await h.publisher.publish([probe, makeEntry({ topic, key: "" })]);
+      if (first?.status === "permanent" && OutboxError.is(first.error, OutboxErrorCode.InvalidEntry)) {
+        // A broker that cannot carry "" (Pub/Sub reads an empty ordering key as none) refuses such entries.
+        expect(
+          await h.receive(topic, 1, 3_000),
+          'an entry refused for its "" key (OUTBOX_INVALID_ENTRY) must not reach the broker, nor the rest of its run',
+        ).toEqual([]);
+        return;
+      }
+      expect(
+        first?.status,
+        'an entry with the key "" must be published, or refused as permanent with OUTBOX_INVALID_ENTRY',
+      ).toBe("published");
+      // "" is not null: a publisher that tests the key's truthiness sends a "" run as keyless entries.
+      if (h.permanentFailure) await keyRunsPermanent(h, { run: "", failing: "" });
+      if (h.transientFailure) await keyRunsTransient(h, "");
+    },
+  },
+  "transient-conditions": {
+    title: "conditions of the broker that pass are transient, never permanent; once one passes, the key publishes",
+    requires: (h) =>
+      Object.keys(h.transientConditions ?? {}).length > 0 ? null : "harness declares no transientConditions",
+    async run(h) {
+      for (const [name, condition] of Object.entries(h.transientConditions ?? {})) {
+        const topic = await h.topic();
+        const { entry, restore } = await condition(topic);
+        const key = entry.key ?? "condition";
+        const run = [1, 2].map((seq) => makeEntry({ ...entry, key, headers: { "x-seq": String(seq) } }));
+        const keyless = makeEntry({ ...entry, key: null });
+        let outcomes: PublishOutcome[];
+        try {
+          outcomes = await h.publisher.publish([...run, keyless]);
+        } finally {
+          await restore();
+        }
+        expect(
+          statuses(outcomes.slice(0, 2)),
+          `${name}: a condition of the broker that passes must be reported transient, never permanent (a permanent ` +
+            "outcome dead-letters the entry, and every entry of the backlog while it lasts)",
+        ).toEqual(["transient", "transient"]);
+        expect(outcomes[2]?.status, `${name}: a condition that passes is never permanent (keyless entry)`).not.toBe(
+          "permanent",
+        );
+        const all = [...run, keyless];
+        const left = await retryUntilPublished(
+          h,
+          all.filter((_, i) => outcomes[i]?.status !== "published"),
+          `${name}: retries after the condition passed must never be permanent`,
+        );
+        expect(
+          left.map((e) => e.id),
+          `${name}: once the condition passed, the same entries must publish again within 15 s`,
+        ).toEqual([]);
+        const firstSeen = firstArrivals(await receiveAll(h, entry.topic, all));
+        const arrival = run.map((e) => firstSeen.get(e.idempotencyKey) ?? -1);
+        expect(arrival, `${name}: every entry published after the condition must reach the consumer`).not.toContain(-1);
+        expect(arrival, `${name}: the key's entries must first arrive in publish order`).toEqual(
+          [...arrival].sort((a, b) => a - b),
+        );
+      }
+    },
+  },
+  "abort-while-stalled": {
+    title:
+      "a publish whose signal aborts while the broker does not answer settles at once, all transient; the key publishes next",
+    requires: (h) => (h.stallBroker ? null : "harness provides no stallBroker()"),
+    async run(h) {
+      const topic = await h.topic();
+      const warmUp = makeEntry({ topic, key: "stall" });
+      expect(statuses(await h.publisher.publish([warmUp])), "publishing must work before the stall").toEqual([
+        "published",
+      ]);
+      const stalled = [1, 2].map((seq) => makeEntry({ topic, key: "stall", headers: { "x-seq": String(seq) } }));
+      const other = makeEntry({ topic, key: "other" });
+      const stall = await (h.stallBroker as NonNullable<PublisherHarness["stallBroker"]>)();
+      let outcomes: PublishOutcome[] | undefined;
+      try {
+        const controller = new AbortController();
+        const publishing = h.publisher.publish([stalled[0] as OutboxEntry, other, stalled[1] as OutboxEntry], {
+          signal: controller.signal,
+        });
+        await Promise.race([stall.sent, publishing]);
+        // The lease is about to end while the broker says nothing: the relay needs its outcomes now.
+        controller.abort(new Error("the lease is about to end"));
+        outcomes = await within(publishing, abortSettleMs);
+      } finally {
+        await stall.release();
+      }
+      expect(
+        outcomes && statuses(outcomes),
+        `publish must settle within ${abortSettleMs / 1000} s of its signal aborting, even while the broker does not ` +
+          "answer (stop waiting on abort, not only at the publisher's own timeout), and report every entry transient: " +
+          "nothing was confirmed, nothing was refused",
+      ).toEqual(["transient", "transient", "transient"]);
+      const more = makeEntry({ topic, key: "stall", headers: { "x-seq": "3" } });
+      const next = [...stalled, more, other];
+      expect(
+        statuses(await h.publisher.publish(next)),
+        "after a publish cut short by its signal, the next publish of the same keys must succeed at once (a key the " +
+          "broker client paused when the abandoned request failed must be resumed; an idempotent producer whose " +
+          "abandoned request may have been written must get a new producer id)",
+      ).toEqual(next.map(() => "published"));
+      const firstSeen = firstArrivals(await receiveAll(h, topic, [warmUp, ...next]));
+      const arrival = [warmUp, ...stalled, more].map((e) => firstSeen.get(e.idempotencyKey) ?? -1);
+      expect(arrival, "every entry published after the stall must reach the consumer").not.toContain(-1);
+      expect(arrival, "the key's entries must first arrive in publish order").toEqual(
+        [...arrival].sort((a, b) => a - b),
+      );
+    },
+  },
+  "key-recovers-after-refusal": {
+    title:
+      "after the broker refused a key's entries (no such destination yet), the key publishes at once when it exists",
+    requires: (h) => (h.missingTopic ? null : "harness provides no missingTopic()"),
+    async run(h) {
+      const { topic, create } = await (h.missingTopic as NonNullable<PublisherHarness["missingTopic"]>)();
+      const run = [1, 2].map((seq) => makeEntry({ topic, key: "late", headers: { "x-seq": String(seq) } }));
+      const refused = statuses(await h.publisher.publish(run));
+      expect(refused, "an entry for a destination that does not exist cannot be reported published").not.toContain(
+        "published",
+      );
+      await create();
+      expect(
+        statuses(await h.publisher.publish(run)),
+        "once the destination exists, the next publish of the key must succeed at once: a key the broker client " +
+          "paused after the refusal must be resumed by the call that saw it fail",
+      ).toEqual(["published", "published"]);
+      const firstSeen = firstArrivals(await receiveAll(h, topic, run));
+      const arrival = run.map((e) => firstSeen.get(e.idempotencyKey) ?? -1);
+      expect(arrival, "the key's entries must reach the consumer").not.toContain(-1);
+      expect(arrival, "the key's entries must first arrive in publish order").toEqual(
+        [...arrival].sort((a, b) => a - b),
+      );
     },
   },
   "round-trip-edges": {

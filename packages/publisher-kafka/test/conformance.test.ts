@@ -7,10 +7,11 @@ import {
 import type { ManualClock } from "@outbox/core";
 import { createPostgresStore, migrate, type Queryable } from "@outbox/store-postgres";
 import { freshIdentifier, inTransaction, pgUrl } from "@outbox/test-support/postgres";
+import type { ProducerBatch } from "kafkajs";
 import pg from "pg";
 import { afterAll } from "vitest";
-import { createKafkaPublisher, type KafkaPublisherOptions } from "../src/index.js";
-import { createTopic, dropConnections, faultySockets, newKafka, receive } from "./support/kafka.js";
+import { createKafkaPublisher, type KafkaProducerLike, type KafkaPublisherOptions } from "../src/index.js";
+import { createTopic, dropConnections, faultySockets, newKafka, plainPartitioner, receive } from "./support/kafka.js";
 
 /** Over the broker's message.max.bytes (1048588 by default). */
 const OVERSIZE = 2 * 1024 * 1024;
@@ -33,9 +34,12 @@ async function harness(options: KafkaPublisherOptions): Promise<PublisherHarness
     dropConnection: async () => {
       if ((await dropConnections()) === 0) throw new Error("no broker connection to drop");
     },
-    // The next Produce requests are written into a connection that is then destroyed, more times
-    // than kafkajs retries (5), so the publish itself fails; later ones go through.
-    failNextPublish: async () => sockets.dropProduce(8),
+    // The next Produce requests reach the broker, which appends their records, but each answer is lost
+    // (the connection is destroyed as it arrives), as often as kafkajs tries (1 + 5 retries): the publish
+    // fails, and the producer's sequence numbers no longer match the broker's. Later ones go through.
+    failNextPublish: async () => sockets.loseProduceAnswers(6),
+    // The broker appends the next Produce request's records; its answer is held back until release.
+    stallBroker: async () => ({ sent: sockets.muteNextProduce(), release: async () => sockets.unmute() }),
     teardown: async () => {
       await publisher.close();
       await admin.disconnect();
@@ -55,6 +59,83 @@ describePublisherConformance({
 describePublisherConformance({
   name: "publisher-kafka, broker-side MESSAGE_TOO_LARGE (no pre-check)",
   create: () => harness({ maxMessageBytes: 64 * 1024 * 1024 }),
+  timeoutMs: 90_000,
+});
+
+/**
+ * Your producer (`{ producer }`): a kafkajs idempotent producer behind a handle whose producer the
+ * test replaces, as its owner recreates it once its sequence numbers went out of step (the publisher
+ * cannot renew a producer it does not own: README, Limits).
+ */
+async function callerProducerHarness(): Promise<PublisherHarness> {
+  const kafka = newKafka();
+  const admin = kafka.admin();
+  await admin.connect();
+  const sockets = faultySockets();
+  const client = newKafka({ socketFactory: sockets.socketFactory });
+  // One retry: a send whose answers are all lost fails after 2 attempts.
+  const attempts = 2;
+  const config = {
+    idempotent: true,
+    maxInFlightRequests: 1,
+    createPartitioner: plainPartitioner,
+    retry: { retries: attempts - 1, initialRetryTime: 100 },
+  };
+  let producer = client.producer(config);
+  await producer.connect();
+  const handle: KafkaProducerLike = {
+    connect: () => producer.connect(),
+    disconnect: () => producer.disconnect(),
+    sendBatch: (batch) => producer.sendBatch(batch as ProducerBatch),
+    isIdempotent: () => true,
+  };
+  const publisher = createKafkaPublisher({ producer: handle });
+  return {
+    publisher,
+    topic: () => createTopic(admin),
+    receive: (topic, count, timeoutMs) => receive(kafka, topic, count, timeoutMs),
+    permanentFailure: async (topic) => ({ topic, key: "oversize", payload: new Uint8Array(OVERSIZE).fill(7) }),
+    dropConnection: async () => {
+      if ((await dropConnections()) === 0) throw new Error("no broker connection to drop");
+    },
+    // Dropped before the broker sees them: a lost answer would leave your producer out of step for good.
+    failNextPublish: async () => sockets.dropProduce(attempts),
+    stallBroker: async () => ({ sent: sockets.muteNextProduce(), release: async () => sockets.unmute() }),
+    transientConditions: {
+      "producer sequence numbers out of step (OUT_OF_ORDER_SEQUENCE_NUMBER) until the owner recreates it": async (
+        topic,
+      ) => {
+        const key = "out-of-step";
+        // The broker appends this record on every attempt, kafkajs never reads an answer and rolls the
+        // partition's sequence number back: the next different batch of the partition is out of order.
+        sockets.loseProduceAnswers(attempts);
+        const answered = await producer.send({ topic, messages: [{ key, value: "answer lost" }] }).then(
+          () => true,
+          () => false,
+        );
+        if (answered) throw new Error("the send whose answers were to be lost was answered");
+        return {
+          entry: { topic, key, payload: new TextEncoder().encode("out of step") },
+          restore: async () => {
+            const stale = producer;
+            producer = client.producer(config);
+            await producer.connect();
+            await stale.disconnect();
+          },
+        };
+      },
+    },
+    teardown: async () => {
+      await publisher.close();
+      await producer.disconnect();
+      await admin.disconnect();
+    },
+  };
+}
+
+describePublisherConformance({
+  name: "publisher-kafka, your idempotent producer ({ producer })",
+  create: callerProducerHarness,
   timeoutMs: 90_000,
 });
 

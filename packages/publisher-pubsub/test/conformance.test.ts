@@ -10,8 +10,8 @@ import { freshIdentifier, inTransaction, pgUrl } from "@outbox/test-support/post
 import { TcpProxy } from "@outbox/test-support/tcp-proxy";
 import pg from "pg";
 import { afterAll } from "vitest";
-import { createPubSubPublisher, PubSubLimits } from "../src/index.js";
-import { emulatorHost, newPubSub, TopicReader } from "./support/pubsub.js";
+import { createPubSubPublisher, type PubSubClientLike, PubSubLimits } from "../src/index.js";
+import { emulatorHost, newPubSub, TopicReader, uniqueTopic } from "./support/pubsub.js";
 
 /**
  * The publisher talks to the fake server through a TCP proxy (so `dropConnection` can cut it
@@ -22,7 +22,25 @@ async function harness(): Promise<PublisherHarness> {
   const pubsub = newPubSub(proxy.endpoint);
   const admin = newPubSub();
   const readers = new Map<string, TopicReader>();
-  const publisher = createPubSubPublisher({ pubsub, timeoutMs: 10_000 });
+  // The client's own promise of each message, so that stallBroker can wait for the client to give up.
+  const unsettled = new Set<Promise<unknown>>();
+  const tracked: PubSubClientLike = {
+    topic(name, options) {
+      const topic = pubsub.topic(name, options);
+      return {
+        publishMessage: (message) => {
+          const sent = topic.publishMessage(message);
+          const settled: Promise<unknown> = sent.catch(() => undefined);
+          unsettled.add(settled);
+          void settled.then(() => unsettled.delete(settled));
+          return sent;
+        },
+        resumePublishing: (key) => topic.resumePublishing(key),
+        flush: () => topic.flush(),
+      };
+    },
+  };
+  const publisher = createPubSubPublisher({ pubsub: tracked, timeoutMs: 10_000 });
   return {
     publisher,
     async topic() {
@@ -49,6 +67,28 @@ async function harness(): Promise<PublisherHarness> {
     // the client pauses the ordering key, which the publisher must resume.
     // Repeated, to outlast the client's own retries of the request.
     failNextPublish: async () => proxy.dropOnNextSend(() => true, 8),
+    // The fake takes the next request, its answer never comes back: the client retries on the silent
+    // connection until its budget (the publisher's timeoutMs) runs out, so the stalled requests fail for
+    // good and the client pauses their ordering keys. Released once the client gave up on every one.
+    stallBroker: async () => ({
+      sent: proxy.muteOnNextSend(),
+      release: async () => {
+        await Promise.all([...unsettled]);
+        // The publisher's own handlers of those failures run before the next publish.
+        await new Promise((resolve) => setImmediate(resolve));
+        proxy.drop();
+      },
+    }),
+    // A topic nobody created yet: the fake answers NOT_FOUND, and the client pauses the ordering key.
+    missingTopic: async () => {
+      const topic = uniqueTopic("outbox-late");
+      return {
+        topic,
+        create: async () => {
+          readers.set(topic, await TopicReader.create(admin, topic));
+        },
+      };
+    },
     async teardown() {
       await publisher.close();
       for (const reader of readers.values()) await reader.close();

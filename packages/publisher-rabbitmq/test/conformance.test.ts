@@ -18,12 +18,13 @@ import {
   createQueue,
   deleteQueue,
   QueueReader,
-  TEST_EXCHANGE,
+  uniqueName,
+  withChannel,
 } from "./support/rabbit.js";
 
 /**
- * The kit's harness on the real broker: each topic() is a fresh quorum queue bound to the test
- * exchange under its own name, read back by a real amqplib consumer. The permanent failure is an
+ * The kit's harness on the real broker: each topic() is a fresh quorum queue bound to the harness's
+ * own exchange under its own name, read back by a real amqplib consumer. The permanent failure is an
  * unroutable entry (no queue bound for its routing key: basic.return).
  */
 /** Does this chunk a client sends hold an AMQP basic.publish method frame (class 60, method 40)? */
@@ -37,24 +38,31 @@ function holdsBasicPublish(chunk: Buffer): boolean {
 }
 
 async function harness(
-  make: (url: string) => Promise<{ publisher: RabbitMqPublisher; close?: () => Promise<void> }>,
-  proxied = false,
+  make: (url: string, exchange: string) => Promise<{ publisher: RabbitMqPublisher; close?: () => Promise<void> }>,
+  reconnects: boolean,
 ) {
-  // With `proxied`, the publisher's connection goes through a proxy that failNextPublish cuts mid-publish.
+  // The publisher's connection goes through a proxy: failNextPublish cuts it mid-publish (only where the
+  // publisher reconnects by itself), stallBroker silences it.
   const target = new URL(amqpUrl);
-  const proxy = proxied ? await TcpProxy.start(`${target.hostname}:${target.port || "5672"}`) : undefined;
+  const proxy = await TcpProxy.start(`${target.hostname}:${target.port || "5672"}`);
   const url = new URL(amqpUrl);
-  if (proxy) {
-    url.hostname = "127.0.0.1";
-    url.port = String(proxy.port);
-  }
-  const { publisher, close } = await make(url.toString());
-  const reader = new QueueReader();
+  url.hostname = "127.0.0.1";
+  url.port = String(proxy.port);
+  // An exchange of its own, so that a check may take it away without touching other tests.
+  const exchange = uniqueName("outbox.conformance");
   const queues: string[] = [];
+  const declare = () =>
+    withChannel(async (channel) => {
+      await channel.assertExchange(exchange, "direct", { durable: true });
+      for (const queue of queues) await channel.bindQueue(queue, exchange, queue);
+    });
+  await declare();
+  const { publisher, close } = await make(url.toString(), exchange);
+  const reader = new QueueReader();
   const result: PublisherHarness = {
     publisher,
     topic: async () => {
-      const queue = await createQueue();
+      const queue = await createQueue({ exchange });
       queues.push(queue);
       return queue;
     },
@@ -63,28 +71,53 @@ async function harness(
     // A queue that holds nothing and refuses what does not fit: the broker nacks the publish (transient).
     transientFailure: async () => {
       const full = await createQueue({
+        exchange,
         type: "classic",
         arguments: { "x-max-length": 0, "x-overflow": "reject-publish" },
       });
       queues.push(full);
       return { topic: full, key: null, payload: new Uint8Array([2]) };
     },
+    transientConditions: {
+      // The publisher's exchange is gone (a misconfiguration, a broker rebuilt without it): the publish
+      // closes the channel with 404. The operator declares it again (and its bindings).
+      "exchange missing (404 NOT_FOUND) until an operator declares it": async (topic) => {
+        await withChannel((channel) => channel.deleteExchange(exchange));
+        return { entry: { topic, key: "no-exchange", payload: new Uint8Array([3]) }, restore: declare };
+      },
+    },
+    // A queue nobody declared yet: the mandatory publish comes back unroutable until it exists.
+    missingTopic: async () => {
+      const queue = uniqueName("outbox-rmq-late");
+      return {
+        topic: queue,
+        create: async () => {
+          await withChannel(async (channel) => {
+            await channel.assertQueue(queue, { durable: true, arguments: { "x-queue-type": "quorum" } });
+            await channel.bindQueue(queue, exchange, queue);
+          });
+          queues.push(queue);
+        },
+      };
+    },
     dropConnection: async () => {
       await closeAllConnections("conformance: dropConnection");
     },
-    ...(proxy ? { failNextPublish: async () => proxy.dropOnNextSend(holdsBasicPublish) } : {}),
+    ...(reconnects ? { failNextPublish: async () => proxy.dropOnNextSend(holdsBasicPublish) } : {}),
+    // The broker takes the next publishes; its confirms are held back until release.
+    stallBroker: async () => ({ sent: proxy.muteOnNextSend(holdsBasicPublish), release: async () => proxy.unmute() }),
     teardown: async () => {
       await publisher.close();
       await close?.();
-      await proxy?.close();
+      await proxy.close();
       await Promise.all(queues.map(deleteQueue));
+      await withChannel((channel) => channel.deleteExchange(exchange)).catch(() => undefined);
     },
   };
   return result;
 }
 
-const owned = () =>
-  harness(async (url) => ({ publisher: createRabbitMqPublisher({ url, exchange: TEST_EXCHANGE }) }), true);
+const owned = () => harness(async (url, exchange) => ({ publisher: createRabbitMqPublisher({ url, exchange }) }), true);
 
 describePublisherConformance({
   name: "publisher-rabbitmq (amqplib 0.10.9, RabbitMQ 3.10, url: owned connection)",
@@ -96,17 +129,14 @@ describePublisherConformance({
 describePublisherConformance({
   name: "publisher-rabbitmq (amqplib 2.3.1, caller's connection)",
   create: () =>
-    harness(async () => {
-      const connection = await amqplibV2.connect(amqpUrl);
+    harness(async (url, exchange) => {
+      const connection = await amqplibV2.connect(url);
       connection.on("error", () => undefined);
       return {
-        publisher: createRabbitMqPublisher({
-          connection: connection as unknown as AmqpConnectionLike,
-          exchange: TEST_EXCHANGE,
-        }),
+        publisher: createRabbitMqPublisher({ connection: connection as unknown as AmqpConnectionLike, exchange }),
         close: () => connection.close().catch(() => undefined),
       };
-    }),
+    }, false),
   skip: {
     reconnect:
       "a caller's connection closed by the broker stays closed (the publisher never replaces it); the url variant runs this check",

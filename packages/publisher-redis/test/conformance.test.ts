@@ -14,6 +14,9 @@ import { readStream } from "./support.js";
 
 afterAll(closeClients);
 
+/** A chunk that holds a write of the publisher: XADD, or the run script (which XADDs). */
+const writes = (chunk: Buffer) => /xadd/i.test(chunk.toString("latin1"));
+
 async function harness(): Promise<PublisherHarness> {
   // The publisher's connection goes through a proxy, so failNextPublish can cut it mid-XADD.
   const target = new URL(redisUrl);
@@ -49,7 +52,28 @@ async function harness(): Promise<PublisherHarness> {
     // The next XADDs the client writes are not forwarded and their connection is reset. ioredis resends
     // unanswered commands after each reconnect: repeated past the client's commandTimeout (1 s), so
     // the publish itself fails.
-    failNextPublish: async () => proxy.dropOnNextSend((chunk) => /xadd/i.test(chunk.toString("latin1")), 40),
+    failNextPublish: async () => proxy.dropOnNextSend(writes, 40),
+    // Redis runs the next XADDs (or the run script), its replies are held back until release.
+    stallBroker: async () => ({ sent: proxy.muteOnNextSend(writes), release: async () => proxy.unmute() }),
+    transientConditions: {
+      // No per-connection way to fill Redis' memory: maxmemory of the shared server is lowered for the one
+      // publish under the condition (noeviction: writes are refused, nothing is evicted) and restored at once.
+      "OOM (maxmemory reached)": async (topic) => {
+        const [, policy] = (await admin.config("GET", "maxmemory-policy")) as [string, string];
+        if (policy !== "noeviction")
+          throw new Error(`maxmemory-policy is ${policy}: lowering maxmemory would evict keys`);
+        const [, before] = (await admin.config("GET", "maxmemory")) as [string, string];
+        // "1" is another test's condition in flight, never the server's own setting.
+        const restore = before === "1" ? "0" : before;
+        await admin.config("SET", "maxmemory", "1");
+        return {
+          entry: { topic, key: "oom", payload: new TextEncoder().encode("refused for now") },
+          restore: async () => {
+            await admin.config("SET", "maxmemory", restore);
+          },
+        };
+      },
+    },
     async teardown() {
       if (keys.length > 0) await admin.del(...keys);
       await Promise.all([client, reader, admin].map(closeClient));

@@ -23,6 +23,9 @@ export class TcpProxy {
   #refusing = false;
   #holding = false;
   #dropOnSend: ((chunk: Buffer) => boolean) | null = null;
+  #muteOnSend: ((chunk: Buffer) => boolean) | null = null;
+  /** Connections whose server side `muteOnNextSend` silenced, until `unmute()`. */
+  readonly #muted = new Set<[Socket, Socket]>();
   readonly #resetGapMs: number;
   readonly targetHost: string;
   readonly targetPort: number;
@@ -120,6 +123,35 @@ export class TcpProxy {
     };
   }
 
+  /**
+   * Arms a silent server: the next chunk a client sends that `matches` (default: any) is forwarded,
+   * but from then on nothing the server sends on that connection reaches the client (a broker that
+   * hangs: the connection stays open, the answer never comes), until `unmute()` lets what the server
+   * sent meanwhile through, late, or the connection is reset (`drop()`, `cut()`). Resolves once that
+   * chunk went through. Other connections are not affected.
+   */
+  muteOnNextSend(matches: (chunk: Buffer) => boolean = () => true): Promise<void> {
+    return new Promise<void>((resolve) => {
+      this.#muteOnSend = (chunk) => {
+        if (!matches(chunk)) return false;
+        this.#muteOnSend = null;
+        resolve();
+        return true;
+      };
+    });
+  }
+
+  /** Ends `muteOnNextSend`: what the server sent meanwhile reaches the client now. */
+  unmute(): void {
+    this.#muteOnSend = null;
+    for (const [inbound, outbound] of this.#muted) {
+      if (outbound.destroyed || inbound.destroyed) continue;
+      outbound.pipe(inbound);
+      outbound.resume();
+    }
+    this.#muted.clear();
+  }
+
   /** Resets every live connection and refuses new ones until `restore()`. Returns how many were reset. */
   cut(): number {
     this.#refusing = true;
@@ -175,6 +207,11 @@ export class TcpProxy {
       inbound.on("data", (chunk: Buffer) => {
         if (this.#tags?.(chunk)) this.#tagged.add(pair);
         if (this.#dropOnSend?.(chunk)) this.drop();
+        if (this.#muteOnSend?.(chunk)) {
+          outbound.unpipe(inbound);
+          outbound.pause();
+          this.#muted.add(pair);
+        }
       });
       inbound.pipe(outbound);
       outbound.pipe(inbound);

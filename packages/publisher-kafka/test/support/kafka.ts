@@ -1,6 +1,6 @@
 import { execFile } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
-import { connect } from "node:net";
+import { connect, type Socket } from "node:net";
 import { promisify } from "node:util";
 import { uniqueName } from "@outbox/conformance";
 import { OutboxHeader } from "@outbox/core";
@@ -258,26 +258,70 @@ const isProduceRequest = (chunk: unknown): boolean =>
   Buffer.isBuffer(chunk) && chunk.length >= 6 && chunk.readInt16BE(4) === 0;
 
 /**
- * A kafkajs `socketFactory` that can fail a publish inside the client: once armed, the next
- * Produce requests the client writes are not sent and their connection is destroyed (a
- * connection lost mid-publish), `times` times, to outlast kafkajs' own retries. Everything else
- * (metadata, InitProducerId...) goes through.
+ * A kafkajs `socketFactory` that can fail a publish inside the client, and silence the broker:
+ * - `dropProduce(times)`: the next Produce requests the client writes are not sent and their
+ *   connection is destroyed (a connection lost mid-publish), `times` times, to outlast kafkajs' own
+ *   retries;
+ * - `loseProduceAnswers(times)`: the next Produce requests are sent, the broker appends their
+ *   records, but the connection is destroyed when the answer arrives, before kafkajs reads it (a
+ *   lost response: the producer's sequence numbers no longer match the broker's), `times` times;
+ * - `muteNextProduce()`: after the next Produce request, nothing more the broker sends on that
+ *   connection reaches kafkajs (a broker that hangs) until `unmute()` delivers it, late. Resolves
+ *   once that request was written.
+ * Everything else (metadata, InitProducerId...) goes through.
  */
 export function faultySockets(): {
   socketFactory: NonNullable<KafkaConfig["socketFactory"]>;
   dropProduce(times: number): void;
+  loseProduceAnswers(times: number): void;
+  muteNextProduce(): Promise<void>;
+  unmute(): void;
 } {
   let drops = 0;
+  let losses = 0;
+  let muteNext: (() => void) | null = null;
+  const unmutes = new Set<() => void>();
   return {
     socketFactory: ({ host, port, onConnect }) => {
       const socket = connect({ host, port }, onConnect);
       socket.setKeepAlive(true, 60_000);
+      /** What happens to what the broker sends next on this socket. */
+      let fate: "lose" | "mute" | null = null;
+      const held: Buffer[] = [];
+      // kafkajs registers its "data" listener right after the factory returns: wrap it.
+      const on = socket.on.bind(socket) as (event: string, listener: (...args: unknown[]) => void) => Socket;
+      socket.on = ((event: string, listener: (...args: unknown[]) => void) => {
+        if (event !== "data") return on(event, listener);
+        const unmute = () => {
+          if (fate !== "mute") return;
+          fate = null;
+          for (const chunk of held.splice(0)) listener(chunk);
+        };
+        unmutes.add(unmute);
+        socket.once("close", () => unmutes.delete(unmute));
+        return on("data", (chunk: unknown) => {
+          if (fate === "lose") socket.destroy(new Error("connection reset before the Produce answer was read"));
+          else if (fate === "mute") held.push(chunk as Buffer);
+          else listener(chunk);
+        });
+      }) as typeof socket.on;
       const write = socket.write.bind(socket) as (...args: unknown[]) => boolean;
       socket.write = ((...args: unknown[]) => {
-        if (drops > 0 && isProduceRequest(args[0])) {
-          drops -= 1;
-          socket.destroy(new Error("connection reset while a Produce request was in flight"));
-          return false;
+        if (isProduceRequest(args[0])) {
+          if (drops > 0) {
+            drops -= 1;
+            socket.destroy(new Error("connection reset while a Produce request was in flight"));
+            return false;
+          }
+          if (losses > 0) {
+            losses -= 1;
+            fate = "lose";
+          } else if (muteNext) {
+            fate = "mute";
+            const sent = muteNext;
+            muteNext = null;
+            queueMicrotask(sent);
+          }
         }
         return write(...args);
       }) as typeof socket.write;
@@ -285,6 +329,18 @@ export function faultySockets(): {
     },
     dropProduce(times) {
       drops = times;
+    },
+    loseProduceAnswers(times) {
+      losses = times;
+    },
+    muteNextProduce() {
+      return new Promise<void>((resolve) => {
+        muteNext = resolve;
+      });
+    },
+    unmute() {
+      muteNext = null;
+      for (const unmute of unmutes) unmute();
     },
   };
 }
