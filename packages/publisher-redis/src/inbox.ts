@@ -24,6 +24,7 @@ export interface RedisConnectionLike {
   connect(): Promise<void>;
   callBuffer(command: string, ...args: CommandArg[]): Promise<unknown>;
   disconnect(): void;
+  on?(event: "error", listener: (error: unknown) => void): unknown;
 }
 
 /** An ioredis `Redis`, as far as the helper goes (structural: tests stand in for it). */
@@ -253,6 +254,9 @@ export function startInboxConsumer<Tx>(options: InboxConsumerOptions<Tx>): Inbox
 
   // Also bounds the read: a connection that stopped answering fails the command instead of hanging the loop.
   const connection = client.duplicate({ lazyConnect: true, commandTimeout: blockMs + 5_000 });
+  // ioredis' duplicate() copies none of the caller's listeners, and a client without an "error" listener prints
+  // every reconnect failure as unhandled. The failed read itself reaches onError(…, "redis").
+  connection.on?.("error", () => undefined);
   const keyOrder = new KeyOrder();
   const held = new Map<string, Hold>();
   /** Entries read or claimed and not settled yet, by stream id: never handed to the handler twice at once. */

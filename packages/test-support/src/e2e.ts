@@ -110,6 +110,24 @@ export function checkDelivery(received: Iterable<ReceivedMessage>, seqOf: Readon
   return { distinct: firstSeen.size, duplicates: total - firstSeen.size, orderViolations, wrongSeq };
 }
 
+/**
+ * Forks `script` (TypeScript, run from source; workspace packages resolve to their sources too)
+ * with OUTBOX_PG_URL and `env`, its stdout and stderr inherited, an IPC channel open.
+ */
+export function forkSource(script: URL, env: Record<string, string>): ChildProcess {
+  return fork(fileURLToPath(script), {
+    execArgv: [
+      "--conditions=@outbox/source",
+      "--experimental-strip-types",
+      "--no-warnings",
+      "--import",
+      fileURLToPath(new URL("../../../scripts/register-ts.mjs", import.meta.url)),
+    ],
+    env: { ...process.env, OUTBOX_PG_URL: pgUrl, ...env },
+    stdio: ["ignore", "inherit", "inherit", "ipc"],
+  });
+}
+
 /** A relay in its own process and what it reported over IPC. */
 export interface RelayChild {
   readonly process: ChildProcess;
@@ -130,17 +148,7 @@ export interface RelayChild {
  * `{ connections: n }`, `{ leader: token }`, `{ error }` and `{ dead, error }`.
  */
 export function startRelayChild(script: URL, env: Record<string, string>): Promise<RelayChild> {
-  const child = fork(fileURLToPath(script), {
-    execArgv: [
-      "--conditions=@outbox/source",
-      "--experimental-strip-types",
-      "--no-warnings",
-      "--import",
-      fileURLToPath(new URL("../../../scripts/register-ts.mjs", import.meta.url)),
-    ],
-    env: { ...process.env, OUTBOX_PG_URL: pgUrl, ...env },
-    stdio: ["ignore", "inherit", "inherit", "ipc"],
-  });
+  const child = forkSource(script, env);
   const relay: RelayChild = {
     process: child,
     published: 0,

@@ -2,7 +2,7 @@
 // one row in the inbox's transaction; afterwards every entry's row must exist exactly once, none
 // missing, each key's rows in enqueue order.
 /** A pg Pool or client, or the stores' transaction handle. */
-interface Queryable {
+export interface Queryable {
   query(text: string, params?: unknown[]): Promise<{ rows: unknown[] }>;
 }
 
@@ -64,15 +64,15 @@ export interface EffectEntry {
 }
 
 /**
- * The producing service: entries `entry-0` .. `entry-<count - 1>` over `keys` keys (per key seq
- * 0, 1, 2, ... in commit order), committed 50 per transaction by `commit`.
+ * The producing service: entries `entry-<from>` .. `entry-<count - 1>` (`from` 0 by default) over
+ * `keys` keys (per key seq 0, 1, 2, ... in commit order), committed 50 per transaction by `commit`.
  */
 export async function produceEntries(
-  options: { topic: string; count: number; keys: number },
+  options: { topic: string; count: number; keys: number; from?: number },
   commit: (entries: EffectEntry[]) => Promise<unknown>,
 ): Promise<void> {
-  const { topic, count, keys } = options;
-  for (let start = 0; start < count; start += 50) {
+  const { topic, count, keys, from = 0 } = options;
+  for (let start = from; start < count; start += 50) {
     await commit(
       Array.from({ length: Math.min(50, count - start) }, (_, offset) => {
         const i = start + offset;
