@@ -2,36 +2,11 @@ import { type LockBackend, ManualClock } from "@outbox/core";
 import { MemoryLockBackend } from "@outbox/memory";
 import { describe, expect, it } from "vitest";
 import { type LockHarness, lockChecks, runChecks, wrapLockBackend } from "../src/index.js";
+import { type LockContextExtras, type LockPatch, lockResults, memoryLockHarness } from "./support.js";
 
 // The lock checks for re-acquire tokens, grant-carrying releases and TTLs the server may round:
 // each broken variant of the reference lock below must fail the named check, and the sound
 // variants next to them must pass it (so the check fails for the bug, not for the harness).
-
-type LockContextExtras = { ttlMs: number; allowServerRestarts: boolean };
-type Patch = (inner: MemoryLockBackend, clock: ManualClock) => Partial<LockBackend>;
-
-/** Every lock check against the reference lock with some methods replaced, on a manual clock. */
-async function lockResults(patch: Patch, ttlMs = 1_000) {
-  const clock = new ManualClock();
-  return runChecks(
-    lockChecks,
-    async (): Promise<LockHarness & LockContextExtras> => {
-      const inner = new MemoryLockBackend({ clock });
-      return {
-        backend: wrapLockBackend(inner, patch(inner, clock)),
-        ttlMs,
-        allowServerRestarts: true,
-        elapse: async (ms) => clock.advance(ms),
-        restart: async () => inner.restart(),
-        expire: async () => inner.restart(),
-        dropHolding: async () => inner.restart(),
-        stepClockBack: async (ms) => clock.advance(-ms),
-        teardown: () => inner.close(),
-      };
-    },
-    (h) => h.teardown(),
-  );
-}
 
 /**
  * Clients of one in-memory lock "server" that remember the token of their last grant per
@@ -69,18 +44,7 @@ async function grantResults(ignoreGrant: boolean) {
     lockChecks,
     async (): Promise<LockHarness & LockContextExtras> => {
       const { inner, client } = grantServer(clock, ignoreGrant);
-      return {
-        backend: client(),
-        peer: async () => client(),
-        ttlMs: 1_000,
-        allowServerRestarts: true,
-        elapse: async (ms) => clock.advance(ms),
-        restart: async () => inner.restart(),
-        expire: async () => inner.restart(),
-        dropHolding: async () => inner.restart(),
-        stepClockBack: async (ms) => clock.advance(-ms),
-        teardown: () => inner.close(),
-      };
+      return { ...memoryLockHarness(inner, clock, client()), peer: async () => client() };
     },
     (h) => h.teardown(),
   );
@@ -153,7 +117,7 @@ describe("the kit catches broken re-acquires, releases and TTLs", () => {
 
   it("a lock whose renew succeeds with less than the TTL asked for fails renew-longer-ttl; refusing passes", async () => {
     // A lease keeps the length it was granted with; keeping it alive cannot make it longer.
-    const leases = (refuse: boolean): Patch => {
+    const leases = (refuse: boolean): LockPatch => {
       return (inner) => {
         const granted = new Map<string, number>();
         return {

@@ -1,33 +1,11 @@
-import {
-  type ManualClock,
-  OutboxError,
-  OutboxErrorCode,
-  OutboxRelay,
-  type OutboxRelayOptions,
-  type OutboxStore,
-} from "@outbox/core";
+import { type ManualClock, OutboxError, OutboxErrorCode } from "@outbox/core";
 import { describe, expect, it } from "vitest";
-import {
-  memoryStoreHarness,
-  type RelayUnderTest,
-  relayCheckContext,
-  relayChecks,
-  runChecks,
-  wrapStore,
-} from "../src/index.js";
+import { wrapStore } from "../src/index.js";
+import { bentRelay, expectRelayPasses, relayRuleRunner, releaseRetriedRelay, timerAbortedRelay } from "./support.js";
 
 // The relay-loop checks must be able to fail: each bent relay below breaks one rule of the loop
 // (through its options: the store, publisher, retry policy or lock it is given) and has to fail
 // the check for that rule.
-
-/** The real relay with its options bent by `bend`. */
-function bentRelay(bend: (options: OutboxRelayOptions) => OutboxRelayOptions) {
-  return (options: OutboxRelayOptions): RelayUnderTest => {
-    const relay = new OutboxRelay(bend(options));
-    relay.on("error", () => {});
-    return relay;
-  };
-}
 
 const loopRules = [
   "last-attempt-dead-letters",
@@ -39,21 +17,10 @@ const loopRules = [
   "stop-gives-back",
 ] as const;
 
-async function loopRuleResults(createRelay?: (options: OutboxRelayOptions) => RelayUnderTest) {
-  const { create, dispose } = relayCheckContext({ createStore: memoryStoreHarness, createRelay });
-  const only = Object.fromEntries(loopRules.map((id) => [id, relayChecks[id]])) as Pick<
-    typeof relayChecks,
-    (typeof loopRules)[number]
-  >;
-  return runChecks(only, create, dispose, { timeoutMs: 20_000 });
-}
+const loopRuleResults = relayRuleRunner(loopRules);
 
 describe("the kit catches broken relay loops", () => {
-  it("OutboxRelay passes the relay loop's rules", async () => {
-    const { passed, errors } = await loopRuleResults();
-    expect(errors).toEqual({});
-    expect(passed).toEqual([...loopRules]);
-  });
+  it("OutboxRelay passes the relay loop's rules", () => expectRelayPasses(loopRules));
 
   it("a relay that allows one publish more than maxAttempts fails last-attempt-dead-letters", async () => {
     const lenient = bentRelay((options) => ({
@@ -100,44 +67,12 @@ describe("the kit catches broken relay loops", () => {
   });
 
   it("a relay whose publish is aborted only by the lease fails stop-aborts-publish", async () => {
-    const leaseOnly = bentRelay((options) => {
-      const clock = options.clock as ManualClock;
-      const leaseMs = options.leaseMs ?? 30_000;
-      const publisher = options.publisher;
-      return {
-        ...options,
-        publisher: {
-          async publish(entries) {
-            const nearLeaseEnd = new AbortController();
-            const done = new AbortController();
-            void clock.sleep(leaseMs - leaseMs / 5, done.signal).then(() => nearLeaseEnd.abort());
-            try {
-              return await publisher.publish(entries, { signal: nearLeaseEnd.signal });
-            } finally {
-              done.abort();
-            }
-          },
-        },
-      };
-    });
+    const leaseOnly = timerAbortedRelay((leaseMs) => leaseMs - leaseMs / 5);
     expect((await loopRuleResults(leaseOnly)).failed).toEqual(["stop-aborts-publish"]);
   });
 
   it("a relay that retries what it gives back on stop (attempt counted, delayed) fails stop-gives-back", async () => {
-    const retriesOnStop = bentRelay((options) => {
-      const store: OutboxStore<never> = options.store;
-      const clock = options.clock as ManualClock;
-      return {
-        ...options,
-        store: wrapStore(store, {
-          release: (ids, context) =>
-            store.retry(
-              ids.map((id) => ({ id, error: "stopping", availableAt: new Date(clock.now() + 1_000) })),
-              context,
-            ),
-        }),
-      };
-    });
+    const retriesOnStop = releaseRetriedRelay("stopping", 1_000);
     expect((await loopRuleResults(retriesOnStop)).failed).toContain("stop-gives-back");
   });
 });

@@ -1,6 +1,6 @@
 import {
   type Fence,
-  ManualClock,
+  type ManualClock,
   type OutboxEntry,
   OutboxError,
   OutboxErrorCode,
@@ -8,7 +8,8 @@ import {
 } from "@outbox/core";
 import { MemoryStore, type MemoryTransaction } from "@outbox/memory";
 import { describe, expect, it } from "vitest";
-import { memoryStoreHarness, runChecks, type StoreHarness, storeChecks, wrapStore } from "../src/index.js";
+import { memoryStoreHarness, type StoreHarness, type storeChecks, wrapStore } from "../src/index.js";
+import { runStoreCheck } from "./support.js";
 
 // Stores that break one settle, stats, fence or attempt rule each, as bugs planted in the shipped
 // stores did: each must fail the check written for its rule, with a message that names the rule.
@@ -27,19 +28,6 @@ function brokenStore(patch: (inner: MemoryStore, clock: ManualClock) => Partial<
       teardown: () => inner.close(),
     };
   };
-}
-
-async function runStoreCheck(
-  create: (clock: ManualClock) => Promise<StoreHarness<Tx>>,
-  id: CheckId,
-): Promise<{ passed: boolean; message: string }> {
-  const { passed, errors } = await runChecks(
-    { [id]: storeChecks[id] } as Pick<typeof storeChecks, typeof id>,
-    () => create(new ManualClock()) as Promise<StoreHarness<unknown>>,
-    (h) => h.teardown(),
-    { timeoutMs: 20_000 },
-  );
-  return { passed: passed.includes(id), message: String((errors[id] as Error | undefined)?.message ?? "") };
 }
 
 async function expectFailure(create: (clock: ManualClock) => Promise<StoreHarness<Tx>>, id: CheckId, rule: string) {

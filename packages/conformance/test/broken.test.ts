@@ -32,9 +32,19 @@ import {
   type StoreHarness,
   storeChecks,
   uniqueName,
-  wrapLockBackend,
   wrapStore,
 } from "../src/index.js";
+import {
+  bentRelay,
+  expectRelayPasses,
+  type LockContextExtras,
+  type LockPatch,
+  lockResults,
+  relayRuleRunner,
+  releaseRetriedRelay,
+  runStoreCheck,
+  timerAbortedRelay,
+} from "./support.js";
 
 // The kit must be able to fail: each deliberately broken adapter below has to fail at
 // least the named check. A kit that passes these would pass anything.
@@ -816,33 +826,9 @@ describe("the kit catches broken publishers and locks", () => {
   });
 });
 
-type LockContextExtras = { ttlMs: number; allowServerRestarts: boolean };
-
-/** The lock checks against the in-memory backend with some methods replaced. */
-async function failingLockChecks(
-  patch: (inner: MemoryLockBackend, clock: ManualClock) => Partial<LockBackend>,
-  ttlMs = 1_000,
-) {
-  const clock = new ManualClock();
-  const { failed } = await runChecks(
-    lockChecks,
-    async (): Promise<LockHarness & LockContextExtras> => {
-      const inner = new MemoryLockBackend({ clock });
-      return {
-        backend: wrapLockBackend(inner, patch(inner, clock)),
-        ttlMs,
-        allowServerRestarts: true,
-        elapse: async (ms) => clock.advance(ms),
-        restart: async () => inner.restart(),
-        expire: async () => inner.restart(),
-        dropHolding: async () => inner.restart(),
-        stepClockBack: async (ms) => clock.advance(-ms),
-        teardown: () => inner.close(),
-      };
-    },
-    (h) => h.teardown(),
-  );
-  return failed;
+/** The lock checks the in-memory backend fails with some methods replaced. */
+async function failingLockChecks(patch: LockPatch, ttlMs = 1_000) {
+  return (await lockResults(patch, ttlMs)).failed;
 }
 
 /** A publisher harness over the in-memory broker `inner`, publishing through `publisher`. */
@@ -972,19 +958,6 @@ function filterFirstStore(mode: "contract" | "drops-unavailable" | "drops-leased
     };
     return { store, clock, transaction: (work) => carrier.transaction(work), teardown: () => carrier.close() };
   };
-}
-
-async function runStoreCheck(
-  create: (clock: ManualClock) => Promise<StoreHarness<Tx>>,
-  id: keyof typeof storeChecks,
-): Promise<{ passed: boolean; message: string }> {
-  const { passed, errors } = await runChecks(
-    { [id]: storeChecks[id] } as Pick<typeof storeChecks, typeof id>,
-    () => create(new ManualClock()) as Promise<StoreHarness<unknown>>,
-    (h) => h.teardown(),
-    { timeoutMs: 20_000 },
-  );
-  return { passed: passed.includes(id), message: String((errors[id] as Error | undefined)?.message ?? "") };
 }
 
 describe("the kit catches broken stores (issue 22 rules)", () => {
@@ -1205,15 +1178,6 @@ describe("the kit catches broken publishers (issue 22 rules)", () => {
 
 // Issue 22: the relay's own rules, checked for any relay factory.
 
-/** The real relay with its options or its store bent by `bend`: one rule of the relay broken. */
-function bentRelay(bend: (options: OutboxRelayOptions) => OutboxRelayOptions) {
-  return (options: OutboxRelayOptions): RelayUnderTest => {
-    const relay = new OutboxRelay(bend(options));
-    relay.on("error", () => {});
-    return relay;
-  };
-}
-
 const newRelayRules = [
   "max-in-flight",
   "failed-run-released",
@@ -1222,21 +1186,10 @@ const newRelayRules = [
   "abort-before-lease-end",
 ] as const;
 
-async function relayRuleResults(createRelay?: (options: OutboxRelayOptions) => RelayUnderTest) {
-  const { create, dispose } = relayCheckContext({ createStore: memoryStoreHarness, createRelay });
-  const only = Object.fromEntries(newRelayRules.map((id) => [id, relayChecks[id]])) as Pick<
-    typeof relayChecks,
-    (typeof newRelayRules)[number]
-  >;
-  return runChecks(only, create, dispose, { timeoutMs: 20_000 });
-}
+const relayRuleResults = relayRuleRunner(newRelayRules);
 
 describe("the kit catches broken relays (issue 22 rules)", () => {
-  it("OutboxRelay passes the relay's own rules", async () => {
-    const { passed, errors } = await relayRuleResults();
-    expect(errors).toEqual({});
-    expect(passed).toEqual([...newRelayRules]);
-  });
+  it("OutboxRelay passes the relay's own rules", () => expectRelayPasses(newRelayRules));
 
   it("a relay that claims past maxInFlightBatches fails max-in-flight", async () => {
     const greedy = bentRelay((options) => ({ ...options, maxInFlightBatches: (options.maxInFlightBatches ?? 2) * 4 }));
@@ -1262,20 +1215,7 @@ describe("the kit catches broken relays (issue 22 rules)", () => {
   });
 
   it("a relay that retries the rest of a failed run with an attempt counted fails failed-run-released", async () => {
-    const retriesRest = bentRelay((options) => {
-      const store = options.store;
-      const clock = options.clock as ManualClock;
-      return {
-        ...options,
-        store: wrapStore(store, {
-          release: (ids, context) =>
-            store.retry(
-              ids.map((id) => ({ id, error: "held back", availableAt: new Date(clock.now()) })),
-              context,
-            ),
-        }),
-      };
-    });
+    const retriesRest = releaseRetriedRelay("held back", 0);
     expect((await relayRuleResults(retriesRest)).failed).toContain("failed-run-released");
   });
 
@@ -1323,26 +1263,7 @@ describe("the kit catches broken relays (issue 22 rules)", () => {
   });
 
   it("a relay whose publish is aborted only when the lease ends fails abort-before-lease-end", async () => {
-    const late = bentRelay((options) => {
-      const clock = options.clock as ManualClock;
-      const leaseMs = options.leaseMs ?? 30_000;
-      const publisher = options.publisher;
-      return {
-        ...options,
-        publisher: {
-          async publish(entries) {
-            const atLeaseEnd = new AbortController();
-            const done = new AbortController();
-            void clock.sleep(leaseMs, done.signal).then(() => atLeaseEnd.abort(new Error("lease ended")));
-            try {
-              return await publisher.publish(entries, { signal: atLeaseEnd.signal });
-            } finally {
-              done.abort();
-            }
-          },
-        },
-      };
-    });
+    const late = timerAbortedRelay((leaseMs) => leaseMs, new Error("lease ended"));
     expect((await relayRuleResults(late)).failed).toEqual(["abort-before-lease-end"]);
   });
 });

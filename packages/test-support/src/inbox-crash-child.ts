@@ -1,7 +1,12 @@
 // The inside of the inbox crash tests' child processes (./inbox-crash.ts starts them): what the
 // harness tells them in their env, the consuming service's handler, the relay's publish call, and
 // what they report over IPC. Both can stop for good at a chosen point, so that the parent's SIGKILL
-// lands exactly there instead of racing the child.
+// lands exactly there instead of racing the child. Each broker's children add only their broker's
+// part to runRelayChild() and consumerChild().
+//
+// The outbox and inbox packages come in as arguments (RelayChildDeps, ConsumerChildDeps):
+// test-support depends on none of them.
+import pg from "pg";
 import { type Queryable, writeEffect } from "./inbox-effects.js";
 
 /** What a consumer child sends its parent. */
@@ -131,4 +136,95 @@ export function haltingPublish<E, O, R>(
     report({ halted: entries.length });
     return new Promise<R>(() => undefined);
   };
+}
+
+/** A pool of the child's own on the harness's PostgreSQL, as its service would have. */
+function childPool(max: number): pg.Pool {
+  const pool = new pg.Pool({ connectionString: requiredEnv("OUTBOX_PG_URL"), max });
+  pool.on("error", () => undefined);
+  return pool;
+}
+
+/** A broker's publisher, as the relay uses it (an OutboxPublisher, structurally). */
+export interface ChildPublisher<E, O, R, C> {
+  readonly capabilities: C;
+  publish(entries: readonly E[], options?: O): Promise<R>;
+  close(): Promise<void>;
+}
+
+/** The relay events a relay child reports (OutboxRelay's, structurally). */
+export interface ChildRelay {
+  on(event: "published", listener: (payload: { readonly entries: readonly unknown[] }) => void): unknown;
+  on(event: "retried", listener: () => void): unknown;
+  on(
+    event: "deadLettered",
+    listener: (payload: { readonly entry: { readonly id: unknown }; readonly error: unknown }) => void,
+  ): unknown;
+  on(event: "error", listener: (payload: { readonly error: unknown; readonly phase: string }) => void): unknown;
+  start(): void;
+}
+
+/** Short polls and leases: relay 1's unacknowledged batch comes back within seconds of its death. */
+const RELAY_SETTINGS = {
+  batchSize: 25,
+  pollMs: 50,
+  leaseMs: 3_000,
+  retry: { baseDelayMs: 200, maxDelayMs: 1_000, maxAttempts: 1_000 },
+};
+
+/** What runRelayChild takes from @outbox/core and @outbox/store-postgres. */
+export interface RelayChildDeps<S, P> {
+  createPostgresStore(options: { pool: pg.Pool; schema: string; listen: false; notifyChannel: false }): S;
+  OutboxRelay: new (options: { store: S; publisher: P } & typeof RELAY_SETTINGS) => ChildRelay;
+  describeError(error: unknown): string;
+}
+
+/**
+ * The producing service's relay: PostgreSQL outbox (E2E_SCHEMA) -> `inner`, through
+ * haltingPublish(E2E_HALT_AFTER). Reports what startRelayChild reads: {started}, {published: n},
+ * {retried}, {error}, {dead}.
+ */
+export function runRelayChild<E, O, R, C, S>(
+  inner: ChildPublisher<E, O, R, C>,
+  deps: RelayChildDeps<S, ChildPublisher<E, O, R, C>>,
+): void {
+  const pool = childPool(4);
+  const store = deps.createPostgresStore({
+    pool,
+    schema: requiredEnv("E2E_SCHEMA"),
+    listen: false,
+    notifyChannel: false,
+  });
+  const publisher: ChildPublisher<E, O, R, C> = {
+    capabilities: inner.capabilities,
+    publish: haltingPublish((entries, options) => inner.publish(entries, options), Number(process.env.E2E_HALT_AFTER)),
+    close: () => inner.close(),
+  };
+  const relay = new deps.OutboxRelay({ store, publisher, ...RELAY_SETTINGS });
+  relay.on("published", ({ entries }) => report({ published: entries.length }));
+  relay.on("retried", () => report({ retried: 1 }));
+  relay.on("deadLettered", ({ entry, error }) => report({ dead: entry.id, error: deps.describeError(error) }));
+  relay.on("error", ({ error, phase }) => report({ error: `${phase}: ${deps.describeError(error)}` }));
+
+  relay.start();
+  report({ started: process.pid });
+}
+
+/** What consumerChild takes from @outbox/inbox and @outbox/store-postgres. */
+export interface ConsumerChildDeps<S, I> {
+  createPostgresInboxStore(options: { pool: pg.Pool; schema: string }): S;
+  createInbox(options: { store: S; consumer: string }): I;
+}
+
+/**
+ * The consuming service's side every broker's consumer child shares: the harness's settings, the
+ * PostgreSQL inbox, and effectHandler(), for the broker's inbox helper. Once per process: the
+ * handler listens to the parent's "pause" and "resume".
+ */
+export function consumerChild<S, I>(
+  deps: ConsumerChildDeps<S, I>,
+): { env: ConsumerChildEnv; inbox: I; handler: ReturnType<typeof effectHandler> } {
+  const env = consumerChildEnv();
+  const store = deps.createPostgresInboxStore({ pool: childPool(8), schema: env.schema });
+  return { env, inbox: deps.createInbox({ store, consumer: "e2e" }), handler: effectHandler(env) };
 }

@@ -11,10 +11,11 @@
 // Then every entry's effect row must exist exactly once, none missing, each key's rows in order.
 // The children are ./inbox-crash-child.ts's users; every step waits for an event, not for time.
 import type { ChildProcess } from "node:child_process";
-import type pg from "pg";
+import pg from "pg";
+import { expect } from "vitest";
 import { forkSource, type RelayChild, startRelayChild } from "./e2e.js";
-import { checkEffects, distinctEffects, type EffectEntry, produceEntries } from "./inbox-effects.js";
-import { inTransaction } from "./postgres.js";
+import { checkEffects, createEffects, distinctEffects, type EffectEntry, produceEntries } from "./inbox-effects.js";
+import { freshIdentifier, inTransaction, pgUrl } from "./postgres.js";
 import { waitFor } from "./wait.js";
 
 /** A consumer in its own process and what it reported over IPC (see ConsumerReport). */
@@ -177,6 +178,16 @@ export async function runInboxCrash(options: InboxCrashOptions): Promise<InboxCr
     relay1.process.on("message", (message: Record<string, unknown>) => {
       if (typeof message.halted === "number") relayHalted += message.halted;
     });
+    /** Nothing left to publish, relay 1's unacknowledged batch came again, and `effects` effect rows exist. */
+    const settled = async (effects: number) => {
+      const stats = await store.stats();
+      return (
+        stats.pending === 0 &&
+        stats.inFlight === 0 &&
+        duplicates() >= relayHalted &&
+        (await distinctEffects(pool, schema)) === effects
+      );
+    };
 
     // Both crashes, each on its own child's word, in whichever order they come. Settled both before
     // going on: a step still running after a failure would start a child nobody kills.
@@ -207,19 +218,7 @@ export async function runInboxCrash(options: InboxCrashOptions): Promise<InboxCr
       await produceRest();
     } else {
       if (options.forgetsOnRestart) {
-        await waitFor(
-          async () => {
-            const stats = await store.stats();
-            return (
-              stats.pending === 0 &&
-              stats.inFlight === 0 &&
-              duplicates() >= relayHalted &&
-              (await distinctEffects(pool, schema)) === half
-            );
-          },
-          stepMs,
-          "everything published before the restart to be handled",
-        );
+        await waitFor(() => settled(half), stepMs, "everything published before the restart to be handled");
       } else {
         // Mid-stream: consumer 2 is busy, and the broker holds more for it.
         const base = consumer2.outcomes.handled;
@@ -242,15 +241,7 @@ export async function runInboxCrash(options: InboxCrashOptions): Promise<InboxCr
     }
 
     await waitFor(
-      async () => {
-        const stats = await store.stats();
-        return (
-          stats.pending === 0 &&
-          stats.inFlight === 0 &&
-          duplicates() >= relayHalted &&
-          (await distinctEffects(pool, schema)) === entries
-        );
-      },
+      () => settled(entries),
       stepMs,
       "every entry handled, and relay 1's unacknowledged batch seen again as duplicates",
     );
@@ -303,4 +294,71 @@ export function describeCrashRun(report: InboxCrashReport): string {
     `(consumer 2 waiting inside ${report.pausedAcrossRestart}; then handled ${report.handledAfterRestart} entries committed meanwhile); ` +
     `duplicates ${report.duplicates}; ${relays.join(", ")}; ${consumers.join(", ")}; timeline: ${report.timeline.join("; ")}`
   );
+}
+
+/** What runInboxCrashTest takes from @outbox/store-postgres (test-support does not depend on it). */
+export interface CrashPostgres<S extends CrashStore> {
+  createPostgresStore(options: { pool: pg.Pool; schema: string; listen: false; notifyChannel: false }): S;
+  migrate(pool: pg.Pool, options: { schema: string }): Promise<unknown>;
+  migrateInbox(pool: pg.Pool, options: { schema: string }): Promise<unknown>;
+}
+
+/** Entries of each broker's crash test (over 12 keys): enough for every fault to land mid-stream. */
+export const INBOX_CRASH_ENTRIES = 600;
+
+export interface InboxCrashTestOptions<S extends CrashStore>
+  extends Omit<InboxCrashOptions, "pool" | "schema" | "store" | "entries" | "keys" | "relayChild" | "consumerChild"> {
+  postgres: CrashPostgres<S>;
+  /** Of the fresh schema the run gets (dropped afterwards). */
+  schemaPrefix: string;
+  /** The test's `import.meta.url`: the children are its fixtures/inbox-relay-child.ts and inbox-consumer-child.ts. */
+  testFile: string;
+}
+
+/**
+ * One broker's crash test: runInboxCrash of INBOX_CRASH_ENTRIES entries on a fresh schema (outbox,
+ * inbox and effects table), with the test file's fixtures as children. Logs what each fault did
+ * and asserts what every broker must give: each entry's effect exactly once, in key order, through
+ * both kills. The report is for the broker's own assertions.
+ */
+export async function runInboxCrashTest<S extends CrashStore & { close(): Promise<void> }>(
+  options: InboxCrashTestOptions<S>,
+): Promise<InboxCrashReport> {
+  const { postgres, schemaPrefix, testFile, ...crash } = options;
+  const schema = freshIdentifier(schemaPrefix);
+  const pool = new pg.Pool({ connectionString: pgUrl, max: 4 });
+  pool.on("error", () => undefined);
+  const store = postgres.createPostgresStore({ pool, schema, listen: false, notifyChannel: false });
+  try {
+    await postgres.migrate(pool, { schema });
+    await postgres.migrateInbox(pool, { schema });
+    await createEffects(pool, schema);
+
+    const run = await runInboxCrash({
+      ...crash,
+      entries: INBOX_CRASH_ENTRIES,
+      keys: 12,
+      pool,
+      schema,
+      store,
+      relayChild: new URL("./fixtures/inbox-relay-child.ts", testFile),
+      consumerChild: new URL("./fixtures/inbox-consumer-child.ts", testFile),
+    });
+    console.info(describeCrashRun(run));
+
+    expect(run.missing, "every entry's effect row exists").toEqual([]);
+    expect(run.doubled, "no entry's effect row exists twice").toEqual([]);
+    expect(run.outOfOrder, "each key's effects applied in enqueue order").toEqual([]);
+    expect(run.inboxRows, "one inbox key per entry").toBe(INBOX_CRASH_ENTRIES);
+    expect(run.store.dead).toBe(0);
+    expect(run.relayHalted, "relay 1 died with confirmed, unacknowledged entries").toBeGreaterThan(0);
+    expect(run.duplicates, "which came again, as duplicates").toBeGreaterThanOrEqual(run.relayHalted);
+    expect(run.consumerHaltedIn, "consumer 1 died inside a handler").toMatch(/^entry-\d+$/);
+    expect(run.haltedHandledLater, "its rolled-back message was handled by a later consumer").toBe(true);
+    return run;
+  } finally {
+    await store.close();
+    await pool.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch(() => undefined);
+    await pool.end();
+  }
 }
