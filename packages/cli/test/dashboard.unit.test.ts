@@ -190,6 +190,32 @@ describe("dashboard handler", () => {
     expect(later.history.at(-1)?.publishedPerSecond).toBe(15);
   });
 
+  it("pages polling share the sampler's stats() reading within an interval; a requeue or drop makes the next read fresh", async () => {
+    const store = new FakeStore();
+    const plainStats = store.stats.bind(store);
+    let reads = 0;
+    store.stats = async () => {
+      reads += 1;
+      return plainStats();
+    };
+    let now = Date.UTC(2030, 0, 1);
+    const { base } = await serve({ now: () => now }, store);
+    const state = async () => (await (await fetch(`${base}/api/state`)).json()) as { stats: { dead: number } };
+    await state();
+    const afterFirst = reads;
+    await state();
+    await state();
+    expect(reads, "two more polls inside the 60 s interval read nothing more").toBe(afterFirst);
+    now += 60_000;
+    await state();
+    expect(reads, "a poll an interval later reads again").toBe(afterFirst + 1);
+    const response = await post(base, "/api/dead/requeue", { [csrfHeader]: await csrfOf(base) }, { ids: ["1"] });
+    expect(response.status).toBe(200);
+    store.dead = store.dead.slice(1);
+    expect((await state()).stats.dead, "the state right after a requeue is read after it").toBe(store.dead.length);
+    expect(reads).toBe(afterFirst + 2);
+  });
+
   it("a log-capture store's slot goes into the state as the store reports it", async () => {
     const capture = { source: "slot_a", active: false, state: "lost", lagBytes: 10, retainedBytes: 20 };
     const store = new FakeStore();

@@ -373,13 +373,18 @@ export function createDashboardHandler(options: DashboardOptions): DashboardHand
       checkCsrf(request);
       const ids = idsOf(await readJsonBody(request));
       const s = await store();
-      if (pathname === "/api/dead/requeue") {
-        sendJson(response, 200, { requeued: await s.requeueDead(ids), selected: ids.length });
+      try {
+        if (pathname === "/api/dead/requeue") {
+          sendJson(response, 200, { requeued: await s.requeueDead(ids), selected: ids.length });
+          return;
+        }
+        if (!s.dropDead) throw new HttpError(501, "unsupported", "this store has no dropDead(): requeue, or purge");
+        sendJson(response, 200, { dropped: await s.dropDead(ids), selected: ids.length });
         return;
+      } finally {
+        // The page asks for the state right after: it must see the requeue or the drop.
+        sampler.changed();
       }
-      if (!s.dropDead) throw new HttpError(501, "unsupported", "this store has no dropDead(): requeue, or purge");
-      sendJson(response, 200, { dropped: await s.dropDead(ids), selected: ids.length });
-      return;
     }
     if (method !== "GET" && method !== "HEAD") throw new HttpError(405, "method", "use GET");
     if (pathname === "/" || pathname === "/index.html") return index(request, response, pathname);
@@ -392,7 +397,7 @@ export function createDashboardHandler(options: DashboardOptions): DashboardHand
     if (pathname === "/api/state") {
       const s = await store();
       const [{ sample, stats }, summary, activity] = await Promise.all([
-        sampler.sample(),
+        sampler.recent(sampleIntervalMs),
         s.pendingSummary ? s.pendingSummary({ scanLimit: pendingScanLimit, hotKeys, blockedKeys: hotKeys }) : null,
         s.relayActivity ? s.relayActivity({ scanLimit: pendingScanLimit, recentErrors }) : null,
       ]);

@@ -66,6 +66,9 @@ export class Sampler {
   readonly #options: SamplerOptions;
   #timer: NodeJS.Timeout | undefined;
   #running: Promise<{ sample: Sample; stats: StoreStats }> | undefined;
+  /** The last reading, with the store generation it was read in (see `changed`). */
+  #latest: { sample: Sample; stats: StoreStats; generation: number } | undefined;
+  #generation = 0;
   #lastRecordedAt = -Infinity;
   #lastPublished: { at: number; count: number } | null = null;
 
@@ -99,8 +102,27 @@ export class Sampler {
     return this.#running;
   }
 
+  /**
+   * The last reading while it is younger than `maxAgeMs` and nothing changed the store through this dashboard since
+   * it began, else a fresh one. stats() is the read that grows with the backlog (it counts in-flight entries and finds
+   * the oldest pending one): pages polling share the sampler's readings, so any number of open pages costs the store
+   * one stats() per interval.
+   */
+  recent(maxAgeMs: number): Promise<{ sample: Sample; stats: StoreStats }> {
+    const latest = this.#latest;
+    const fresh =
+      latest && latest.generation === this.#generation && this.#options.now() - latest.sample.t * 1000 < maxAgeMs;
+    return fresh ? Promise.resolve(latest) : this.sample();
+  }
+
+  /** The store changed through this dashboard (a requeue or a drop): the next `recent()` reads it again. */
+  changed(): void {
+    this.#generation += 1;
+  }
+
   async #read(): Promise<{ sample: Sample; stats: StoreStats }> {
     const { now, relays } = this.#options;
+    const generation = this.#generation;
     try {
       const read = async () => (await this.#options.store()).stats();
       const [stats, probes] = await Promise.all([read(), Promise.all(relays.map((url) => probeRelay(url, 2_000)))]);
@@ -131,6 +153,7 @@ export class Sampler {
         this.#lastRecordedAt = at;
       }
       this.lastError = null;
+      this.#latest = { sample, stats, generation };
       return { sample, stats };
     } catch (error) {
       this.lastError = redactText(error instanceof Error ? error.message : String(error));
