@@ -1,4 +1,11 @@
-import type { OutboxEntry, OutboxPublisher, PublishOptions, PublishOutcome, StoreStats } from "@outbox/core";
+import type {
+  OutboxEntry,
+  OutboxPublisher,
+  PublishOptions,
+  PublishOutcome,
+  RelayMetrics,
+  StoreStats,
+} from "@outbox/core";
 import { redactText } from "./redact.js";
 
 /**
@@ -149,4 +156,46 @@ export function notReadyReasons(input: ReadinessInput): ReadinessReason[] {
     }
   }
   return reasons;
+}
+
+export interface ReadyzInput {
+  readonly reasons: ReadinessReason[];
+  readonly maxLagMs: number | undefined;
+  readonly maxFailures: number | undefined;
+  readonly relayId: string;
+  readonly relay: RelayMetrics;
+  readonly leaderElection: boolean;
+  readonly fence: { readonly lock: string; readonly token: bigint } | null;
+  readonly stats: StoreStats | null;
+  readonly now: number;
+  readonly publish: PublishHealth;
+}
+
+/** What `/readyz` answers: readiness with its reasons, then what an operator (or the dashboard) reads of the relay. */
+export function readyzBody(input: ReadyzInput) {
+  const { reasons, relay, stats, fence, publish } = input;
+  return {
+    ready: reasons.length === 0,
+    reasons,
+    limits: {
+      maxLagSeconds: input.maxLagMs === undefined ? null : input.maxLagMs / 1000,
+      maxFailures: input.maxFailures ?? null,
+    },
+    relayId: input.relayId,
+    leader: relay.leader,
+    leaderElection: input.leaderElection,
+    fence: fence ? { lock: fence.lock, token: fence.token.toString() } : null,
+    lagSeconds: lagMsOf(stats, input.now) / 1000,
+    pending: stats?.pending ?? null,
+    inFlight: stats?.inFlight ?? null,
+    dead: stats?.dead ?? null,
+    oldestPendingAt: stats?.oldestPendingAt?.toISOString() ?? null,
+    published: relay.published,
+    lastPublishedAt: relay.lastPublishedAt?.toISOString() ?? null,
+    consecutiveFailures: relay.consecutiveFailures,
+    publishAttempts: publish.attempts,
+    publishFailuresInARow: publish.failedInARow,
+    lastPublishError: publish.lastError,
+    lastPublishFailureAt: publish.lastFailureAt?.toISOString() ?? null,
+  };
 }

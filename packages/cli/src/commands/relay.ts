@@ -3,9 +3,10 @@ import { classifyError, ExitCode } from "../errors.js";
 import type { CliIO } from "../io.js";
 import type { Logger } from "../log.js";
 import { type BacklogSnapshot, RelayMetrics } from "../metrics.js";
-import { lagMsOf, notReadyReasons, PublishHealth } from "../readiness.js";
+import { notReadyReasons, PublishHealth, readyzBody } from "../readiness.js";
 import type { Runtime } from "../runtime.js";
 import { ProbeServer } from "../server.js";
+import { logRelayEvents } from "./relay-events.js";
 
 export interface RelayCommandOptions {
   port: number;
@@ -77,46 +78,14 @@ export async function runRelay(
   metrics.attach(running);
   const log = logger;
 
-  running.on("published", ({ entries }) => {
-    if (!log.enabled("debug")) return;
-    log.debug("published", { count: entries.length, firstId: entries[0]?.id, lastId: entries.at(-1)?.id });
-  });
-  running.on("retried", ({ entry, error, availableAt }) =>
-    log.warn("entry will be retried", {
-      entryId: entry.id,
-      topic: entry.topic,
-      key: entry.key,
-      attempts: entry.attempts,
-      availableAt,
-      error,
-    }),
-  );
-  running.on("deadLettered", ({ entry, error, reason }) =>
-    log.error("entry dead-lettered", {
-      entryId: entry.id,
-      topic: entry.topic,
-      key: entry.key,
-      attempts: entry.attempts,
-      reason,
-      error,
-    }),
-  );
-  running.on("leadershipGained", ({ grant }) => {
-    fence = { lock: grant.name, token: grant.token };
-    log.info("leadership gained", { lock: grant.name, fenceToken: grant.token });
-  });
-  running.on("leadershipLost", ({ grant, reason }) => {
-    fence = null;
-    log.warn("leadership lost", {
-      lock: grant.name,
-      fenceToken: grant.token,
-      reason: reason === "stopped" ? "stopped" : reason,
-    });
-  });
-  running.on("error", ({ error, phase }) => {
-    metrics.error(phase);
-    if (OutboxError.is(error, OutboxErrorCode.DrainTimeout)) drainTimedOut = true;
-    log.error("relay error", { phase, error });
+  logRelayEvents(running, log, {
+    onLeadership: (grant) => {
+      fence = grant ? { lock: grant.name, token: grant.token } : null;
+    },
+    onError: (error, phase) => {
+      metrics.error(phase);
+      if (OutboxError.is(error, OutboxErrorCode.DrainTimeout)) drainTimedOut = true;
+    },
   });
 
   // Readiness changes are logged as they are noticed (at each stats poll), with the reasons.
@@ -171,34 +140,20 @@ export async function runRelay(
     }),
     readyz: () => {
       const reasons = readiness();
-      const stats = backlog.stats;
-      const relayMetrics = running.metrics();
       return {
         ok: reasons.length === 0,
-        body: {
-          ready: reasons.length === 0,
+        body: readyzBody({
           reasons,
-          limits: {
-            maxLagSeconds: options.readyMaxLagMs === undefined ? null : options.readyMaxLagMs / 1000,
-            maxFailures: options.readyMaxFailures ?? null,
-          },
+          maxLagMs: options.readyMaxLagMs,
+          maxFailures: options.readyMaxFailures,
           relayId: running.id,
-          leader: relayMetrics.leader,
+          relay: running.metrics(),
           leaderElection: lock !== undefined,
-          fence: fence ? { lock: fence.lock, token: fence.token.toString() } : null,
-          lagSeconds: lagMsOf(stats, io.now()) / 1000,
-          pending: stats?.pending ?? null,
-          inFlight: stats?.inFlight ?? null,
-          dead: stats?.dead ?? null,
-          oldestPendingAt: stats?.oldestPendingAt?.toISOString() ?? null,
-          published: relayMetrics.published,
-          lastPublishedAt: relayMetrics.lastPublishedAt?.toISOString() ?? null,
-          consecutiveFailures: relayMetrics.consecutiveFailures,
-          publishAttempts: publishHealth.attempts,
-          publishFailuresInARow: publishHealth.failedInARow,
-          lastPublishError: publishHealth.lastError,
-          lastPublishFailureAt: publishHealth.lastFailureAt?.toISOString() ?? null,
-        },
+          fence,
+          stats: backlog.stats,
+          now: io.now(),
+          publish: publishHealth,
+        }),
       };
     },
     metrics: async () => ({ contentType: metrics.registry.contentType, body: await metrics.metrics() }),
