@@ -13,9 +13,11 @@ import type {
   RecordOutcome,
 } from "@outbox/inbox";
 import { closedError, isLockConflict, mysqlErrno, storeError } from "./errors.js";
+import { checkPool, type MySqlPoolConnectionLike, poolTransaction } from "./pool.js";
 import { type MySqlQueryable, runStatement, type StatementResult } from "./queryable.js";
 import { type ConnectionSource, checkIdentifier, type MigrationStatement, quoteIdent, runMigration } from "./schema.js";
-import { bytes, checkPool, cleanError, type MySqlPoolConnectionLike, poolTransaction, TXT, text } from "./store.js";
+import { TXT } from "./statements.js";
+import { bytes, cleanError, text } from "./values.js";
 
 /** `@outbox/inbox`, an optional peer: loaded by the inbox store only, so the outbox store never needs it. */
 const inboxHelpers = () => import("@outbox/inbox");

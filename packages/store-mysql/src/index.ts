@@ -11,6 +11,7 @@ export {
   migrateInbox,
   resolveInboxNames,
 } from "./inbox.js";
+export type { MySqlPoolConnectionLike, MySqlPoolLike } from "./pool.js";
 export {
   type DrizzleLike,
   type DrizzleSqlTag,
@@ -39,11 +40,5 @@ export {
   schemaSql,
   schemaStatements,
 } from "./schema.js";
-export {
-  createMySqlStore,
-  keyHash,
-  type MySqlPoolConnectionLike,
-  type MySqlPoolLike,
-  MySqlStore,
-  type MySqlStoreOptions,
-} from "./store.js";
+export { createMySqlStore, MySqlStore, type MySqlStoreOptions } from "./store.js";
+export { keyHash } from "./values.js";
