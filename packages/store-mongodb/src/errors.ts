@@ -75,3 +75,9 @@ export function duplicateIndexes(error: unknown): Set<number> {
   }
   return indexes;
 }
+
+/**
+ * How a store runs one operation: driver errors become OUTBOX_STORE_UNAVAILABLE, and idempotent
+ * operations are sent again when their connection failed (MongoStore's #run).
+ */
+export type Run = <T>(operation: string, idempotent: boolean, work: () => Promise<T>) => Promise<T>;

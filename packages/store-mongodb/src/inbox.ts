@@ -16,7 +16,8 @@ import type {
 } from "@outbox/inbox";
 import type { ClientSession, Collection, MongoClient } from "mongodb";
 import { closedError, hasLabel, isDuplicateKey, storeError } from "./errors.js";
-import { checkNamespace, ensureIndexes, looksLikeSession, type MongoTransaction, probeServer } from "./store.js";
+import { checkNamespace, ensureIndexes, probeServer } from "./setup.js";
+import { looksLikeSession, type MongoTransaction } from "./store.js";
 
 /** `@outbox/inbox`, an optional peer: loaded by the inbox store only, so the outbox store never needs it. */
 const inboxHelpers = () => import("@outbox/inbox");
