@@ -179,6 +179,20 @@ export async function runInboxCrash(options: InboxCrashOptions): Promise<InboxCr
       if (typeof message.halted === "number") relayHalted += message.halted;
     });
     /** Nothing left to publish, relay 1's unacknowledged batch came again, and `effects` effect rows exist. */
+    // The newest effect row when consumer 1 died: its own insert, inside the transaction it died in, was numbered
+    // before that. A row of its message numbered after it was written by a later consumer, so that transaction
+    // did not commit. (Read from the table: a consumer's own report of what it handled dies with it when it crashes
+    // between its commit and its acknowledgement.)
+    const lastEffect = async () =>
+      Number(
+        ((await pool.query(`SELECT coalesce(max(n), 0) AS n FROM "${schema}".effects`)).rows[0] as { n: string }).n,
+      );
+    let effectsAtHalt = Number.POSITIVE_INFINITY;
+    /** The numbers of a message's effect rows (exactly one is checked with the others: `doubled`, `missing`). */
+    const effectRows = async (messageId: string) =>
+      (await pool.query(`SELECT n FROM "${schema}".effects WHERE message_id = $1`, [messageId])).rows.map((row) =>
+        Number((row as { n: string }).n),
+      );
     const settled = async (effects: number) => {
       const stats = await store.stats();
       return (
@@ -205,6 +219,7 @@ export async function runInboxCrash(options: InboxCrashOptions): Promise<InboxCr
       (async () => {
         await waitFor(() => consumer1.halted !== undefined, stepMs, "consumer 1 to stop inside a handler");
         await sigkill(consumer1);
+        effectsAtHalt = await lastEffect();
         await note(`consumer 1 killed inside ${consumer1.halted}`);
         consumers.push(await startConsumerChild(options.consumerChild, consumerEnv(0)));
       })(),
@@ -260,7 +275,8 @@ export async function runInboxCrash(options: InboxCrashOptions): Promise<InboxCr
       relayHalted,
       consumers,
       consumerHaltedIn,
-      haltedHandledLater: consumerHaltedIn !== null && consumers.slice(1).some((c) => c.handled.has(consumerHaltedIn)),
+      haltedHandledLater:
+        consumerHaltedIn !== null && (await effectRows(consumerHaltedIn)).every((n) => n > effectsAtHalt),
       pausedAcrossRestart: consumer2.paused ?? null,
       handledAfterRestart: [...consumer2.handled].filter((id) => Number(id.slice("entry-".length)) >= half).length,
       duplicates: duplicates(),
