@@ -124,6 +124,8 @@ async function redisOnSteppableClock() {
   };
 }
 
+// The clock shim is an LD_PRELOAD library (glibc symbol interposition), so Linux only. CI and this project's
+// machines run Linux: there it always runs.
 describe.skipIf(process.platform !== "linux")("lock conformance: lock-redis on a Redis whose clock steps back", () => {
   it("tokens-clock-step-back: fencing tokens strictly increase when the server's clock steps back", async () => {
     const redis = await redisOnSteppableClock();
